@@ -1,0 +1,159 @@
+//! Command-line interface: clap definitions and the dispatch to the library.
+
+use crate::dynamics;
+use crate::error::{Error, Result};
+use crate::eval::{self, EvalOptions};
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "rho", version, about = "A workbench for token-level training dynamics (Rho-1)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score every token of a validation set at every checkpoint of a series.
+    Eval(EvalArgs),
+    /// Place every token in its Rho-1 loss-trajectory category (App. B.1).
+    Categorize(CategorizeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A folder of checkpoint subfolders (ordered by the step in their names), or checkpoint folders.
+    #[arg(long, num_args = 1.., required = true)]
+    pub checkpoints: Vec<PathBuf>,
+    /// Validation data: .jsonl (.gz), .parquet, or plain text (documents separated by blank lines).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Study folder to write (created if needed).
+    #[arg(long)]
+    pub study: PathBuf,
+    /// tokenizer.json (default: the first checkpoint's).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// JSON Lines / Parquet field holding the text.
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, bf16 or f16 (losses are always computed in f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Upper bound on (padded) tokens per forward pass.
+    #[arg(long, default_value_t = 4096)]
+    pub batch_tokens: usize,
+    /// Score at most this many tokens.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Concatenate documents with EOS into full windows, as in training.
+    #[arg(long)]
+    pub pack: bool,
+    /// Scoring context (default: the model's).
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Redo checkpoints already evaluated.
+    #[arg(long)]
+    pub force: bool,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CategorizeArgs {
+    /// Study folder written by `rho eval`.
+    #[arg(long)]
+    pub study: PathBuf,
+    /// |ΔL| above which a token counts as changing (H→L or L→H).
+    #[arg(long, default_value_t = 0.2)]
+    pub threshold: f64,
+    /// Use only these checkpoints (comma-separated names, in study order).
+    #[arg(long, value_delimiter = ',')]
+    pub checkpoints: Option<Vec<String>>,
+    /// Print the shares as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn parse_device(s: &str) -> Result<Device> {
+    let bad = || Error::flag("--device", format!("`{s}` is not cpu or cuda:N"));
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let n = match s.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()).ok_or_else(bad)?,
+        None => return Err(bad()),
+    };
+    Device::new_cuda(n).map_err(|e| Error::flag("--device", format!("{s}: {e}")))
+}
+
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        _ => Err(Error::flag("--dtype", format!("`{s}` is not f32, bf16 or f16"))),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Eval(a) => {
+            if a.batch_tokens == 0 {
+                return Err(Error::flag("--batch-tokens", "must be positive"));
+            }
+            if a.max_tokens == Some(0) {
+                return Err(Error::flag("--max-tokens", "must be positive"));
+            }
+            let device = parse_device(&a.device)?;
+            let dtype = parse_dtype(&a.dtype)?;
+            if device.is_cpu() && dtype != DType::F32 && !a.quiet {
+                eprintln!("warning: {} on CPU accumulates in low precision; f32 is recommended", a.dtype);
+            }
+            let opts = EvalOptions {
+                checkpoints: a.checkpoints,
+                data: a.data,
+                study: a.study,
+                tokenizer: a.tokenizer,
+                text_field: a.text_field,
+                device,
+                dtype,
+                batch_tokens: a.batch_tokens,
+                max_tokens: a.max_tokens,
+                pack: a.pack,
+                context: a.context,
+                force: a.force,
+                quiet: a.quiet,
+            };
+            let r = eval::run_eval(&opts)?;
+            if !a.quiet {
+                eprintln!(
+                    "rho eval: {} evaluated, {} skipped, {} tokens each, {:.1} s; study in {}",
+                    r.evaluated.len(),
+                    r.skipped.len(),
+                    r.n_tokens,
+                    r.seconds,
+                    opts.study.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Categorize(a) => {
+            let opts = dynamics::CategorizeOptions { threshold: a.threshold, checkpoints: a.checkpoints };
+            let summary = dynamics::categorize_study(&a.study, &opts)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| Error::msg(e.to_string()))?);
+            } else {
+                print!("{}", summary.table());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! Checkpoints x validation set -> per-token losses Parquet (resumable).
+//!
+//! `run_eval` tokenizes the data once, writes `tokens.parquet`, then scores each
+//! checkpoint into `losses/<name>.parquet` (temporary name, renamed when complete)
+//! and records it in `study.json`. A re-run skips checkpoints already scored with
+//! the same fingerprint (data, tokenizer, settings).
+pub mod plan;
+pub mod study;
+
+use crate::data::{read_documents, Tok};
+use crate::error::{Error, Result};
+use crate::model::{loss::per_token_loss, Checkpoint, Mode, Transformer};
+use crate::util;
+use candle_core::{DType, Device, Tensor};
+use plan::{Rows, Unit};
+use polars::prelude::*;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use study::{CheckpointEntry, Manifest};
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// One folder holding checkpoint subfolders, or checkpoint folders.
+    pub checkpoints: Vec<PathBuf>,
+    pub data: PathBuf,
+    pub study: PathBuf,
+    pub tokenizer: Option<PathBuf>,
+    pub text_field: String,
+    pub device: Device,
+    pub dtype: DType,
+    /// Upper bound on padded tokens per forward pass.
+    pub batch_tokens: usize,
+    pub max_tokens: Option<usize>,
+    pub pack: bool,
+    /// Override of the scoring context (at most the model's).
+    pub context: Option<usize>,
+    pub force: bool,
+    pub quiet: bool,
+}
+
+/// What an eval run did.
+#[derive(Debug, Clone, Default)]
+pub struct EvalReport {
+    pub evaluated: Vec<String>,
+    pub skipped: Vec<String>,
+    pub n_tokens: usize,
+    pub seconds: f64,
+}
+
+/// The training step in a checkpoint folder name: the last run of digits
+/// (`step-100`, `step1000`, `checkpoint-2000`, `iter_0003000`, `global_step500`).
+pub fn step_from_name(name: &str) -> Option<i64> {
+    let bytes = name.as_bytes();
+    let mut end = None;
+    for i in (0..bytes.len()).rev() {
+        if bytes[i].is_ascii_digit() {
+            if end.is_none() {
+                end = Some(i + 1);
+            }
+        } else if let Some(e) = end {
+            return name[i + 1..e].parse().ok();
+        }
+    }
+    end.and_then(|e| name[..e].parse().ok())
+}
+
+fn looks_like_checkpoint(dir: &Path) -> bool {
+    ["config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
+        .iter()
+        .any(|f| dir.join(f).exists())
+}
+
+/// Resolve `--checkpoints`: a folder of checkpoint subfolders (ordered by step),
+/// or explicit checkpoint folders (in the order given).
+pub fn resolve_checkpoints(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if args.is_empty() {
+        return Err(Error::flag("--checkpoints", "give a folder of checkpoints or checkpoint folders"));
+    }
+    if args.len() == 1 && args[0].is_dir() && !looks_like_checkpoint(&args[0]) {
+        let dir = &args[0];
+        let mut subs: Vec<(i64, String, PathBuf)> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && looks_like_checkpoint(p))
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (step_from_name(&name).unwrap_or(0), name, p)
+            })
+            .collect();
+        if subs.is_empty() {
+            return Err(Error::file(dir, "no checkpoints here: no subfolder holds a config.json or model.safetensors"));
+        }
+        subs.sort();
+        return Ok(subs.into_iter().map(|s| s.2).collect());
+    }
+    for a in args {
+        if !a.exists() {
+            return Err(Error::file(a, "checkpoint folder does not exist"));
+        }
+    }
+    Ok(args.to_vec())
+}
+
+/// Run the evaluation. Already-evaluated checkpoints (same fingerprint) are skipped.
+pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
+    let t0 = Instant::now();
+    let dirs = resolve_checkpoints(&opts.checkpoints)?;
+    let ckpts: Vec<Checkpoint> = dirs.iter().map(|d| Checkpoint::open(d)).collect::<Result<_>>()?;
+    let mut names = std::collections::HashSet::new();
+    for c in &ckpts {
+        if !names.insert(c.name()) {
+            return Err(Error::file(&c.dir, format!("two checkpoints are named `{}`", c.name())));
+        }
+    }
+
+    // Tokenizer: --tokenizer, else the first checkpoint's; the series must share it.
+    let tok_path = match &opts.tokenizer {
+        Some(p) => p.clone(),
+        None => ckpts[0].dir.join("tokenizer.json"),
+    };
+    let tok = Tok::from_file(&tok_path)?;
+    if opts.tokenizer.is_none() {
+        for c in &ckpts[1..] {
+            let p = c.dir.join("tokenizer.json");
+            if p.exists() && util::sha256_file(&p)? != tok.fingerprint {
+                return Err(Error::file(
+                    &p,
+                    format!("differs from {}: a series must share one tokenizer (or pass --tokenizer)", tok_path.display()),
+                ));
+            }
+        }
+    }
+
+    // Context: the smallest of the series, or --context if smaller.
+    let model_ctx = ckpts.iter().map(|c| c.config.context_len()).min().unwrap();
+    let ctx = match opts.context {
+        Some(c) if c < 2 => return Err(Error::flag("--context", "must be at least 2")),
+        Some(c) if c > model_ctx => {
+            return Err(Error::flag("--context", format!("{c} is longer than the models' context of {model_ctx}")))
+        }
+        Some(c) => c,
+        None => model_ctx,
+    };
+
+    // Data -> rows and units.
+    let docs = read_documents(&opts.data, &opts.text_field)?;
+    let encs = tok.encode_all(&docs)?;
+    let (rows, units) = if opts.pack {
+        let eos = tok.eos_id(ckpts[0].config.eos_token_id).ok_or_else(|| {
+            Error::flag("--pack", format!("needs an end-of-text token, and neither config.json nor {} names one", tok_path.display()))
+        })?;
+        plan::plan_packed(&encs, eos, ctx, opts.max_tokens)
+    } else {
+        plan::plan_documents(&encs, ctx, opts.max_tokens)
+    };
+    if rows.is_empty() {
+        return Err(Error::file(&opts.data, "no token to score: every document is shorter than 2 tokens"));
+    }
+    let max_id = units.iter().flat_map(|u| u.tokens.iter()).copied().max().unwrap_or(0);
+    for c in &ckpts {
+        if max_id as usize >= c.config.vocab_size {
+            return Err(Error::file(
+                &tok_path,
+                format!(
+                    "produces token id {max_id}, beyond the vocabulary of {} ({} tokens): tokenizer and model do not match",
+                    c.dir.join("config.json").display(),
+                    c.config.vocab_size
+                ),
+            ));
+        }
+    }
+
+    let settings = serde_json::json!({
+        "data_sha256": util::sha256_file(&opts.data)?,
+        "text_field": opts.text_field,
+        "tokenizer_sha256": tok.fingerprint,
+        "pack": opts.pack,
+        "context": ctx,
+        "max_tokens": opts.max_tokens,
+        "dtype": format!("{:?}", opts.dtype).to_lowercase(),
+    });
+    let fingerprint = util::sha256_hex(settings.to_string().as_bytes());
+
+    // The study folder.
+    let study = &opts.study;
+    let losses_dir = study.join(study::LOSSES_DIR);
+    std::fs::create_dir_all(&losses_dir).map_err(|e| Error::io(&losses_dir, e))?;
+    util::remove_stale_tmp(study);
+    util::remove_stale_tmp(&losses_dir);
+    let mut manifest = Manifest::load_or_default(study)?;
+    if !manifest.fingerprint.is_empty() && manifest.fingerprint != fingerprint {
+        if !opts.force {
+            return Err(Error::file(
+                Manifest::path(study),
+                "this study was evaluated with other data, tokenizer or settings; use another --study, or --force to start it over",
+            ));
+        }
+        for c in &manifest.checkpoints {
+            let _ = std::fs::remove_file(Manifest::losses_path(study, &c.name));
+        }
+        let _ = std::fs::remove_file(study.join(study::TRAJECTORIES));
+        manifest = Manifest::default();
+    }
+    manifest.fingerprint = fingerprint.clone();
+    manifest.data = opts.data.clone();
+    manifest.settings = settings;
+    let tokens_path = study.join(study::TOKENS);
+    if opts.force || !tokens_path.exists() {
+        write_tokens(&tokens_path, &rows, &tok)?;
+    }
+    manifest.save(study)?;
+
+    // What is left to do.
+    let todo: Vec<&Checkpoint> = ckpts
+        .iter()
+        .filter(|c| {
+            opts.force
+                || !manifest.checkpoints.iter().any(|e| {
+                    e.name == c.name() && e.fingerprint == fingerprint && Manifest::losses_path(study, &e.name).exists()
+                })
+        })
+        .collect();
+    let mut report = EvalReport { n_tokens: rows.len(), ..Default::default() };
+    report.skipped =
+        ckpts.iter().map(|c| c.name()).filter(|n| !todo.iter().any(|t| &t.name() == n)).collect();
+    if !opts.quiet {
+        eprintln!(
+            "rho eval: {} checkpoints ({} to do, {} already done), {} documents, {} tokens to score each, context {ctx}",
+            ckpts.len(),
+            todo.len(),
+            report.skipped.len(),
+            docs.len(),
+            rows.len()
+        );
+    }
+    let progress = Progress::new(opts.quiet, (todo.len() * rows.len()) as u64);
+    for c in todo {
+        let name = c.name();
+        progress.set_message(&name);
+        let t = Instant::now();
+        let model = c.load(opts.dtype, &opts.device, Mode::Eval)?;
+        let losses = score_units(&model, &units, rows.len(), opts.batch_tokens, |n| progress.inc(n as u64))
+            .map_err(|e| Error::file(&c.dir, format!("evaluation failed: {}", crate::error::candle_msg(&e))))?;
+        let step = step_from_name(&name).unwrap_or(0);
+        let path = Manifest::losses_path(study, &name);
+        write_losses(&path, &name, step, &rows, &losses)?;
+        let mean_loss = losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64;
+        manifest.checkpoints.retain(|e| e.name != name);
+        manifest.checkpoints.push(CheckpointEntry {
+            name: name.clone(),
+            step,
+            path: c.dir.clone(),
+            fingerprint: fingerprint.clone(),
+            n_tokens: rows.len() as u64,
+            mean_loss,
+        });
+        manifest.sort();
+        manifest.save(study)?;
+        let secs = t.elapsed().as_secs_f64();
+        progress.println(&format!(
+            "  {name}: {} tokens in {secs:.2} s ({:.0} tokens/s), mean loss {mean_loss:.4}",
+            rows.len(),
+            rows.len() as f64 / secs.max(1e-9)
+        ));
+        report.evaluated.push(name);
+    }
+    progress.finish();
+    report.seconds = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Score every unit with `model`; returns one f32 loss per row.
+/// `on_progress` gets the number of rows finished after each batch.
+pub fn score_units(
+    model: &Transformer,
+    units: &[Unit],
+    n_rows: usize,
+    batch_tokens: usize,
+    mut on_progress: impl FnMut(usize),
+) -> candle_core::Result<Vec<f32>> {
+    let mut out = vec![f32::NAN; n_rows];
+    let dev = model.device().clone();
+    for batch in plan::batches(units, batch_tokens) {
+        let len = batch.iter().map(|&i| units[i].tokens.len()).max().unwrap();
+        let mut ids = vec![0u32; batch.len() * len];
+        for (r, &i) in batch.iter().enumerate() {
+            ids[r * len..r * len + units[i].tokens.len()].copy_from_slice(&units[i].tokens);
+        }
+        let input = Tensor::from_vec(ids, (batch.len(), len), &dev)?;
+        let logits = model.forward(&input)?; // [b, len, vocab]
+        let targets = input.narrow(1, 1, len - 1)?;
+        let loss = per_token_loss(&logits.narrow(1, 0, len - 1)?, &targets)?; // [b, len-1]
+        let loss = loss.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+        let mut done = 0;
+        for (r, &i) in batch.iter().enumerate() {
+            let u = &units[i];
+            for j in u.score_from..u.tokens.len() {
+                out[u.row_start + j - u.score_from] = loss[r][j - 1];
+            }
+            done += u.n_scored();
+        }
+        on_progress(done);
+    }
+    if let Some(i) = out.iter().position(|x| !x.is_finite()) {
+        candle_core::bail!("loss of row {i} is not finite ({})", out[i]);
+    }
+    Ok(out)
+}
+
+fn write_tokens(path: &Path, rows: &Rows, tok: &Tok) -> Result<()> {
+    let text: Vec<String> = rows.token_id.iter().map(|&id| tok.token_text(id)).collect();
+    let mut df = DataFrame::new(vec![
+        Column::new("seq".into(), &rows.seq),
+        Column::new("pos".into(), &rows.pos),
+        Column::new("doc".into(), &rows.doc),
+        Column::new("token_id".into(), &rows.token_id),
+        Column::new("text".into(), text),
+        Column::new("start".into(), &rows.start),
+        Column::new("end".into(), &rows.end),
+    ])?;
+    util::write_parquet(path, &mut df)
+}
+
+fn write_losses(path: &Path, name: &str, step: i64, rows: &Rows, losses: &[f32]) -> Result<()> {
+    let n = rows.len();
+    let mut df = DataFrame::new(vec![
+        Column::new("checkpoint".into(), vec![name; n]),
+        Column::new("step".into(), vec![step; n]),
+        Column::new("seq".into(), &rows.seq),
+        Column::new("pos".into(), &rows.pos),
+        Column::new("token_id".into(), &rows.token_id),
+        Column::new("loss".into(), losses),
+    ])?;
+    util::write_parquet(path, &mut df)
+}
+
+/// A progress bar on a terminal, plain lines otherwise, nothing with --quiet.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    quiet: bool,
+}
+
+impl Progress {
+    fn new(quiet: bool, total: u64) -> Self {
+        use std::io::IsTerminal;
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:>16} [{bar:30}] {human_pos}/{human_len} tokens  {per_sec}  ETA {eta}",
+                )
+                .unwrap()
+                .progress_chars("=> "),
+            );
+            b
+        });
+        Progress { bar, quiet }
+    }
+    fn set_message(&self, m: &str) {
+        if let Some(b) = &self.bar {
+            b.set_message(m.to_string());
+        }
+    }
+    fn inc(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+    fn println(&self, s: &str) {
+        match &self.bar {
+            Some(b) => b.println(s),
+            None if !self.quiet => eprintln!("{s}"),
+            None => {}
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_from_names() {
+        for (n, s) in [
+            ("step-100", Some(100)),
+            ("step1000", Some(1000)),
+            ("checkpoint-2000", Some(2000)),
+            ("iter_0003000", Some(3000)),
+            ("global_step500", Some(500)),
+            ("final", None),
+            ("run2-step30", Some(30)),
+            ("42", Some(42)),
+        ] {
+            assert_eq!(step_from_name(n), s, "{n}");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! rho: a workbench for token-level training dynamics (Rho-1).
+//!
+//! Data flows one way: checkpoints + data -> losses -> trajectories -> reports.
+pub mod error;
+pub mod util;
+pub mod model;
+pub mod data;
+pub mod eval;
+pub mod dynamics;
+pub mod cli;
+
+pub use error::{Error, Result};

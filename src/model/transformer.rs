@@ -1,0 +1,399 @@
+//! One decoder-only transformer covering the three supported families.
+//!
+//! | family  | norm      | attention projections            | position       | MLP            | residual   |
+//! |---------|-----------|----------------------------------|----------------|----------------|------------|
+//! | Llama   | RMSNorm   | q/k/v/o, grouped-query, opt. bias | RoPE (full)    | SwiGLU         | sequential |
+//! | NeoX    | LayerNorm | fused qkv, interleaved per head   | RoPE (partial) | GELU           | parallel or sequential |
+//! | GPT-2   | LayerNorm | fused qkv (Conv1D, [in, out])     | learned        | GELU (tanh)    | sequential |
+//!
+//! `forward` returns logits for EVERY position (candle-transformers' models return
+//! only the last one). With `Mode::Train` every op used has a backward pass
+//! (candle-nn's fused softmax / rms_norm / layer_norm / rope have none).
+
+use super::config::{Activation, Arch, ModelConfig};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, Linear, VarBuilder};
+
+/// Which implementation of the non-matmul ops to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Fused candle-nn kernels (no backward): evaluation.
+    Eval,
+    /// Differentiable compositions of basic ops: training.
+    Train,
+}
+
+#[derive(Debug, Clone)]
+enum Norm {
+    Rms { w: Tensor, eps: f64 },
+    Layer { w: Tensor, b: Tensor, eps: f64 },
+}
+
+impl Norm {
+    fn rms(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        Ok(Norm::Rms { w: vb.get(size, "weight")?, eps })
+    }
+    fn layer(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        Ok(Norm::Layer { w: vb.get(size, "weight")?, b: vb.get(size, "bias")?, eps })
+    }
+
+    /// x: [..., hidden] -> [..., hidden]
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match (self, mode) {
+            (Norm::Rms { w, eps }, Mode::Eval) => candle_nn::ops::rms_norm(&x.contiguous()?, w, *eps as f32),
+            (Norm::Rms { w, eps }, Mode::Train) => {
+                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+                x.broadcast_div(&(ms + *eps)?.sqrt()?)?.broadcast_mul(w)
+            }
+            (Norm::Layer { w, b, eps }, Mode::Eval) => {
+                candle_nn::ops::layer_norm(&x.contiguous()?, w, b, *eps as f32)
+            }
+            (Norm::Layer { w, b, eps }, Mode::Train) => {
+                let mean = x.mean_keepdim(D::Minus1)?;
+                let xc = x.broadcast_sub(&mean)?;
+                let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+                xc.broadcast_div(&(var + *eps)?.sqrt()?)?.broadcast_mul(w)?.broadcast_add(b)
+            }
+        }
+    }
+}
+
+fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
+    let w = vb.get((out_dim, in_dim), "weight")?;
+    let b = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+    Ok(Linear::new(w, b))
+}
+
+/// GPT-2's Conv1D stores the weight as [in, out].
+fn conv1d(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Linear> {
+    let w = vb.get((in_dim, out_dim), "weight")?.t()?;
+    let b = vb.get(out_dim, "bias")?;
+    Ok(Linear::new(w, Some(b)))
+}
+
+#[derive(Debug, Clone)]
+enum Qkv {
+    /// Llama: separate projections.
+    Separate { q: Linear, k: Linear, v: Linear },
+    /// GPT-NeoX: one projection whose output is [heads, 3, head_dim].
+    NeoxFused(Linear),
+    /// GPT-2: one projection whose output is [3, heads, head_dim].
+    Gpt2Fused(Linear),
+}
+
+#[derive(Debug, Clone)]
+enum Mlp {
+    /// down(act(gate(x)) * up(x))
+    Gated { gate: Linear, up: Linear, down: Linear },
+    /// proj(act(fc(x)))
+    Plain { fc: Linear, proj: Linear },
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    ln1: Norm,
+    ln2: Norm,
+    qkv: Qkv,
+    o: Linear,
+    mlp: Mlp,
+}
+
+/// A causal language model that returns logits at every position.
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    pub cfg: ModelConfig,
+    embed: Embedding,
+    pos_embed: Option<Embedding>,
+    blocks: Vec<Block>,
+    norm: Norm,
+    lm_head: Linear,
+    /// [max_ctx, rotary_dim / 2] tables (None for GPT-2).
+    rope: Option<(Tensor, Tensor)>,
+    pub mode: Mode,
+}
+
+fn act(x: &Tensor, a: Activation) -> Result<Tensor> {
+    match a {
+        Activation::Silu => x.silu(),
+        Activation::Gelu => x.gelu_erf(),
+        Activation::GeluTanh => x.gelu(),
+        Activation::Relu => x.relu(),
+    }
+}
+
+impl Transformer {
+    /// Build the model from a VarBuilder rooted at the checkpoint's top level
+    /// (tensor names exactly as transformers saves them).
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder, mode: Mode) -> Result<Self> {
+        let (h, v, inter) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let dev = vb.device().clone();
+        let t = match cfg.arch {
+            Arch::Llama => {
+                let m = vb.pp("model");
+                let embed_w = m.get((v, h), "embed_tokens.weight")?;
+                let mut blocks = Vec::with_capacity(cfg.num_layers);
+                for i in 0..cfg.num_layers {
+                    let l = m.pp(format!("layers.{i}"));
+                    let a = l.pp("self_attn");
+                    let mlp = l.pp("mlp");
+                    blocks.push(Block {
+                        ln1: Norm::rms(l.pp("input_layernorm"), h, cfg.norm_eps)?,
+                        ln2: Norm::rms(l.pp("post_attention_layernorm"), h, cfg.norm_eps)?,
+                        qkv: Qkv::Separate {
+                            q: linear(a.pp("q_proj"), h, nh * hd, cfg.attention_bias)?,
+                            k: linear(a.pp("k_proj"), h, nkv * hd, cfg.attention_bias)?,
+                            v: linear(a.pp("v_proj"), h, nkv * hd, cfg.attention_bias)?,
+                        },
+                        o: linear(a.pp("o_proj"), nh * hd, h, cfg.attention_out_bias)?,
+                        mlp: Mlp::Gated {
+                            gate: linear(mlp.pp("gate_proj"), h, inter, cfg.mlp_bias)?,
+                            up: linear(mlp.pp("up_proj"), h, inter, cfg.mlp_bias)?,
+                            down: linear(mlp.pp("down_proj"), inter, h, cfg.mlp_bias)?,
+                        },
+                    });
+                }
+                let lm_head = if cfg.tie_word_embeddings && !vb.contains_tensor("lm_head.weight") {
+                    Linear::new(embed_w.clone(), None)
+                } else {
+                    linear(vb.pp("lm_head"), h, v, false)?
+                };
+                Transformer {
+                    embed: Embedding::new(embed_w, h),
+                    pos_embed: None,
+                    blocks,
+                    norm: Norm::rms(m.pp("norm"), h, cfg.norm_eps)?,
+                    lm_head,
+                    rope: None,
+                    cfg: cfg.clone(),
+                    mode,
+                }
+            }
+            Arch::GptNeox => {
+                let m = vb.pp("gpt_neox");
+                let embed_w = m.get((v, h), "embed_in.weight")?;
+                let mut blocks = Vec::with_capacity(cfg.num_layers);
+                for i in 0..cfg.num_layers {
+                    let l = m.pp(format!("layers.{i}"));
+                    let a = l.pp("attention");
+                    let mlp = l.pp("mlp");
+                    blocks.push(Block {
+                        ln1: Norm::layer(l.pp("input_layernorm"), h, cfg.norm_eps)?,
+                        ln2: Norm::layer(l.pp("post_attention_layernorm"), h, cfg.norm_eps)?,
+                        qkv: Qkv::NeoxFused(linear(a.pp("query_key_value"), h, 3 * h, cfg.attention_bias)?),
+                        o: linear(a.pp("dense"), h, h, cfg.attention_out_bias)?,
+                        mlp: Mlp::Plain {
+                            fc: linear(mlp.pp("dense_h_to_4h"), h, inter, cfg.mlp_bias)?,
+                            proj: linear(mlp.pp("dense_4h_to_h"), inter, h, cfg.mlp_bias)?,
+                        },
+                    });
+                }
+                let lm_head = if cfg.tie_word_embeddings && !vb.contains_tensor("embed_out.weight") {
+                    Linear::new(embed_w.clone(), None)
+                } else {
+                    linear(vb.pp("embed_out"), h, v, false)?
+                };
+                Transformer {
+                    embed: Embedding::new(embed_w, h),
+                    pos_embed: None,
+                    blocks,
+                    norm: Norm::layer(m.pp("final_layer_norm"), h, cfg.norm_eps)?,
+                    lm_head,
+                    rope: None,
+                    cfg: cfg.clone(),
+                    mode,
+                }
+            }
+            Arch::Gpt2 => {
+                // Saved GPT2LMHeadModel uses `transformer.`; a bare GPT2Model has no prefix.
+                let m = if vb.contains_tensor("transformer.wte.weight") { vb.pp("transformer") } else { vb.clone() };
+                let embed_w = m.get((v, h), "wte.weight")?;
+                let pos_w = m.get((cfg.max_position_embeddings, h), "wpe.weight")?;
+                let mut blocks = Vec::with_capacity(cfg.num_layers);
+                for i in 0..cfg.num_layers {
+                    let l = m.pp(format!("h.{i}"));
+                    blocks.push(Block {
+                        ln1: Norm::layer(l.pp("ln_1"), h, cfg.norm_eps)?,
+                        ln2: Norm::layer(l.pp("ln_2"), h, cfg.norm_eps)?,
+                        qkv: Qkv::Gpt2Fused(conv1d(l.pp("attn.c_attn"), h, 3 * h)?),
+                        o: conv1d(l.pp("attn.c_proj"), h, h)?,
+                        mlp: Mlp::Plain {
+                            fc: conv1d(l.pp("mlp.c_fc"), h, inter)?,
+                            proj: conv1d(l.pp("mlp.c_proj"), inter, h)?,
+                        },
+                    });
+                }
+                let lm_head = if cfg.tie_word_embeddings || !vb.contains_tensor("lm_head.weight") {
+                    Linear::new(embed_w.clone(), None)
+                } else {
+                    linear(vb.pp("lm_head"), h, v, false)?
+                };
+                Transformer {
+                    embed: Embedding::new(embed_w, h),
+                    pos_embed: Some(Embedding::new(pos_w, h)),
+                    blocks,
+                    norm: Norm::layer(m.pp("ln_f"), h, cfg.norm_eps)?,
+                    lm_head,
+                    rope: None,
+                    cfg: cfg.clone(),
+                    mode,
+                }
+            }
+        };
+        let rope = if cfg.rotary_dim > 0 { Some(rope_tables(cfg, cfg.context_len(), vb.dtype(), &dev)?) } else { None };
+        Ok(Transformer { rope, ..t })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed.embeddings().device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed.embeddings().dtype()
+    }
+
+    /// input_ids: [batch, seq] (u32), positions 0..seq. Returns logits [batch, seq, vocab]
+    /// in the model's dtype. Rows are causal: padding appended on the right of a row
+    /// does not change the logits of the positions before it.
+    pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b, s) = input_ids.dims2()?;
+        if s > self.cfg.context_len() {
+            candle_core::bail!(
+                "sequence of {s} tokens is longer than the model's context of {}",
+                self.cfg.context_len()
+            );
+        }
+        let mut x = self.embed.forward(input_ids)?;
+        if let Some(pe) = &self.pos_embed {
+            let pos = Tensor::arange(0u32, s as u32, x.device())?;
+            x = x.broadcast_add(&pe.forward(&pos)?)?;
+        }
+        let mask = causal_mask(s, x.dtype(), x.device())?;
+        for blk in &self.blocks {
+            x = self.block(blk, &x, &mask, b, s)?;
+        }
+        let x = self.norm.forward(&x, self.mode)?;
+        self.lm_head.forward(&x)
+    }
+
+    fn block(&self, blk: &Block, x: &Tensor, mask: &Tensor, b: usize, s: usize) -> Result<Tensor> {
+        let h1 = blk.ln1.forward(x, self.mode)?;
+        let attn = self.attention(blk, &h1, mask, b, s)?;
+        if self.cfg.parallel_residual {
+            let h2 = blk.ln2.forward(x, self.mode)?;
+            let m = self.mlp(&blk.mlp, &h2)?;
+            (x + attn)? + m
+        } else {
+            let x = (x + attn)?;
+            let h2 = blk.ln2.forward(&x, self.mode)?;
+            let m = self.mlp(&blk.mlp, &h2)?;
+            x + m
+        }
+    }
+
+    fn mlp(&self, mlp: &Mlp, x: &Tensor) -> Result<Tensor> {
+        match mlp {
+            Mlp::Gated { gate, up, down } => {
+                let g = act(&gate.forward(x)?, self.cfg.activation)?;
+                down.forward(&(g * up.forward(x)?)?)
+            }
+            Mlp::Plain { fc, proj } => proj.forward(&act(&fc.forward(x)?, self.cfg.activation)?),
+        }
+    }
+
+    /// x: [b, s, hidden] -> [b, s, hidden]
+    fn attention(&self, blk: &Block, x: &Tensor, mask: &Tensor, b: usize, s: usize) -> Result<Tensor> {
+        let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        // q: [b, nh, s, hd], k/v: [b, nkv, s, hd]
+        let (q, k, v) = match &blk.qkv {
+            Qkv::Separate { q, k, v } => (
+                q.forward(x)?.reshape((b, s, nh, hd))?.transpose(1, 2)?,
+                k.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?,
+                v.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?,
+            ),
+            Qkv::NeoxFused(lin) => {
+                let qkv = lin.forward(x)?.reshape((b, s, nh, 3 * hd))?.transpose(1, 2)?;
+                (qkv.narrow(3, 0, hd)?, qkv.narrow(3, hd, hd)?, qkv.narrow(3, 2 * hd, hd)?)
+            }
+            Qkv::Gpt2Fused(lin) => {
+                let qkv = lin.forward(x)?.reshape((b, s, 3, nh, hd))?;
+                let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2);
+                (part(0)?, part(1)?, part(2)?)
+            }
+        };
+        let (q, k) = match &self.rope {
+            Some((cos, sin)) => {
+                let cos = cos.narrow(0, 0, s)?;
+                let sin = sin.narrow(0, 0, s)?;
+                (
+                    apply_rope(&q, &cos, &sin, self.cfg.rotary_dim, self.mode)?,
+                    apply_rope(&k, &cos, &sin, self.cfg.rotary_dim, self.mode)?,
+                )
+            }
+            None => (q, k),
+        };
+        let k = repeat_kv(k.contiguous()?, nh / nkv)?;
+        let v = repeat_kv(v.contiguous()?, nh / nkv)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let probs = match self.mode {
+            Mode::Eval => candle_nn::ops::softmax_last_dim(&scores)?,
+            Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let out = probs.matmul(&v)?; // [b, nh, s, hd]
+        let out = out.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+        blk.o.forward(&out)
+    }
+}
+
+/// cos and sin tables [ctx, rotary_dim / 2] for positions 0..ctx.
+fn rope_tables(cfg: &ModelConfig, ctx: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
+    let inv = cfg.inv_freq();
+    let half = inv.len();
+    let mut cos = Vec::with_capacity(ctx * half);
+    let mut sin = Vec::with_capacity(ctx * half);
+    for p in 0..ctx {
+        for &f in &inv {
+            // transformers multiplies in float32, then takes cos/sin in float32.
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let cos = Tensor::from_vec(cos, (ctx, half), dev)?.to_dtype(dtype)?;
+    let sin = Tensor::from_vec(sin, (ctx, half), dev)?.to_dtype(dtype)?;
+    Ok((cos, sin))
+}
+
+/// Rotate the first `rotary_dim` dims of x [b, h, s, hd] (rotate-half convention).
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: usize, mode: Mode) -> Result<Tensor> {
+    let hd = x.dim(3)?;
+    let rope = |t: &Tensor| match mode {
+        Mode::Eval => candle_nn::rotary_emb::rope(&t.contiguous()?, cos, sin),
+        Mode::Train => candle_nn::rotary_emb::rope_slow(&t.contiguous()?, cos, sin),
+    };
+    if rotary_dim == hd {
+        rope(x)
+    } else {
+        let rot = rope(&x.narrow(3, 0, rotary_dim)?)?;
+        let pass = x.narrow(3, rotary_dim, hd - rotary_dim)?;
+        Tensor::cat(&[&rot, &pass], 3)
+    }
+}
+
+/// [b, nkv, s, hd] -> [b, nkv * n_rep, s, hd], each kv head repeated n_rep times in place.
+fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, nkv, s, hd) = x.dims4()?;
+    x.unsqueeze(2)?.expand((b, nkv, n_rep, s, hd))?.reshape((b, nkv * n_rep, s, hd))
+}
+
+/// [s, s] additive mask: 0 on and below the diagonal, -inf above.
+fn causal_mask(s: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let m: Vec<f32> = (0..s)
+        .flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(m, (s, s), dev)?.to_dtype(dtype)
+}

@@ -1,0 +1,222 @@
+//! Bad input: one clear error line naming the file, a non-zero exit, no partial
+//! or corrupt file in the study, and results of other checkpoints intact.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+/// A series of two good llama checkpoints in a temp folder, a study with the first
+/// one already evaluated, and a third checkpoint (to be broken by the test).
+struct Setup {
+    _dir: tempfile::TempDir,
+    series: PathBuf,
+    study: PathBuf,
+    broken: PathBuf,
+    before: Vec<(String, Vec<u8>)>,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let series = dir.path().join("series");
+    copy_dir(&fixtures().join("llama/step-0"), &series.join("step-0"));
+    let broken = series.join("step-300");
+    copy_dir(&fixtures().join("llama/step-100"), &broken);
+    let study = dir.path().join("study");
+    let out = eval(&[series.join("step-0")], &study);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = snapshot(&study);
+    Setup { _dir: dir, series, study, broken, before }
+}
+
+fn eval(ckpts: &[PathBuf], study: &Path) -> std::process::Output {
+    let mut args: Vec<String> = vec!["eval".into(), "--checkpoints".into()];
+    args.extend(ckpts.iter().map(|c| c.display().to_string()));
+    args.extend(["--data".into(), val_data().display().to_string(), "--study".into(), study.display().to_string(), "--quiet".into()]);
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    rho(&refs)
+}
+
+/// Evaluate the series (good step-0 + broken step-300); expect a one-line error
+/// containing every `needles`, and the study unchanged.
+fn expect_failure(s: &Setup, needles: &[&str]) -> String {
+    let out = eval(&[s.series.clone()], &s.study);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "expected failure, got success: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one error line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "error should mention `{n}`: {err}");
+    }
+    // Earlier results intact, nothing partial left behind.
+    assert_eq!(snapshot(&s.study), s.before, "the study changed");
+    err
+}
+
+#[test]
+fn missing_safetensors() {
+    let s = setup();
+    std::fs::remove_file(s.broken.join("model.safetensors")).unwrap();
+    expect_failure(&s, &["step-300", "model.safetensors"]);
+}
+
+#[test]
+fn truncated_safetensors() {
+    let s = setup();
+    let p = s.broken.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    expect_failure(&s, &["step-300/model.safetensors", "truncated"]);
+}
+
+#[test]
+fn corrupt_safetensors_header() {
+    let s = setup();
+    let p = s.broken.join("model.safetensors");
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[10] = b'#';
+    std::fs::write(&p, &bytes).unwrap();
+    expect_failure(&s, &["step-300/model.safetensors"]);
+}
+
+#[test]
+fn missing_shard() {
+    let s = setup();
+    std::fs::remove_dir_all(&s.broken).unwrap();
+    copy_dir(&fixtures().join("llama/step-200"), &s.broken);
+    let shard = std::fs::read_dir(&s.broken)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-of-00004.safetensors") || p.to_string_lossy().contains("-of-"))
+        .expect("a shard");
+    std::fs::remove_file(&shard).unwrap();
+    expect_failure(&s, &[shard.file_name().unwrap().to_str().unwrap(), "missing"]);
+}
+
+#[test]
+fn tensor_shape_disagrees_with_config() {
+    let s = setup();
+    let p = s.broken.join("config.json");
+    let cfg = std::fs::read_to_string(&p).unwrap().replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");
+    assert!(cfg.contains("96"));
+    std::fs::write(&p, cfg).unwrap();
+    expect_failure(&s, &["step-300/model.safetensors", "mlp", "shape", "[128, 64]", "[96, 64]"]);
+}
+
+#[test]
+fn unknown_model_type() {
+    let s = setup();
+    let p = s.broken.join("config.json");
+    let cfg = std::fs::read_to_string(&p).unwrap().replace("\"llama\"", "\"mamba\"");
+    std::fs::write(&p, cfg).unwrap();
+    expect_failure(&s, &["step-300/config.json", "unknown model_type `mamba`"]);
+}
+
+#[test]
+fn token_ids_beyond_vocabulary() {
+    let s = setup();
+    // A tokenizer with ids up to 300 against a model of 300 tokens (ids 0..299).
+    let p = s.broken.join("config.json");
+    let cfg = std::fs::read_to_string(&p).unwrap().replace("\"vocab_size\": 301", "\"vocab_size\": 200");
+    std::fs::write(&p, cfg).unwrap();
+    expect_failure(&s, &["tokenizer.json", "beyond the vocabulary", "step-300/config.json"]);
+}
+
+#[test]
+fn pickle_checkpoint_is_refused() {
+    let s = setup();
+    std::fs::remove_file(s.broken.join("model.safetensors")).unwrap();
+    std::fs::write(s.broken.join("pytorch_model.bin"), b"PK\x03\x04 not executed").unwrap();
+    expect_failure(&s, &["pytorch_model.bin", "refused", "safetensors"]);
+}
+
+fn data_failure(data: &[u8], name: &str, needles: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(name);
+    std::fs::write(&p, data).unwrap();
+    let study = dir.path().join("study");
+    let out = rho(&[
+        "eval", "--checkpoints", fixtures().join("llama").to_str().unwrap(),
+        "--data", p.to_str().unwrap(), "--study", study.to_str().unwrap(), "--quiet",
+    ]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(p.to_str().unwrap()), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` in {err}");
+    }
+    assert!(!study.join("losses").exists() || std::fs::read_dir(study.join("losses")).unwrap().next().is_none());
+}
+
+#[test]
+fn empty_data_file() {
+    data_failure(b"", "val.jsonl", &["empty"]);
+    data_failure(b"\n\n  \n", "val.txt", &["empty"]);
+}
+
+#[test]
+fn non_utf8_data_file() {
+    data_failure(b"good text\n\xff\xfe bad bytes\n", "val.txt", &["UTF-8"]);
+}
+
+#[test]
+fn wrong_text_field() {
+    data_failure(b"{\"question\": \"what?\"}\n", "val.jsonl", &["no field `text`", "question"]);
+}
+
+#[test]
+fn folder_with_no_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("empty/sub")).unwrap();
+    let out = rho(&[
+        "eval", "--checkpoints", dir.path().join("empty").to_str().unwrap(),
+        "--data", val_data().to_str().unwrap(), "--study", dir.path().join("s").to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("empty") && err.contains("no checkpoints"), "{err}");
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = |extra: &[&str]| {
+        let mut a = vec![
+            "eval", "--checkpoints", "fixtures/llama", "--data", "fixtures/data/val.jsonl", "--quiet",
+        ];
+        let s = dir.path().join("s");
+        let s = s.to_str().unwrap().to_string();
+        let mut v: Vec<String> = a.drain(..).map(String::from).collect();
+        v.push("--study".into());
+        v.push(s);
+        v.extend(extra.iter().map(|x| x.to_string()));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rho")).current_dir(root()).args(&v).output().unwrap();
+        (out.status.code(), stderr(&out))
+    };
+    let (code, err) = base(&["--device", "tpu"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--device"), "{err}");
+    let (code, err) = base(&["--dtype", "f64"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--dtype"), "{err}");
+    let (code, err) = base(&["--batch-tokens", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--batch-tokens"), "{err}");
+}
+
+#[test]
+fn other_data_into_existing_study_is_refused_then_forced() {
+    let s = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.txt");
+    std::fs::write(&other, "some other text for the model to read\n\nand more").unwrap();
+    let out = rho(&[
+        "eval", "--checkpoints", s.series.join("step-0").to_str().unwrap(),
+        "--data", other.to_str().unwrap(), "--study", s.study.to_str().unwrap(), "--quiet",
+    ]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("study.json") && err.contains("--force"), "{err}");
+    assert_eq!(snapshot(&s.study), s.before);
+}
