@@ -375,3 +375,100 @@ impl ModelConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> ModelConfig {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/configs").join(name);
+        ModelConfig::from_file(&p).unwrap()
+    }
+
+    fn parse(json: &str) -> Result<ModelConfig> {
+        ModelConfig::from_value(&serde_json::from_str(json).unwrap(), Path::new("x/config.json"))
+    }
+
+    #[test]
+    fn llama_v4_and_v5_agree() {
+        let (a, b) = (fixture("llama_v4.json"), fixture("llama_v5.json"));
+        assert_eq!(a.arch, Arch::Llama);
+        assert_eq!((a.num_heads, a.num_kv_heads, a.head_dim), (32, 4, 64));
+        assert_eq!(a.rope_theta, 10000.0);
+        assert_eq!(a.rotary_dim, 64);
+        assert_eq!(a.eos_token_id, Some(2));
+        assert_eq!(
+            (a.vocab_size, a.hidden_size, a.num_layers, a.num_kv_heads, a.rope_theta, a.rotary_dim),
+            (b.vocab_size, b.hidden_size, b.num_layers, b.num_kv_heads, b.rope_theta, b.rotary_dim)
+        );
+    }
+
+    #[test]
+    fn neox_v4_and_v5_agree() {
+        let (a, b) = (fixture("neox_v4.json"), fixture("neox_v5.json"));
+        assert_eq!(a.arch, Arch::GptNeox);
+        assert_eq!(a.head_dim, 64);
+        assert_eq!(a.rotary_dim, 16, "rotary_pct 0.25 of 64");
+        assert!(a.parallel_residual);
+        assert_eq!((b.rotary_dim, b.rope_theta, b.parallel_residual), (a.rotary_dim, a.rope_theta, true));
+    }
+
+    #[test]
+    fn gpt2_defaults() {
+        let c = fixture("gpt2.json");
+        assert_eq!(c.arch, Arch::Gpt2);
+        assert!(c.tie_word_embeddings);
+        assert_eq!(c.intermediate_size, 4 * c.hidden_size);
+        assert_eq!(c.activation, Activation::GeluTanh);
+        assert_eq!(c.rotary_dim, 0);
+    }
+
+    #[test]
+    fn rope_parameters_win_over_top_level() {
+        let c = parse(r#"{"model_type":"gpt_neox","vocab_size":10,"hidden_size":64,"num_attention_heads":4,
+            "num_hidden_layers":1,"intermediate_size":8,"rotary_pct":1.0,"rotary_emb_base":5,
+            "rope_parameters":{"rope_theta":500000,"partial_rotary_factor":0.5,"rope_type":"default"}}"#)
+        .unwrap();
+        assert_eq!((c.rope_theta, c.rotary_dim), (500000.0, 8));
+    }
+
+    #[test]
+    fn llama3_scaling_and_mistral_window() {
+        let c = parse(r#"{"model_type":"llama","vocab_size":10,"hidden_size":64,"num_attention_heads":4,
+            "num_hidden_layers":1,"intermediate_size":8,"rope_theta":500000.0,
+            "rope_scaling":{"rope_type":"llama3","factor":32.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
+            "original_max_position_embeddings":8192}}"#)
+        .unwrap();
+        let inv = c.inv_freq();
+        assert_eq!(inv.len(), 8);
+        // The highest frequency is untouched, the lowest divided by the factor.
+        let plain: Vec<f32> = (0..8).map(|i| 1.0 / 500000f32.powf(2.0 * i as f32 / 16.0)).collect();
+        assert_eq!(inv[0], plain[0]);
+        assert!((inv[7] - plain[7] / 32.0).abs() < 1e-12);
+        let m = parse(r#"{"model_type":"mistral","vocab_size":10,"hidden_size":64,"num_attention_heads":4,
+            "num_key_value_heads":2,"num_hidden_layers":1,"intermediate_size":8,"max_position_embeddings":32768,
+            "sliding_window":4096}"#)
+        .unwrap();
+        assert_eq!(m.context_len(), 4096);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let e = parse(r#"{"model_type":"rwkv","vocab_size":10}"#).unwrap_err().to_string();
+        assert!(e.contains("x/config.json") && e.contains("unknown model_type `rwkv`"), "{e}");
+        let e = parse(r#"{"model_type":"llama","vocab_size":10}"#).unwrap_err().to_string();
+        assert!(e.contains("missing `hidden_size`"), "{e}");
+        let e = parse(r#"{"vocab_size":10}"#).unwrap_err().to_string();
+        assert!(e.contains("no `model_type`"), "{e}");
+        let e = parse(r#"{"model_type":"llama","vocab_size":10,"hidden_size":64,"num_attention_heads":4,
+            "num_key_value_heads":3,"num_hidden_layers":1,"intermediate_size":8}"#)
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("key/value heads"), "{e}");
+        let e = parse(r#"{"model_type":"llama","vocab_size":10,"hidden_size":64,"num_attention_heads":4,
+            "num_hidden_layers":1,"intermediate_size":8,"rope_scaling":{"rope_type":"yarn","factor":4}}"#)
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unsupported rope type `yarn`"), "{e}");
+    }
+}
