@@ -20,6 +20,37 @@ pub enum Command {
     Eval(EvalArgs),
     /// Place every token in its Rho-1 loss-trajectory category (App. B.1).
     Categorize(CategorizeArgs),
+    /// Train a model: CLM, or Selective Language Modeling (--mode slm --ratio K).
+    Train(crate::train::config::TrainArgs),
+    /// Precompute reference losses over the packed training stream (for --ref-scores).
+    Score(ScoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// The reference model (HF checkpoint folder).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The training data, exactly as `rho train --data` will get it.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output Parquet file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Window length: must equal the training --seq-len [default: the model's context, at most 1024].
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// tokenizer.json (default: the model's).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    #[arg(long, default_value_t = 4096)]
+    pub batch_tokens: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +185,51 @@ pub fn run(cli: Cli) -> Result<()> {
                 print!("{}", summary.table());
             }
             Ok(())
+        }
+        Command::Train(a) => {
+            let resume = a.resume.clone();
+            let summary = match &resume {
+                // A resumed run takes its settings from the checkpoint; --steps may extend it.
+                Some(dir) => {
+                    let ckpt = crate::train::checkpoint::resolve_resume(dir)?;
+                    let mut cfg = crate::train::checkpoint::load_state(&ckpt)?.config;
+                    if let Some(s) = a.steps {
+                        cfg.steps = s;
+                    }
+                    cfg.quiet |= a.quiet;
+                    // The run continues in the folder that holds the checkpoint, unless --out says otherwise.
+                    cfg.out = match a.out {
+                        Some(out) => out,
+                        None => ckpt.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| cfg.out.clone()),
+                    };
+                    crate::train::run_train(&cfg, Some(&ckpt))?
+                }
+                None => {
+                    let cfg = a.merged()?.resolve()?;
+                    crate::train::run_train(&cfg, None)?
+                }
+            };
+            if let (Some(last), false) = (summary.checkpoints.last(), a.quiet) {
+                eprintln!("rho train: step {} in {:.1} s; last checkpoint {}", summary.last_step, summary.seconds, last.display());
+            }
+            Ok(())
+        }
+        Command::Score(a) => {
+            if a.batch_tokens == 0 {
+                return Err(Error::flag("--batch-tokens", "must be positive"));
+            }
+            let device = parse_device(&a.device)?;
+            let ck = crate::model::Checkpoint::open(&a.model)?;
+            let tok_path = a.tokenizer.clone().unwrap_or_else(|| a.model.join("tokenizer.json"));
+            let tok = crate::data::Tok::from_file(&tok_path)?;
+            let seq_len = a.seq_len.unwrap_or(ck.config.context_len().min(1024));
+            if seq_len > ck.config.context_len() {
+                return Err(Error::flag("--seq-len", format!("{seq_len} is longer than the model's context of {}", ck.config.context_len())));
+            }
+            let stream = crate::train::stream::Stream::build(
+                &a.data, &a.text_field, &tok, tok.eos_id(ck.config.eos_token_id), seq_len, ck.config.vocab_size,
+            )?;
+            crate::train::reference::score_stream(&ck, &stream, &a.out, &device, a.batch_tokens, a.quiet)
         }
     }
 }

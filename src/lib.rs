@@ -7,6 +7,8 @@ pub mod model;
 pub mod data;
 pub mod eval;
 pub mod dynamics;
+pub mod select;
+pub mod train;
 pub mod cli;
 
 pub use error::{Error, Result};

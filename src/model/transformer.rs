@@ -206,7 +206,7 @@ impl Transformer {
             }
             Arch::Gpt2 => {
                 // Saved GPT2LMHeadModel uses `transformer.`; a bare GPT2Model has no prefix.
-                let m = if vb.contains_tensor("transformer.wte.weight") { vb.pp("transformer") } else { vb.clone() };
+                let m = if vb.contains_tensor("wte.weight") { vb.clone() } else { vb.pp("transformer") };
                 let embed_w = m.get((v, h), "wte.weight")?;
                 let pos_w = m.get((cfg.max_position_embeddings, h), "wpe.weight")?;
                 let mut blocks = Vec::with_capacity(cfg.num_layers);

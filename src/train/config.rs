@@ -1,0 +1,260 @@
+//! Training configuration: flags, or a TOML file (`--config FILE`) whose keys
+//! mirror the flags (`batch-tokens = 4096`); flags override the file.
+
+use crate::error::{Error, Result, WithPath};
+use crate::select::Select;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainMode {
+    /// Causal language modeling: every token is trained on.
+    Clm,
+    /// Selective language modeling: only the selected tokens are.
+    Slm,
+}
+
+impl std::fmt::Display for TrainMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TrainMode::Clm => "clm",
+            TrainMode::Slm => "slm",
+        })
+    }
+}
+
+/// The flags of `rho train`, all optional so that a TOML file can supply them.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TrainArgs {
+    /// TOML file with the settings below (keys spelled as the flags); flags override it.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Continue a run: a checkpoint folder written by `rho train`, or the run's --out folder (latest checkpoint).
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: Option<PathBuf>,
+    /// Training data (.jsonl, .parquet, plain text), packed into windows with EOS.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Output folder: step-N checkpoints, metrics.jsonl, masks/.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Optimizer steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Start from this HF checkpoint (continual pretraining).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Start from a random init of this config.json.
+    #[arg(long)]
+    pub model_config: Option<PathBuf>,
+    /// tokenizer.json (default: the --init checkpoint's).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// JSON Lines / Parquet field holding the text [default: text].
+    #[arg(long)]
+    pub text_field: Option<String>,
+    /// clm or slm [default: clm].
+    #[arg(long, value_enum)]
+    pub mode: Option<TrainMode>,
+    /// SLM: share of tokens kept, in (0, 1] [default: 0.6].
+    #[arg(long)]
+    pub ratio: Option<f64>,
+    /// SLM: reference model, run on each batch.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// SLM: reference losses precomputed by `rho score`.
+    #[arg(long)]
+    pub ref_scores: Option<PathBuf>,
+    /// SLM selection: batch (top-k of the batch by excess loss), sequence (per sequence),
+    /// random (control), loss (top-k by current loss) [default: batch].
+    #[arg(long)]
+    pub select: Option<Select>,
+    /// Save a checkpoint every N steps (and at the end) [default: steps].
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    /// Seed of init, data order and random selection [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Peak learning rate [default: 3e-4].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Final learning rate of the cosine decay [default: lr / 10].
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    /// Warm-up steps [default: 0].
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Tokens per batch; the batch holds batch-tokens / seq-len windows [default: 4096].
+    #[arg(long)]
+    pub batch_tokens: Option<usize>,
+    /// Window length [default: the model's context, at most 1024].
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// AdamW weight decay on matrices [default: 0.1].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Clip the global gradient norm to this (0: off) [default: 1.0].
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    /// Write the selection mask of a fixed probe batch every N steps (0: never) [default: save-every].
+    #[arg(long)]
+    pub mask_every: Option<u64>,
+    /// Std of the random init of matrices [default: 0.02].
+    #[arg(long)]
+    pub init_std: Option<f64>,
+    /// Print a progress line every N steps [default: 1].
+    #[arg(long)]
+    pub log_every: Option<u64>,
+    /// cpu or cuda:N [default: cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// No progress output.
+    #[arg(long)]
+    #[serde(default)]
+    pub quiet: bool,
+}
+
+/// A complete, validated training configuration (saved in every checkpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub steps: u64,
+    pub init: Option<PathBuf>,
+    pub model_config: Option<PathBuf>,
+    pub tokenizer: Option<PathBuf>,
+    pub text_field: String,
+    pub mode: TrainMode,
+    pub ratio: f64,
+    pub reference: Option<PathBuf>,
+    pub ref_scores: Option<PathBuf>,
+    pub select: Select,
+    pub save_every: u64,
+    pub seed: u64,
+    pub lr: f64,
+    pub min_lr: Option<f64>,
+    pub warmup: u64,
+    pub batch_tokens: usize,
+    pub seq_len: Option<usize>,
+    pub weight_decay: f64,
+    pub grad_clip: f64,
+    pub mask_every: u64,
+    pub init_std: f64,
+    pub log_every: u64,
+    pub device: String,
+    pub quiet: bool,
+}
+
+macro_rules! merge {
+    ($flags:expr, $file:expr, $($f:ident),*) => {
+        $( if $flags.$f.is_none() { $flags.$f = $file.$f.clone(); } )*
+    };
+}
+
+impl TrainArgs {
+    /// Fill the flags not given from the TOML file.
+    pub fn merged(mut self) -> Result<TrainArgs> {
+        let Some(path) = self.config.clone() else { return Ok(self) };
+        let text = std::fs::read_to_string(&path).with_path(&path)?;
+        let file: TrainArgs = toml::from_str(&text).map_err(|e| Error::file(&path, format!("invalid config: {}", e.message())))?;
+        merge!(self, file, data, out, steps, init, model_config, tokenizer, text_field, mode, ratio, reference,
+            ref_scores, select, save_every, seed, lr, min_lr, warmup, batch_tokens, seq_len, weight_decay,
+            grad_clip, mask_every, init_std, log_every, device);
+        self.quiet |= file.quiet;
+        Ok(self)
+    }
+
+    /// Apply defaults and check the required flags.
+    pub fn resolve(self) -> Result<TrainConfig> {
+        let need = |name: &str| Error::flag(format!("--{name}"), "is required (as a flag or in --config)");
+        let steps = self.steps.ok_or_else(|| need("steps"))?;
+        let cfg = TrainConfig {
+            data: self.data.ok_or_else(|| need("data"))?,
+            out: self.out.ok_or_else(|| need("out"))?,
+            steps,
+            init: self.init,
+            model_config: self.model_config,
+            tokenizer: self.tokenizer,
+            text_field: self.text_field.unwrap_or_else(|| "text".into()),
+            mode: self.mode.unwrap_or(TrainMode::Clm),
+            ratio: self.ratio.unwrap_or(0.6),
+            reference: self.reference,
+            ref_scores: self.ref_scores,
+            select: self.select.unwrap_or(Select::Batch),
+            save_every: self.save_every.unwrap_or(steps),
+            seed: self.seed.unwrap_or(0),
+            lr: self.lr.unwrap_or(3e-4),
+            min_lr: self.min_lr,
+            warmup: self.warmup.unwrap_or(0),
+            batch_tokens: self.batch_tokens.unwrap_or(4096),
+            seq_len: self.seq_len,
+            weight_decay: self.weight_decay.unwrap_or(0.1),
+            grad_clip: self.grad_clip.unwrap_or(1.0),
+            mask_every: self.mask_every.unwrap_or_else(|| self.save_every.unwrap_or(steps)),
+            init_std: self.init_std.unwrap_or(0.02),
+            log_every: self.log_every.unwrap_or(1),
+            device: self.device.unwrap_or_else(|| "cpu".into()),
+            quiet: self.quiet,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |flag: &str, msg: String| Err(Error::flag(flag, msg));
+        if self.steps == 0 {
+            return bad("--steps", "must be positive".into());
+        }
+        match (&self.init, &self.model_config) {
+            (Some(_), Some(_)) => return bad("--init", "give --init or --model-config, not both".into()),
+            (None, None) => return bad("--init", "give --init CKPT (continual pretraining) or --model-config config.json (random init)".into()),
+            _ => {}
+        }
+        crate::select::check_ratio(self.ratio)?;
+        if self.mode == TrainMode::Clm && (self.reference.is_some() || self.ref_scores.is_some()) {
+            return bad("--mode", "a reference is only used with --mode slm".into());
+        }
+        if self.reference.is_some() && self.ref_scores.is_some() {
+            return bad("--reference", "give --reference or --ref-scores, not both".into());
+        }
+        if self.save_every == 0 {
+            return bad("--save-every", "must be positive".into());
+        }
+        if self.log_every == 0 {
+            return bad("--log-every", "must be positive".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("--lr", format!("must be positive, got {}", self.lr));
+        }
+        if self.batch_tokens == 0 {
+            return bad("--batch-tokens", "must be positive".into());
+        }
+        if !(self.grad_clip >= 0.0) {
+            return bad("--grad-clip", "must be >= 0".into());
+        }
+        if !(0.0..1.0).contains(&self.weight_decay) {
+            return bad("--weight-decay", format!("must be in [0, 1), got {}", self.weight_decay));
+        }
+        Ok(())
+    }
+
+    pub fn min_lr(&self) -> f64 {
+        self.min_lr.unwrap_or(self.lr / 10.0)
+    }
+
+    pub fn adamw(&self) -> super::optim::AdamWParams {
+        super::optim::AdamWParams { weight_decay: self.weight_decay, ..Default::default() }
+    }
+
+    /// The --out folder as given.
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+}

@@ -1,0 +1,321 @@
+//! The training engine: SLM selection wiring, gradients, resume, checkpoints
+//! that `rho eval` reads back, and bad configuration.
+
+mod common;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use common::*;
+use polars::prelude::*;
+use rho::model::{loss::per_token_loss, Checkpoint, Mode, Transformer, Weights};
+use rho::train::params::ParamSource;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn train(out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rho"));
+    c.args(["train", "--init"]).arg(fixtures().join("llama/step-200"));
+    c.arg("--data").arg(val_data()).arg("--out").arg(out);
+    c.args(["--seq-len", "32", "--batch-tokens", "128", "--lr", "1e-3", "--quiet"]);
+    c.args(extra);
+    c.output().unwrap()
+}
+
+fn ok(o: std::process::Output) -> std::process::Output {
+    assert!(o.status.success(), "{}", stderr(&o));
+    o
+}
+
+fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn reference() -> String {
+    fixtures().join("llama/step-0").display().to_string()
+}
+
+#[test]
+fn slm_ratio_one_equals_clm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("clm"), dir.path().join("slm"));
+    ok(train(&a, &["--steps", "3"]));
+    ok(train(&b, &["--steps", "3", "--mode", "slm", "--ratio", "1.0", "--reference", &reference()]));
+    let wa = std::fs::read(a.join("step-3/model.safetensors")).unwrap();
+    let wb = std::fs::read(b.join("step-3/model.safetensors")).unwrap();
+    assert!(wa == wb, "SLM at ratio 1.0 must give the CLM weights");
+    // ... and a real selection gives other weights.
+    let c = dir.path().join("slm06");
+    ok(train(&c, &["--steps", "3", "--mode", "slm", "--ratio", "0.6", "--reference", &reference()]));
+    assert!(std::fs::read(c.join("step-3/model.safetensors")).unwrap() != wa);
+}
+
+/// The probe mask written during training keeps exactly the top ceil(K x N) tokens by
+/// excess loss, never padding; precomputed scores give the same run as the live reference.
+#[test]
+fn kept_set_is_top_k_by_excess_and_ref_scores_match_live_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    ok(train(&live, &["--steps", "2", "--mode", "slm", "--ratio", "0.3", "--reference", &reference(), "--mask-every", "1"]));
+    let df = rho::util::read_parquet(&live.join("masks/step-2.parquet")).unwrap();
+    let loss: Vec<f32> = df.column("loss").unwrap().f32().unwrap().into_no_null_iter().collect();
+    let refl: Vec<f32> = df.column("ref_loss").unwrap().f32().unwrap().into_no_null_iter().collect();
+    let kept: Vec<bool> = df.column("kept").unwrap().bool().unwrap().into_no_null_iter().collect();
+    let n = loss.len();
+    let k = (0.3 * n as f64 - 1e-9).ceil() as usize;
+    assert_eq!(kept.iter().filter(|&&x| x).count(), k);
+    let excess: Vec<f32> = loss.iter().zip(&refl).map(|(a, b)| a - b).collect();
+    let min_kept = (0..n).filter(|&i| kept[i]).map(|i| excess[i]).fold(f32::INFINITY, f32::min);
+    let max_dropped = (0..n).filter(|&i| !kept[i]).map(|i| excess[i]).fold(f32::NEG_INFINITY, f32::max);
+    assert!(min_kept >= max_dropped, "kept {min_kept} < dropped {max_dropped}");
+
+    // rho score + --ref-scores: the same run.
+    let scores = dir.path().join("ref.parquet");
+    let o = rho(&["score", "--model", &reference(), "--data", val_data().to_str().unwrap(), "--out", scores.to_str().unwrap(), "--seq-len", "32", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pre = dir.path().join("pre");
+    ok(train(&pre, &["--steps", "2", "--mode", "slm", "--ratio", "0.3", "--ref-scores", scores.to_str().unwrap(), "--mask-every", "1"]));
+    let (ma, mb) = (metrics(&live), metrics(&pre));
+    for (x, y) in ma.iter().zip(&mb) {
+        for key in ["loss_all", "loss_kept", "kept_frac"] {
+            let (p, q) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!((p - q).abs() < 1e-5, "{key}: live {p} precomputed {q}");
+        }
+    }
+    // Scores of another stream (other data) are refused.
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(&other, std::fs::read_to_string(val_data()).unwrap() + "{\"text\": \"one more document\"}\n").unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rho"));
+    c.args(["train", "--init"]).arg(fixtures().join("llama/step-200")).arg("--data").arg(&other);
+    c.arg("--out").arg(dir.path().join("bad")).args(["--seq-len", "32", "--steps", "1", "--mode", "slm", "--quiet"]);
+    let o = c.arg("--ref-scores").arg(&scores).output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("ref.parquet") && stderr(&o).contains("another stream"), "{}", stderr(&o));
+}
+
+fn train_model(dir: &Path) -> (Transformer, candle_nn::VarMap) {
+    let ck = Checkpoint::open(dir).unwrap();
+    let src = ParamSource::new(Some(Weights::open(dir).unwrap()), 0, 0.02);
+    let vm = src.varmap.clone();
+    let vb = VarBuilder::from_backend(Box::new(src), DType::F32, Device::Cpu);
+    (Transformer::new(&ck.config, vb, Mode::Train).unwrap(), vm)
+}
+
+fn batch() -> (Tensor, Tensor) {
+    let ids: Vec<u32> = (0..24u32).map(|i| (i * 37 + 11) % 290).collect();
+    let input = Tensor::from_vec(ids, (2, 12), &Device::Cpu).unwrap();
+    let targets = input.narrow(1, 1, 11).unwrap().contiguous().unwrap();
+    (input, targets)
+}
+
+/// The trap: candle-nn's fused ops have no backward. Every parameter of every
+/// family must get a non-zero gradient in training mode.
+#[test]
+fn every_parameter_gets_a_gradient() {
+    for ck in ["llama/step-0", "neox/step1000", "neox-seq/step1", "gpt2/checkpoint-10", "qwen2/step-1"] {
+        let (model, vm) = train_model(&fixtures().join(ck));
+        let (input, targets) = batch();
+        let logits = model.forward(&input).unwrap();
+        let loss = per_token_loss(&logits.narrow(1, 0, 11).unwrap(), &targets).unwrap().mean_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = vm.all_vars();
+        assert!(vars.len() > 10, "{ck}: {} vars", vars.len());
+        for (name, v) in vm.data().lock().unwrap().iter() {
+            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{ck}: no gradient for {name}"));
+            let n = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(n > 0.0, "{ck}: zero gradient for {name}");
+        }
+    }
+}
+
+/// Training mode and eval mode compute the same losses.
+#[test]
+fn train_and_eval_forward_agree() {
+    for ck in ["llama/step-100", "neox/step2000", "gpt2/checkpoint-20"] {
+        let dir = fixtures().join(ck);
+        let (model, _) = train_model(&dir);
+        let eval = Checkpoint::open(&dir).unwrap().load(DType::F32, &Device::Cpu, Mode::Eval).unwrap();
+        let (input, targets) = batch();
+        let a = per_token_loss(&model.forward(&input).unwrap().narrow(1, 0, 11).unwrap(), &targets).unwrap();
+        let b = per_token_loss(&eval.forward(&input).unwrap().narrow(1, 0, 11).unwrap(), &targets).unwrap();
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-4, "{ck}: {d}");
+    }
+}
+
+/// Unselected tokens contribute zero gradient: changing the targets of tokens
+/// outside the mask leaves every gradient bit-identical.
+#[test]
+fn unselected_tokens_contribute_no_gradient() {
+    let (model, vm) = train_model(&fixtures().join("llama/step-0"));
+    let (input, targets) = batch();
+    let keep: Vec<f32> = (0..22).map(|i| if i % 3 == 0 { 1.0 } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(keep.clone(), (2, 11), &Device::Cpu).unwrap();
+    let grads_for = |targets: &Tensor| {
+        let logits = model.forward(&input).unwrap();
+        let l = per_token_loss(&logits.narrow(1, 0, 11).unwrap(), targets).unwrap();
+        let loss = ((l * &mask).unwrap().sum_all().unwrap() / 8.0).unwrap();
+        loss.backward().unwrap()
+    };
+    let g1 = grads_for(&targets);
+    let mut t2: Vec<u32> = targets.flatten_all().unwrap().to_vec1().unwrap();
+    for (i, t) in t2.iter_mut().enumerate() {
+        if keep[i] == 0.0 {
+            *t = (*t + 101) % 290;
+        }
+    }
+    let g2 = grads_for(&Tensor::from_vec(t2, (2, 11), &Device::Cpu).unwrap());
+    for (name, v) in vm.data().lock().unwrap().iter() {
+        let a: Vec<f32> = g1.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = g2.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(a == b, "gradient of {name} depends on unselected tokens");
+    }
+}
+
+#[test]
+fn resume_reproduces_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full");
+    let args = ["--steps", "6", "--save-every", "3", "--mode", "slm", "--select", "random", "--ratio", "0.5", "--warmup", "2"];
+    ok(train(&full, &args));
+    // A crash after step 3: only the step-3 checkpoint and 4 lines of metrics (one torn) survive.
+    let crashed = dir.path().join("crashed");
+    copy_dir(&full.join("step-3"), &crashed.join("step-3"));
+    let lines: Vec<String> = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap().lines().map(String::from).collect();
+    std::fs::write(crashed.join("metrics.jsonl"), format!("{}\n{}\n{}\n{}", lines[0], lines[1], lines[2], &lines[3][..20])).unwrap();
+    std::fs::create_dir_all(crashed.join("step-6.tmp-999")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_rho")).args(["train", "--quiet", "--resume"]).arg(&crashed).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (metrics(&full), metrics(&crashed));
+    assert_eq!(a.len(), 6);
+    assert_eq!(b.len(), 6);
+    for (x, y) in a.iter().zip(&b) {
+        for key in ["step", "loss_all", "loss_kept", "kept_frac", "lr", "grad_norm", "tokens_seen"] {
+            assert_eq!(x[key], y[key], "{key} at step {}", x["step"]);
+        }
+    }
+    let wa = std::fs::read(full.join("step-6/model.safetensors")).unwrap();
+    let wb = std::fs::read(crashed.join("step-6/model.safetensors")).unwrap();
+    assert!(wa == wb, "resumed weights differ");
+    assert!(!crashed.join("step-6.tmp-999").exists(), "stale temporary folder removed");
+}
+
+/// A checkpoint written by `rho train`, read back by `rho eval --pack`, gives the
+/// per-token losses of the training forward pass (the probe mask of the last step).
+#[test]
+fn eval_reads_train_checkpoints_with_the_same_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    ok(train(&out, &["--steps", "3", "--mask-every", "3"]));
+    let ck = out.join("step-3");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors", "trainer_state.json"] {
+        assert!(ck.join(f).exists(), "{f}");
+    }
+    let study = dir.path().join("study");
+    let o = rho(&["eval", "--checkpoints", ck.to_str().unwrap(), "--data", val_data().to_str().unwrap(), "--study", study.to_str().unwrap(), "--pack", "--context", "32", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let probe = rho::util::read_parquet(&out.join("masks/step-3.parquet")).unwrap();
+    let ev = rho::util::read_parquet(&study.join("losses/step-3.parquet")).unwrap();
+    let key = |df: &DataFrame| -> Vec<(u32, u32)> {
+        let s: Vec<u32> = df.column("seq").unwrap().u32().unwrap().into_no_null_iter().collect();
+        let p: Vec<u32> = df.column("pos").unwrap().u32().unwrap().into_no_null_iter().collect();
+        s.into_iter().zip(p).collect()
+    };
+    let (kp, ke) = (key(&probe), key(&ev));
+    let lp: Vec<f32> = probe.column("loss").unwrap().f32().unwrap().into_no_null_iter().collect();
+    let le: Vec<f32> = ev.column("loss").unwrap().f32().unwrap().into_no_null_iter().collect();
+    let mut checked = 0;
+    for (i, k) in kp.iter().enumerate() {
+        let j = ke.iter().position(|x| x == k).expect("probe token in eval");
+        assert!((lp[i] - le[j]).abs() < 1e-4, "{k:?}: train {} eval {}", lp[i], le[j]);
+        checked += 1;
+    }
+    assert!(checked >= 100, "{checked}");
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = train(&dir.path().join("a"), &["--steps", "2", "--mode", "slm", "--ratio", "1.5", "--reference", &reference()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--ratio"), "{}", stderr(&o));
+    let o = train(&dir.path().join("b"), &["--steps", "2", "--mode", "slm", "--ratio", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = train(&dir.path().join("c"), &["--steps", "2", "--mode", "slm"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--reference"), "{}", stderr(&o));
+    // A reference with another vocabulary (GPT-2 fixture: 300 tokens vs 301).
+    let g = fixtures().join("gpt2/checkpoint-10");
+    let o = train(&dir.path().join("d"), &["--steps", "2", "--mode", "slm", "--reference", g.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("gpt2/checkpoint-10") && e.contains("vocabulary"), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    // Nothing was trained.
+    assert!(!dir.path().join("d/step-2").exists());
+}
+
+#[test]
+fn toml_config_mirrors_flags_and_flags_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "init = {:?}\ndata = {:?}\nsteps = 2\nseq-len = 32\nbatch-tokens = 128\nlr = 1e-3\nmode = \"slm\"\nselect = \"loss\"\nratio = 0.5\nquiet = true\n",
+            fixtures().join("llama/step-200"),
+            val_data()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let o = Command::new(env!("CARGO_BIN_EXE_rho")).args(["train", "--config"]).arg(&cfg).arg("--out").arg(&out).args(["--ratio", "0.25"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("step-2/trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(st["config"]["ratio"], 0.25, "flag overrides file");
+    assert_eq!(st["config"]["select"], "loss");
+    assert_eq!(st["config"]["steps"], 2);
+    let m = metrics(&out);
+    assert!((m[0]["kept_frac"].as_f64().unwrap() - 0.25).abs() < 0.02);
+    std::fs::write(&cfg, "steps = 2\nbogus-key = 1\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_rho")).args(["train", "--config"]).arg(&cfg).output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("run.toml") && stderr(&o).contains("bogus-key"), "{}", stderr(&o));
+}
+
+#[test]
+fn sigint_saves_a_checkpoint_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rho"))
+        .args(["train", "--init"])
+        .arg(fixtures().join("llama/step-200"))
+        .arg("--data")
+        .arg(val_data())
+        .arg("--out")
+        .arg(&out)
+        .args(["--seq-len", "32", "--batch-tokens", "128", "--steps", "100000", "--quiet"])
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !out.join("metrics.jsonl").exists() || std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count() < 2 {
+        assert!(t0.elapsed().as_secs() < 60, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let ckpts: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("step-"))
+        .collect();
+    assert_eq!(ckpts.len(), 1, "{ckpts:?}");
+    let state = rho::train::checkpoint::load_state(&ckpts[0]).unwrap();
+    assert!(state.step >= 2 && state.step < 100000);
+    assert_eq!(metrics(&out).len() as u64, state.step);
+}
