@@ -188,6 +188,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(a) => {
             let resume = a.resume.clone();
+            let quiet = a.quiet;
             let summary = match &resume {
                 // A resumed run takes its settings from the checkpoint; --steps may extend it.
                 Some(dir) => {
@@ -209,7 +210,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     crate::train::run_train(&cfg, None)?
                 }
             };
-            if let (Some(last), false) = (summary.checkpoints.last(), a.quiet) {
+            if let (Some(last), false) = (summary.checkpoints.last(), quiet) {
                 eprintln!("rho train: step {} in {:.1} s; last checkpoint {}", summary.last_step, summary.seconds, last.display());
             }
             Ok(())
