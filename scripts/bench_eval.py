@@ -317,24 +317,45 @@ def busy_processes() -> list[str]:
     return found
 
 
-def wait_quiet(limit_s: float) -> list[str]:
+def other_load(seconds: float = 3.0) -> float:
+    """CPUs' worth of work done by the machine over the next `seconds` (we are idle meanwhile)."""
+    b0 = busy_cpu_seconds()
+    time.sleep(seconds)
+    return (busy_cpu_seconds() - b0) / seconds
+
+
+def wait_quiet(limit_s: float, max_load: float = 0.15) -> list[str]:
+    """Wait up to limit_s seconds until other processes use less than max_load CPUs and no
+    compiler runs; returns what was still busy (empty when quiet)."""
     t = time.time()
-    busy = busy_processes()
-    while busy and time.time() - t < limit_s:
-        time.sleep(10)
+    while True:
         busy = busy_processes()
-    return busy
+        load = other_load()
+        if load >= max_load:
+            busy.append(f"{load:.2f} CPUs in use")
+        if not busy or time.time() - t > limit_s:
+            return busy
+        time.sleep(5)
 
 
-def timed(cmd: list[str], env=None) -> tuple[float, float, str, str, int]:
-    """(wall s, child CPU s, stdout, stderr, rc) of one subprocess."""
+def busy_cpu_seconds() -> float:
+    """Non-idle CPU seconds of the whole machine since boot (/proc/stat)."""
+    f = open("/proc/stat").readline().split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in f[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(cmd: list[str], env=None) -> tuple[float, float, float, str, str, int]:
+    """(wall s, child CPU s, CPU s used by OTHER processes meanwhile, stdout, stderr, rc)."""
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    b0 = busy_cpu_seconds()
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
+    b1 = busy_cpu_seconds()
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    return wall, cpu, p.stdout, p.stderr, p.returncode
+    return wall, cpu, max(0.0, (b1 - b0) - cpu), p.stdout, p.stderr, p.returncode
 
 
 RHO_LINE = re.compile(r"^\s+(\S+): (\d+) tokens in ([0-9.]+) s \(([0-9.]+) tokens/s\)", re.M)
@@ -343,13 +364,13 @@ RHO_LINE = re.compile(r"^\s+(\S+): (\d+) tokens in ([0-9.]+) s \(([0-9.]+) token
 def run_rho(rho: Path, ckdir: Path, data: Path, study: Path, batch_tokens: int) -> dict:
     cmd = [str(rho), "eval", "--checkpoints", str(ckdir), "--data", str(data), "--study", str(study),
            "--force", "--batch-tokens", str(batch_tokens)]
-    wall, cpu, out, err, rc = timed(cmd)
+    wall, cpu, other, out, err, rc = timed(cmd)
     if rc != 0:
         raise SystemExit(f"rho failed (exit {rc}):\n{err}")
     per = [{"name": m[0], "tokens": int(m[1]), "total_s": float(m[2])} for m in RHO_LINE.findall(err)]
     if not per:
         raise SystemExit(f"no per-checkpoint tokens/s line in rho's stderr:\n{err}")
-    return {"wall": wall, "cpu": cpu, "per": per, "cmd": cmd, "log": err}
+    return {"wall": wall, "cpu": cpu, "other": other, "per": per, "cmd": cmd, "log": err}
 
 
 def run_peer(ckdir: Path, data: Path, out: Path, batch_tokens: int, threads: int, attn: str) -> dict:
@@ -357,11 +378,11 @@ def run_peer(ckdir: Path, data: Path, out: Path, batch_tokens: int, threads: int
            "--data", str(data), "--out", str(out), "--batch-tokens", str(batch_tokens),
            "--threads", str(threads), "--attn", attn]
     shutil.rmtree(out, ignore_errors=True)
-    wall, cpu, so, err, rc = timed(cmd)
+    wall, cpu, other, so, err, rc = timed(cmd)
     if rc != 0:
         raise SystemExit(f"transformers side failed (exit {rc}):\n{err}")
     s = json.loads(so.strip().splitlines()[-1])
-    return {"wall": wall, "cpu": cpu, "per": s["checkpoints"], "summary": s, "cmd": cmd, "log": err}
+    return {"wall": wall, "cpu": cpu, "other": other, "per": s["checkpoints"], "summary": s, "cmd": cmd, "log": err}
 
 
 def throughput(per: list[dict], key: str = "total_s") -> float:
@@ -415,8 +436,8 @@ def versions(rho: Path) -> dict:
                           " safetensors.__version__, numpy.__version__)"],
                          capture_output=True, text=True).stdout.split()
     v.update(zip(["torch", "transformers", "tokenizers", "safetensors", "numpy"], out))
-    v["rho"] = subprocess.run([str(rho), "--version"], capture_output=True, text=True).stdout.strip()
-    v["rustc"] = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    v["rho"] = subprocess.run([str(rho), "--version"], capture_output=True, text=True).stdout.split()[-1]
+    v["rustc"] = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.split()[1]
     lock = (ROOT / "Cargo.lock").read_text()
     for crate in ("candle-core", "gemm", "tokenizers", "polars"):
         m = re.search(rf'name = "{crate}"\nversion = "([^"]+)"', lock)
@@ -447,7 +468,7 @@ def main() -> int:
         return peer_main(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--setups", default="tiny,llama25m", help="comma-separated: tiny, llama25m")
-    ap.add_argument("--tokens", type=int, default=60000,
+    ap.add_argument("--tokens", type=int, default=40000,
                     help="llama25m: scored tokens per checkpoint (whole GSM8K test docs, in file order)")
     ap.add_argument("--runs", type=int, default=2, help="runs per system (alternating); the median is reported")
     ap.add_argument("--batch-tokens", type=int, default=4096)
@@ -455,8 +476,9 @@ def main() -> int:
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     ap.add_argument("--rho", type=Path, default=ROOT / "target/release/rho")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/rho-bench"))
-    ap.add_argument("--wait-quiet", type=float, default=0.0,
-                    help="before each run, wait up to this many seconds for compilers (rustc/cargo) to finish")
+    ap.add_argument("--wait-quiet", type=float, default=120.0,
+                    help="before each run, wait up to this many seconds until other processes use < 0.15 CPUs "
+                         "and no compiler (rustc/cargo) runs")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     ap.add_argument("--benchmarks-md", type=Path, default=ROOT / "BENCHMARKS.md")
     a = ap.parse_args()
@@ -485,16 +507,18 @@ def main() -> int:
         rho_runs, peer_runs, notes = [], [], []
         for r in range(a.runs):
             for system in ("rho", "transformers"):
-                busy = wait_quiet(a.wait_quiet) if a.wait_quiet else busy_processes()
-                load = open("/proc/loadavg").read().split()[0]
+                busy = wait_quiet(a.wait_quiet)
                 if system == "rho":
                     res = run_rho(a.rho, ckdir, data, study, a.batch_tokens)
                     rho_runs.append(res)
                 else:
                     res = run_peer(ckdir, data, peer_out, a.batch_tokens, a.threads, a.attn)
                     peer_runs.append(res)
-                note = f"load {load}" + (f", busy: {' '.join(busy[:4])}" if busy else "")
-                notes.append(note)
+                share = res["other"] / (res["wall"] * (os.cpu_count() or 1))
+                res["other_share"] = share
+                note = f"other processes used {res['other']:.1f} CPU-s = {100 * share:.0f}% of the machine" + (
+                    f"; busy: {' '.join(busy[:4])}" if busy else "")
+                notes.append((f"run {r + 1} {system}", share, note))
                 print(f"[{name} run {r + 1}] {system:<12} wall {res['wall']:7.2f} s  cpu {res['cpu']:7.2f} s  "
                       f"{throughput(res['per']):8.0f} tokens/s  ({note})", flush=True)
         names = [p["name"] for p in rho_runs[-1]["per"]]
@@ -561,9 +585,12 @@ def main() -> int:
     for res in results:
         md.append(f"- Setup `{res['setup']}`: {res['desc']}.")
     md += ["", table, "", "Correctness cross-check (same rows, per-token losses):", ""] + checks
-    noisy = [f"{res['setup']}: {n}" for res in results for n in res["notes"] if "busy" in n]
-    if noisy:
-        md += ["", "Caution: other CPU-heavy processes were running during some runs (" + "; ".join(noisy) + ")."]
+    md += ["", "Contention: CPU time used by other processes on the machine during each run, as a share of "
+           "(wall × CPUs): " + "; ".join(f"{res['setup']} {n[0]} {100 * n[1]:.0f}%" for res in results
+                                          for n in res["notes"]) + "."]
+    if any(n[1] > 0.05 or "busy" in n[2] for res in results for n in res["notes"]):
+        md += ["Caution: other processes took more than 5% of the machine during some runs; those timings are "
+               "pessimistic for the system that ran then."]
     text = "\n".join(md) + "\n"
     print("\n" + text)
     raw = a.workdir / "bench_eval_results.json"

@@ -24,6 +24,23 @@ pub enum Command {
     Train(crate::train::config::TrainArgs),
     /// Precompute reference losses over the packed training stream (for --ref-scores).
     Score(ScoreArgs),
+    /// The whole idea on a built-in planted-truth corpus, in a few minutes.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Study folder (default: a fresh folder under the system's temporary directory).
+    #[arg(long)]
+    pub study: Option<PathBuf>,
+    /// Do not open the TUI at the end.
+    #[arg(long)]
+    pub no_tui: bool,
+    /// Seed of the corpus, the init and the data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +230,23 @@ pub fn run(cli: Cli) -> Result<()> {
             if let (Some(last), false) = (summary.checkpoints.last(), quiet) {
                 eprintln!("rho train: step {} in {:.1} s; last checkpoint {}", summary.last_step, summary.seconds, last.display());
             }
+            Ok(())
+        }
+        Command::Demo(a) => {
+            let study = match a.study {
+                Some(s) => s,
+                None => {
+                    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                    std::env::temp_dir().join(format!("rho-demo-{secs}-{}", std::process::id()))
+                }
+            };
+            eprintln!("rho demo: study in {}", study.display());
+            let cfg = crate::demo::DemoConfig { seed: a.seed, quiet: a.quiet, ..Default::default() };
+            let s = crate::demo::run_demo(&study, &cfg)?;
+            println!("{}", s.categories.table());
+            println!("{}", crate::demo::recovery_table(&s.recovery));
+            println!("study: {}\ntime: {:.1} s", s.study.display(), s.seconds);
+            let _ = a.no_tui; // the TUI does not exist yet
             Ok(())
         }
         Command::Score(a) => {

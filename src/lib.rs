@@ -9,6 +9,7 @@ pub mod eval;
 pub mod dynamics;
 pub mod select;
 pub mod train;
+pub mod demo;
 pub mod cli;
 
 pub use error::{Error, Result};
