@@ -26,6 +26,23 @@ pub enum Command {
     Score(ScoreArgs),
     /// The whole idea on a built-in planted-truth corpus, in a few minutes.
     Demo(DemoArgs),
+    /// Reproduce Rho-1's findings at small scale on the planted-truth corpus.
+    Experiment(ExperimentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExperimentArgs {
+    /// Output folder (results/ holds the table, CSVs and charts).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seeds of the CLM / SLM / random comparison.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+    pub seeds: Vec<u64>,
+    /// Training steps per run.
+    #[arg(long, default_value_t = 96)]
+    pub steps: u64,
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -247,6 +264,21 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}", crate::demo::recovery_table(&s.recovery));
             println!("study: {}\ntime: {:.1} s", s.study.display(), s.seconds);
             let _ = a.no_tui; // the TUI does not exist yet
+            Ok(())
+        }
+        Command::Experiment(a) => {
+            if a.seeds.is_empty() {
+                return Err(Error::flag("--seeds", "give at least one seed"));
+            }
+            let cfg = crate::demo::experiment::ExperimentConfig {
+                demo: crate::demo::DemoConfig { quiet: a.quiet, ..Default::default() },
+                seeds: a.seeds,
+                steps: a.steps,
+                ..Default::default()
+            };
+            let r = crate::demo::experiment::run_experiment(&a.out, &cfg)?;
+            println!("{}", r.summary_md);
+            println!("results in {} ({:.0} s)", a.out.join("results").display(), r.seconds);
             Ok(())
         }
         Command::Score(a) => {

@@ -10,6 +10,7 @@ pub mod dynamics;
 pub mod select;
 pub mod train;
 pub mod demo;
+pub mod report;
 pub mod cli;
 
 pub use error::{Error, Result};

@@ -8,6 +8,7 @@
 //! 5. check the planted classes against the categories (`recovery`);
 //! 6. train a reference model on the curated corpus, then a short SLM and CLM run.
 pub mod corpus;
+pub mod experiment;
 
 use crate::dynamics::{self, Category, CategorizeOptions, CategorizeSummary};
 use crate::error::{Error, Result, WithPath};
@@ -89,7 +90,7 @@ pub struct DemoSummary {
     pub seconds: f64,
 }
 
-fn say(cfg: &DemoConfig, t0: &Instant, msg: &str) {
+pub(crate) fn say(cfg: &DemoConfig, t0: &Instant, msg: &str) {
     if !cfg.quiet {
         eprintln!("[{:6.1} s] {msg}", t0.elapsed().as_secs_f64());
     }
@@ -146,7 +147,7 @@ fn model_config(cfg: &DemoConfig, vocab: usize, eos: u32) -> serde_json::Value {
     })
 }
 
-fn train_cfg(cfg: &DemoConfig, data: PathBuf, out: PathBuf, steps: u64) -> TrainConfig {
+pub(crate) fn train_cfg(cfg: &DemoConfig, data: PathBuf, out: PathBuf, steps: u64) -> TrainConfig {
     TrainConfig {
         data,
         out,
@@ -177,15 +178,25 @@ fn train_cfg(cfg: &DemoConfig, data: PathBuf, out: PathBuf, steps: u64) -> Train
     }
 }
 
-/// Run the whole demo into `study`.
-pub fn run_demo(study: &Path, cfg: &DemoConfig) -> Result<DemoSummary> {
-    let t0 = Instant::now();
+/// What the demo and the experiment share: corpora, tokenizer, model config, the
+/// phase-1 base model and the reference model.
+pub struct Prepared {
+    pub corpus: corpus::Corpus,
+    pub noisy: PathBuf,
+    pub valid: PathBuf,
+    pub tokenizer: PathBuf,
+    pub base_ck: PathBuf,
+    pub ref_ck: PathBuf,
+}
+
+/// Corpora, tokenizer, phase 1 and the reference model.
+pub fn prepare(study: &Path, cfg: &DemoConfig, t0: &Instant) -> Result<Prepared> {
     let data = study.join("data");
     let runs = study.join("runs");
     std::fs::create_dir_all(&data).with_path(&data)?;
     std::fs::create_dir_all(&runs).with_path(&runs)?;
 
-    say(cfg, &t0, "generating the planted-truth corpora");
+    say(cfg, t0, "generating the planted-truth corpora");
     let c = corpus::generate(cfg.seed, cfg.n_base, cfg.n_noisy, cfg.n_curated, cfg.n_valid);
     let (base, noisy, curated, valid) =
         (data.join("base.jsonl"), data.join("noisy.jsonl"), data.join("curated.jsonl"), data.join("valid.jsonl"));
@@ -194,7 +205,7 @@ pub fn run_demo(study: &Path, cfg: &DemoConfig) -> Result<DemoSummary> {
     write_jsonl(&curated, &c.curated)?;
     write_jsonl(&valid, &c.valid)?;
 
-    say(cfg, &t0, &format!("training a BPE tokenizer (vocab {}) on the corpora without their noise", cfg.vocab_size));
+    say(cfg, t0, &format!("training a BPE tokenizer (vocab {}) on the corpora without their noise", cfg.vocab_size));
     let tok_path = data.join("tokenizer.json");
     let texts: Vec<String> = c.base.iter().chain(&c.noisy).chain(&c.curated).map(|d| d.text_without_noise()).collect();
     let all: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
@@ -205,31 +216,28 @@ pub fn run_demo(study: &Path, cfg: &DemoConfig) -> Result<DemoSummary> {
     let json = serde_json::to_vec_pretty(&model_config(cfg, tok.vocab_size(), eos)).map_err(|e| Error::msg(e.to_string()))?;
     util::write_bytes_atomic(&mcfg, &json)?;
 
-    say(cfg, &t0, &format!("phase 1: a {}-layer Llama from scratch on the base corpus, {} steps", cfg.layers, cfg.base_steps));
+    say(cfg, t0, &format!("phase 1: a {}-layer Llama from scratch on the base corpus, {} steps", cfg.layers, cfg.base_steps));
     let mut p1 = train_cfg(cfg, base.clone(), runs.join("base"), cfg.base_steps);
     p1.model_config = Some(mcfg.clone());
     p1.tokenizer = Some(tok_path.clone());
     train::run_train(&p1, None)?;
     let base_ck = runs.join("base").join(format!("step-{}", cfg.base_steps));
 
-    say(cfg, &t0, &format!("phase 2: continual pretraining on the noisy corpus, {} steps, {} checkpoints", cfg.phase2_steps, cfg.n_checkpoints));
-    let phase2 = runs.join("phase2");
-    let mut p2 = train_cfg(cfg, noisy.clone(), phase2.clone(), cfg.phase2_steps);
-    p2.init = Some(base_ck.clone());
-    p2.save_every = (cfg.phase2_steps / cfg.n_checkpoints).max(1);
-    p2.warmup = 0;
-    p2.lr = cfg.phase2_lr;
-    train::run_train(&p2, None)?;
-    // The phase-2 series starts with the phase-1 model.
-    copy_model(&base_ck, &phase2.join("step-0"))?;
+    say(cfg, t0, &format!("reference model: phase-1 model trained on the curated corpus, {} steps", cfg.ref_steps));
+    let mut r = train_cfg(cfg, curated.clone(), runs.join("reference"), cfg.ref_steps);
+    r.init = Some(base_ck.clone());
+    train::run_train(&r, None)?;
+    let ref_ck = runs.join("reference").join(format!("step-{}", cfg.ref_steps));
+    Ok(Prepared { corpus: c, noisy, valid, tokenizer: tok_path, base_ck, ref_ck })
+}
 
-    say(cfg, &t0, "evaluating the phase-2 checkpoints on the validation set");
-    let eval_study = study.to_path_buf();
+/// Evaluate a run's checkpoints (a folder of step-N) on the validation set into `study`.
+pub fn eval_run(run: &Path, valid: &Path, tokenizer: &Path, study: &Path, quiet: bool) -> Result<()> {
     eval::run_eval(&EvalOptions {
-        checkpoints: vec![phase2.clone()],
-        data: valid.clone(),
-        study: eval_study.clone(),
-        tokenizer: Some(tok_path.clone()),
+        checkpoints: vec![run.to_path_buf()],
+        data: valid.to_path_buf(),
+        study: study.to_path_buf(),
+        tokenizer: Some(tokenizer.to_path_buf()),
         text_field: "text".into(),
         device: Device::Cpu,
         dtype: DType::F32,
@@ -238,26 +246,42 @@ pub fn run_demo(study: &Path, cfg: &DemoConfig) -> Result<DemoSummary> {
         pack: false,
         context: None,
         force: true,
-        quiet: cfg.quiet,
+        quiet,
     })?;
-    let categories = dynamics::categorize_study(study, &CategorizeOptions::default())?;
-    let recovery = recovery(study, &c.valid)?;
+    Ok(())
+}
 
-    say(cfg, &t0, &format!("reference model: phase-1 model trained on the curated corpus, {} steps", cfg.ref_steps));
-    let mut r = train_cfg(cfg, curated.clone(), runs.join("reference"), cfg.ref_steps);
-    r.init = Some(base_ck.clone());
-    train::run_train(&r, None)?;
-    let ref_ck = runs.join("reference").join(format!("step-{}", cfg.ref_steps));
+/// Run the whole demo into `study`.
+pub fn run_demo(study: &Path, cfg: &DemoConfig) -> Result<DemoSummary> {
+    let t0 = Instant::now();
+    let p = prepare(study, cfg, &t0)?;
+    let runs = study.join("runs");
+
+    say(cfg, &t0, &format!("phase 2: continual pretraining on the noisy corpus, {} steps, {} checkpoints", cfg.phase2_steps, cfg.n_checkpoints));
+    let phase2 = runs.join("phase2");
+    let mut p2 = train_cfg(cfg, p.noisy.clone(), phase2.clone(), cfg.phase2_steps);
+    p2.init = Some(p.base_ck.clone());
+    p2.save_every = (cfg.phase2_steps / cfg.n_checkpoints).max(1);
+    p2.warmup = 0;
+    p2.lr = cfg.phase2_lr;
+    train::run_train(&p2, None)?;
+    // The phase-2 series starts with the phase-1 model.
+    copy_model(&p.base_ck, &phase2.join("step-0"))?;
+
+    say(cfg, &t0, "evaluating the phase-2 checkpoints on the validation set");
+    eval_run(&phase2, &p.valid, &p.tokenizer, study, cfg.quiet)?;
+    let categories = dynamics::categorize_study(study, &CategorizeOptions::default())?;
+    let recovery = recovery(study, &p.corpus.valid)?;
 
     say(cfg, &t0, &format!("SLM (ratio 0.6, by excess loss) and CLM runs on the noisy corpus, {} steps each", cfg.slm_steps));
-    let mut slm = train_cfg(cfg, noisy.clone(), runs.join("slm"), cfg.slm_steps);
-    slm.init = Some(base_ck.clone());
+    let mut slm = train_cfg(cfg, p.noisy.clone(), runs.join("slm"), cfg.slm_steps);
+    slm.init = Some(p.base_ck.clone());
     slm.mode = TrainMode::Slm;
-    slm.reference = Some(ref_ck);
+    slm.reference = Some(p.ref_ck.clone());
     slm.mask_every = (cfg.slm_steps / 4).max(1);
     train::run_train(&slm, None)?;
-    let mut clm = train_cfg(cfg, noisy.clone(), runs.join("clm"), cfg.slm_steps);
-    clm.init = Some(base_ck);
+    let mut clm = train_cfg(cfg, p.noisy.clone(), runs.join("clm"), cfg.slm_steps);
+    clm.init = Some(p.base_ck.clone());
     train::run_train(&clm, None)?;
 
     let summary = DemoSummary { study: study.to_path_buf(), categories, recovery, seconds: t0.elapsed().as_secs_f64() };
@@ -266,7 +290,7 @@ pub fn run_demo(study: &Path, cfg: &DemoConfig) -> Result<DemoSummary> {
 }
 
 /// Copy the HF files of a checkpoint (not the optimizer state).
-fn copy_model(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn copy_model(from: &Path, to: &Path) -> Result<()> {
     let tmp = to.with_file_name(format!("{}.tmp-{}", to.file_name().unwrap().to_string_lossy(), std::process::id()));
     std::fs::create_dir_all(&tmp).with_path(&tmp)?;
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
