@@ -361,10 +361,13 @@ def timed(cmd: list[str], env=None) -> tuple[float, float, float, str, str, int]
 RHO_LINE = re.compile(r"^\s+(\S+): (\d+) tokens in ([0-9.]+) s \(([0-9.]+) tokens/s\)", re.M)
 
 
-def run_rho(rho: Path, ckdir: Path, data: Path, study: Path, batch_tokens: int) -> dict:
+def run_rho(rho: Path, ckdir: Path, data: Path, study: Path, batch_tokens: int, threads: int) -> dict:
     cmd = [str(rho), "eval", "--checkpoints", str(ckdir), "--data", str(data), "--study", str(study),
            "--force", "--batch-tokens", str(batch_tokens)]
-    wall, cpu, other, out, err, rc = timed(cmd)
+    env = dict(os.environ)
+    if threads != os.cpu_count():  # rho (candle's gemm, rayon) uses every CPU unless told
+        env["RAYON_NUM_THREADS"] = str(threads)
+    wall, cpu, other, out, err, rc = timed(cmd, env)
     if rc != 0:
         raise SystemExit(f"rho failed (exit {rc}):\n{err}")
     per = [{"name": m[0], "tokens": int(m[1]), "total_s": float(m[2])} for m in RHO_LINE.findall(err)]
@@ -472,7 +475,8 @@ def main() -> int:
                     help="llama25m: scored tokens per checkpoint (whole GSM8K test docs, in file order)")
     ap.add_argument("--runs", type=int, default=2, help="runs per system (alternating); the median is reported")
     ap.add_argument("--batch-tokens", type=int, default=4096)
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on the transformers side")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="threads of both: torch.set_num_threads, and RAYON_NUM_THREADS for rho when not nproc")
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     ap.add_argument("--rho", type=Path, default=ROOT / "target/release/rho")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/rho-bench"))
@@ -509,7 +513,7 @@ def main() -> int:
             for system in ("rho", "transformers"):
                 busy = wait_quiet(a.wait_quiet)
                 if system == "rho":
-                    res = run_rho(a.rho, ckdir, data, study, a.batch_tokens)
+                    res = run_rho(a.rho, ckdir, data, study, a.batch_tokens, a.threads)
                     rho_runs.append(res)
                 else:
                     res = run_peer(ckdir, data, peer_out, a.batch_tokens, a.threads, a.attn)

@@ -521,8 +521,20 @@ def main() -> int:
     ap.add_argument("--wait-quiet", type=float, default=600, help="wait up to this many s for an idle machine")
     ap.add_argument("--retries", type=int, default=2, help="re-run a run that other processes disturbed")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    ap.add_argument("--report-from", type=Path, help="only render (and write) the report of a saved results JSON")
     a = ap.parse_args()
     a.argv = sys.argv[1:]
+    if a.report_from:
+        saved = json.loads(a.report_from.read_text())
+        b = ap.parse_args(saved["argv"])
+        b.argv, b.rho = saved["argv"], Path(saved["setup"]["ref_scores"]).parent / "rho-snapshot"
+        s = saved["setup"]
+        text = report(b, s, saved["results"], saved["versions"], saved["score_s"], saved["date"], saved["busy_notes"])
+        print(text)
+        if not a.no_write:
+            write_section(text)
+            print(f"wrote section '{SECTION}' of {ROOT / 'BENCHMARKS.md'}")
+        return 0
     if not a.rho.exists():
         print(f"error: {a.rho} not found: run `cargo build --release` first", file=sys.stderr)
         return 2
@@ -584,11 +596,14 @@ def main() -> int:
             res[k].append(best)
 
     raw = a.workdir / "bench_train_results.json"
-    raw.write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "results": res}, indent=1, default=str))
+    v = versions(a.rho)
+    raw.write_text(json.dumps({"argv": a.argv, "date": date, "score_s": score_s, "busy_notes": busy_notes,
+                               "versions": v, "setup": s, "results": res}, indent=1, default=str))
+    print(f"raw results in {raw}")
     if set(runs) != {"rho_clm", "peer_clm", "rho_slm", "peer_slm"}:
-        print(f"(partial set of runs: no report) raw results in {raw}")
+        print("(partial set of runs: no report)")
         return 0
-    text = report(a, s, res, versions(a.rho), score_s, date, busy_notes)
+    text = report(a, s, res, v, score_s, date, busy_notes)
     print()
     print(text)
     if not a.no_write:

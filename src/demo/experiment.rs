@@ -239,8 +239,14 @@ fn write_outputs(dir: &Path, cfg: &ExperimentConfig, points: &[Point], kept: &[K
 
     report::line_chart(&res.join("val_loss.png"), "Clean validation loss (mean over seeds)", "training step", "loss (nats/token, noise excluded)", &curves)?;
     report::line_chart(&res.join("ratio_sweep.png"), &format!("SLM ratio sweep: clean validation loss at step {last_step}"), "kept ratio", "loss (nats/token)", &[Series { name: "SLM".into(), points: sweep_pts }])?;
-    let groups: Vec<String> = Class::PLANTED.iter().map(|c| c.as_str().to_string()).chain(["other".to_string()]).collect();
-    let classes: Vec<Class> = Class::PLANTED.iter().copied().chain([Class::Other]).collect();
+    // Classes present in the training data (forgotten tokens exist only in validation).
+    let classes: Vec<Class> = Class::PLANTED
+        .iter()
+        .copied()
+        .chain([Class::Other])
+        .filter(|c| kept.iter().any(|k| k.class == *c && k.n > 0))
+        .collect();
+    let groups: Vec<String> = classes.iter().map(|c| c.as_str().to_string()).collect();
     let mut bars = Vec::new();
     for m in ["CLM", "SLM", "random"] {
         let pts = main_runs(m);
