@@ -4,7 +4,7 @@
 use crate::error::{Error, Result, WithPath};
 use crate::select::Select;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -251,10 +251,5 @@ impl TrainConfig {
 
     pub fn adamw(&self) -> super::optim::AdamWParams {
         super::optim::AdamWParams { weight_decay: self.weight_decay, ..Default::default() }
-    }
-
-    /// The --out folder as given.
-    pub fn out(&self) -> &Path {
-        &self.out
     }
 }

@@ -191,7 +191,7 @@ pub fn run_train(cfg: &TrainConfig, resume: Option<&Path>) -> Result<TrainSummar
         let logits = model.forward(&batch.input)?;
         let losses = per_token_loss(&logits.narrow(1, 0, batch.s - 1)?, &batch.targets)?; // [b, s-1]
         let loss_vals = losses.flatten_all()?.to_vec1::<f32>()?;
-        let ref_vals = batch.reference(&reference, &stream)?;
+        let ref_vals = batch.reference(&reference)?;
         let kept = match cfg.mode {
             TrainMode::Clm => batch.valid.clone(),
             TrainMode::Slm => select::select_mask(
@@ -273,7 +273,6 @@ struct Batch {
     valid: Vec<bool>,
     /// Stream row of each target (usize::MAX for padding).
     rows: Vec<usize>,
-    windows: Vec<usize>,
 }
 
 impl Batch {
@@ -293,11 +292,11 @@ impl Batch {
         }
         let input = Tensor::from_vec(ids, (b, s), dev)?;
         let targets = input.narrow(1, 1, s - 1)?.contiguous()?;
-        Ok(Batch { b, s, input, targets, valid, rows, windows: windows.to_vec() })
+        Ok(Batch { b, s, input, targets, valid, rows })
     }
 
     /// Reference losses for the batch's targets (0 for padding), if there is a reference.
-    fn reference(&self, r: &Reference, _stream: &Stream) -> Result<Option<Vec<f32>>> {
+    fn reference(&self, r: &Reference) -> Result<Option<Vec<f32>>> {
         Ok(match r {
             Reference::None => None,
             Reference::Scores(v) => Some(self.rows.iter().map(|&i| if i == usize::MAX { 0.0 } else { v[i] }).collect()),
@@ -356,7 +355,7 @@ fn write_probe_mask(
     let batch = Batch::new(stream, &windows, dev)?;
     let logits = model.forward(&batch.input)?.detach();
     let loss = per_token_loss(&logits.narrow(1, 0, batch.s - 1)?, &batch.targets)?.flatten_all()?.to_vec1::<f32>()?;
-    let refl = batch.reference(reference, stream)?;
+    let refl = batch.reference(reference)?;
     let kept = match cfg.mode {
         TrainMode::Clm => batch.valid.clone(),
         TrainMode::Slm => select::select_mask(cfg.select, &loss, refl.as_deref(), &batch.valid, batch.b, batch.s - 1, cfg.ratio, step_seed(cfg.seed, step))?,
@@ -373,6 +372,5 @@ fn write_probe_mask(
         Column::new("ref_loss".into(), idx.iter().map(|&i| refl.as_ref().map(|r| r[i])).collect::<Vec<Option<f32>>>()),
         Column::new("kept".into(), idx.iter().map(|&i| kept[i]).collect::<Vec<bool>>()),
     ])?;
-    let _ = &batch.windows;
     util::write_parquet(&cfg.out.join("masks").join(format!("step-{step}.parquet")), &mut df)
 }
