@@ -74,6 +74,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path("/work/shared/data")
 SECTION = "## rho train vs PyTorch (CPU)"
+# A hand-written profile subsection that may follow the generated part; kept on re-runs.
+KEEP = "### rho train: where the step time goes"
 EOT = "<|endoftext|>"
 LR, BETAS, EPS, WD, CLIP, RATIO = 3e-4, (0.9, 0.95), 1e-8, 0.1, 1.0, 0.6
 
@@ -493,7 +495,8 @@ def write_section(text: str) -> None:
     if start is None:
         new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
     else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        end = next((i for i in range(start + 1, len(lines))
+                    if lines[i].startswith("## ") or lines[i].strip() == KEEP), len(lines))
         new = "\n".join(lines[:start] + text.rstrip("\n").splitlines() + ([""] + lines[end:] if end < len(lines) else [])) + "\n"
     path.write_text(new, encoding="utf-8")
 

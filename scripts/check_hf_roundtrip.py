@@ -141,7 +141,8 @@ def load_hf(ckpt: Path):
     bad_dtype = [n for n, p in model.named_parameters() if p.dtype != torch.float32]
     if bad_dtype:
         problems.append(f"non-f32 params: {bad_dtype[:4]}")
-    problems += [f"warning: {re.sub(r'\x1b\[[0-9;]*m', '', w).splitlines()[0][:160]}" for w in cap.records]
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    problems += ["warning: " + ansi.sub("", w).splitlines()[0][:160] for w in cap.records]
     return model, problems
 
 
