@@ -36,6 +36,17 @@ Usage (from the repository root; needs a release build of rho):
     cargo build --release
     /work/pyvenv/bin/python scripts/bench_eval.py                  # both setups, 2 runs each
     /work/pyvenv/bin/python scripts/bench_eval.py --setups llama25m --tokens 30000 --runs 1
+    /work/pyvenv/bin/python scripts/bench_eval.py --batch-tokens 4096,1024 \
+        --rho-env GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824
+    /work/pyvenv/bin/python scripts/bench_eval.py --render /tmp/rho-bench/bench_eval_results.json
+
+(scripts/bench_eval.sh builds rho and runs the first of these.) The section
+"## rho eval vs transformers (CPU, f32)" of BENCHMARKS.md is replaced unless --no-write;
+the raw numbers go to <workdir>/bench_eval_results.json, from which --render rewrites the
+section without measuring. The machine should be otherwise idle: before each run the script
+waits (--wait-quiet seconds at most) for other processes to use < 0.15 CPUs, and it reports
+the CPU time other processes took during each run. --batch-tokens takes several values
+(each gets its rows); --rho-env adds a row for rho run with extra environment variables.
 
 The transformers side is this same file run as `bench_eval.py peer ...` in a subprocess.
 """
@@ -361,16 +372,18 @@ def timed(cmd: list[str], env=None) -> tuple[float, float, float, str, str, int]
 RHO_LINE = re.compile(r"^\s+(\S+): (\d+) tokens in ([0-9.]+) s \(([0-9.]+) tokens/s\)", re.M)
 
 
-def run_rho(rho: Path, ckdir: Path, data: Path, study: Path, batch_tokens: int, threads: int) -> dict:
+def run_rho(rho: Path, ckdir: Path, data: Path, study: Path, batch_tokens: int, threads: int,
+            extra_env: dict | None = None) -> dict:
     cmd = [str(rho), "eval", "--checkpoints", str(ckdir), "--data", str(data), "--study", str(study),
            "--force", "--batch-tokens", str(batch_tokens)]
     env = dict(os.environ)
     if threads != os.cpu_count():  # rho (candle's gemm, rayon) uses every CPU unless told
         env["RAYON_NUM_THREADS"] = str(threads)
+    env.update(extra_env or {})
     wall, cpu, other, out, err, rc = timed(cmd, env)
     if rc != 0:
         raise SystemExit(f"rho failed (exit {rc}):\n{err}")
-    per = [{"name": m[0], "tokens": int(m[1]), "total_s": float(m[2])} for m in RHO_LINE.findall(err)]
+    per = rho_per_from_log(err)
     if not per:
         raise SystemExit(f"no per-checkpoint tokens/s line in rho's stderr:\n{err}")
     return {"wall": wall, "cpu": cpu, "other": other, "per": per, "cmd": cmd, "log": err}
@@ -466,6 +479,102 @@ def fmt_s(xs: list[float]) -> str:
     return f"{statistics.median(xs):.2f}" + (f" ({', '.join(f'{x:.2f}' for x in xs)})" if len(xs) > 1 else "")
 
 
+def rho_per_from_log(log: str) -> list[dict]:
+    """rho's per-checkpoint lines; the time is recomputed from its tokens/s (printed with more
+    digits than its seconds)."""
+    return [{"name": m[0], "tokens": int(m[1]), "total_s": int(m[1]) / float(m[3]) if float(m[3]) else float(m[2])}
+            for m in RHO_LINE.findall(log)]
+
+
+def render(raw: dict) -> str:
+    """The BENCHMARKS.md section from the raw results of one script run."""
+    args, results = raw["args"], raw["results"]
+    systems = ["rho", "transformers"] + (["rho+env"] if args["rho_env"] else [])
+    for res in results:
+        for s in systems:
+            for x in res["runs"][s]:
+                if s != "transformers" and x.get("log"):
+                    x["per"] = rho_per_from_log(x["log"])
+    lines = ["| setup | --batch-tokens | system | whole process, s | CPU, s | scoring tokens/s | "
+             "forward-only tokens/s | rho / transformers |", "|---|---:|---|---:|---:|---:|---:|---|"]
+    for res in results:
+        tag = f"{res['setup']} ({res['n_ckpts']} × {res['n_tokens']:,} tokens)"
+        med = {}
+        for s in systems:
+            rr = res["runs"][s]
+            med[s] = {"wall": [x["wall"] for x in rr], "cpu": statistics.median(x["cpu"] for x in rr),
+                      "tps": statistics.median(throughput(x["per"]) for x in rr)}
+        pw, pt = statistics.median(med["transformers"]["wall"]), med["transformers"]["tps"]
+        for s in systems:
+            label = {"rho": "rho", "transformers": f"transformers ({args['attn']})", "rho+env": "rho + env (see above)"}[s]
+            fwd, ratio = "–", ""
+            if s == "transformers":
+                fwd = f"{statistics.median(throughput(x['per'], 'forward_s') for x in res['runs'][s]):,.0f}"
+            else:
+                ratio = (f"wall {statistics.median(med[s]['wall']) / pw:.2f}×, "
+                         f"throughput {med[s]['tps'] / pt:.2f}×")
+            lines.append(f"| {tag} | {res['bt']} | {label} | {fmt_s(med[s]['wall'])} | {med[s]['cpu']:.2f} | "
+                         f"{med[s]['tps']:,.0f} | {fwd} | {ratio} |")
+    checks = []
+    for res in results:
+        for s_, dd in res["diff"].items():
+            worst = max(d["max_abs"] for d in dd.values())
+            mean = max(d["mean_abs"] for d in dd.values())
+            line = (f"- {res['setup']}, --batch-tokens {res['bt']}, {s_}: max |loss_rho − loss_transformers| = "
+                    f"{worst:.2e} over {res['n_ckpts']} × {res['n_tokens']:,} tokens (mean |diff| ≤ {mean:.1e}); "
+                    "rows (seq, pos, token_id) identical")
+            if res["gold"] is not None and s_ == "rho":
+                line += f"; transformers side vs fixtures' golden losses: max |diff| {res['gold']:.2e}"
+            checks.append(line)
+    peer0 = results[0]["runs"]["transformers"][-1]["summary"]
+    env = ", ".join(f"`{k}={v}`" for k, v in args["rho_env"].items())
+    md = [SECTION, "",
+          f"Measured {raw['started']} by `scripts/bench_eval.py` (one run of the script; the systems alternate, "
+          f"{args['runs']} run(s) each; the median is shown, individual runs in parentheses).", "",
+          f"- Machine: {raw['machine']}",
+          "- Versions: " + ", ".join(f"{k} {v}" for k, v in raw["versions"].items()),
+          f"- Command: `{raw['cmdline']}`",
+          "- rho: `rho eval --checkpoints <series> --data <file> --study <tmp> --force --batch-tokens <N>` "
+          "(f32, CPU; 4096 is rho's default --batch-tokens). Scoring tokens/s: rho's own per-checkpoint "
+          "`tokens/s` lines, which time load + score + write of each checkpoint.",
+          f"- transformers: `AutoModelForCausalLM.from_pretrained(dir, dtype=torch.float32, "
+          f"attn_implementation=\"{args['attn']}\")`, `torch.set_num_threads({peer0['threads']})`, "
+          "`torch.inference_mode()`, `model(input_ids=x, use_cache=False)`, per-token "
+          "`F.cross_entropy(..., reduction=\"none\")` in f32; the same windows and the same batches (longest first, "
+          "≤ --batch-tokens padded tokens, right padding, no mask). Scoring tokens/s times the same span as rho's "
+          "(from_pretrained + scoring + np.save, per checkpoint, summed); forward-only leaves out loading and "
+          "saving. The whole process includes the Python/torch/transformers imports "
+          f"(≈ {peer0['imports_s']:.1f} s) and, in the first from_pretrained, transformers' lazy module imports.",
+          "- Whole process: wall clock of the subprocess; CPU: its user + sys time.",
+          *([f"- `rho + env`: the same rho binary run with {env} (an experiment on glibc malloc, not how rho ships)."]
+            if env else []),
+          "- Ratio column: rho's whole-process time ÷ transformers' (< 1: rho faster); rho's scoring "
+          "tokens/s ÷ transformers' (> 1: rho faster).", ""]
+    for setup, desc in dict((res["setup"], res["desc"]) for res in results).items():
+        md.append(f"- Setup `{setup}`: {desc}.")
+    md += ["", "\n".join(lines), "", "Correctness cross-check (same rows, per-token losses):", ""] + checks
+    # (CPU times tick at 10 ms: a 0.1 s run can show a few % of noise)
+    noisy = [f"{res['setup']} {n[0]} ({100 * n[1]:.0f}%)" for res in results for n in res["notes"]
+             if n[1] > 0.05 and float(re.search(r"used ([0-9.]+) CPU-s", n[2]).group(1)) >= 0.5]
+    md += ["", "Contention: before each run the script waited for the machine to be idle (other processes "
+           f"< 0.15 CPUs, up to {args['wait_quiet']:.0f} s), and measured the CPU time other processes used during the "
+           "run, as a share of wall × CPUs: "
+           + ("runs above 5%: " + "; ".join(noisy) + "; all other runs ≤ 5% (or < 0.5 CPU-s)." if noisy
+              else "every run ≤ 5% (or < 0.5 CPU-s).")]
+    return "\n".join(md) + "\n"
+
+
+def write_section(path: Path, text: str) -> None:
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    i = old.find(SECTION)
+    if i >= 0:
+        j = old.find("\n## ", i + len(SECTION))
+        new = old[:i] + text + (old[j + 1:] if j >= 0 else "")
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    path.write_text(new)
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "peer":
         return peer_main(sys.argv[2:])
@@ -474,7 +583,10 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=40000,
                     help="llama25m: scored tokens per checkpoint (whole GSM8K test docs, in file order)")
     ap.add_argument("--runs", type=int, default=2, help="runs per system (alternating); the median is reported")
-    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--batch-tokens", default="4096",
+                    help="padded tokens per forward pass, both systems; comma-separated values each get their rows")
+    ap.add_argument("--rho-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="also run rho with this environment variable set (a third system row); repeatable")
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
                     help="threads of both: torch.set_num_threads, and RAYON_NUM_THREADS for rho when not nproc")
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
@@ -485,8 +597,27 @@ def main() -> int:
                          "and no compiler (rustc/cargo) runs")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     ap.add_argument("--benchmarks-md", type=Path, default=ROOT / "BENCHMARKS.md")
+    ap.add_argument("--render", type=Path, metavar="RESULTS.json",
+                    help="measure nothing: render the section from the raw results of an earlier run")
     a = ap.parse_args()
 
+    if a.render:
+        raw = json.loads(a.render.read_text())
+    else:
+        raw = measure(a)
+        out = a.workdir / "bench_eval_results.json"
+        out.write_text(json.dumps(raw, indent=1, default=str))
+        print(f"raw results: {out}")
+    text = render(raw)
+    print("\n" + text)
+    if not a.no_write:
+        write_section(a.benchmarks_md, text)
+        print(f"updated {a.benchmarks_md}")
+    return 0
+
+
+def measure(a) -> dict:
+    a.batch_tokens = [int(x) for x in a.batch_tokens.split(",")]
     if not a.rho.exists():
         raise SystemExit(f"{a.rho} not found: run `cargo build --release` first")
     a.workdir.mkdir(parents=True, exist_ok=True)
@@ -504,115 +635,47 @@ def main() -> int:
         else:
             raise SystemExit(f"unknown setup {s}")
 
+    systems = ["rho", "transformers"] + (["rho+env"] if a.rho_env else [])
+    rho_env = dict(kv.split("=", 1) for kv in a.rho_env)
     results = []
     for name, ckdir, data, desc in setups:
-        study = a.workdir / f"study-{name}"
-        peer_out = a.workdir / f"peer-{name}"
-        rho_runs, peer_runs, notes = [], [], []
-        for r in range(a.runs):
-            for system in ("rho", "transformers"):
-                busy = wait_quiet(a.wait_quiet)
-                if system == "rho":
-                    res = run_rho(a.rho, ckdir, data, study, a.batch_tokens, a.threads)
-                    rho_runs.append(res)
-                else:
-                    res = run_peer(ckdir, data, peer_out, a.batch_tokens, a.threads, a.attn)
-                    peer_runs.append(res)
-                share = res["other"] / (res["wall"] * (os.cpu_count() or 1))
-                res["other_share"] = share
-                note = f"other processes used {res['other']:.1f} CPU-s = {100 * share:.0f}% of the machine" + (
-                    f"; busy: {' '.join(busy[:4])}" if busy else "")
-                notes.append((f"run {r + 1} {system}", share, note))
-                print(f"[{name} run {r + 1}] {system:<12} wall {res['wall']:7.2f} s  cpu {res['cpu']:7.2f} s  "
-                      f"{throughput(res['per']):8.0f} tokens/s  ({note})", flush=True)
-        names = [p["name"] for p in rho_runs[-1]["per"]]
-        if names != [p["name"] for p in peer_runs[-1]["per"]]:
-            raise SystemExit(f"checkpoint order differs: {names} vs {[p['name'] for p in peer_runs[-1]['per']]}")
-        diff = compare(study, peer_out, names)
-        gold = compare_golden(peer_out) if name == "tiny" else None
-        results.append({"setup": name, "desc": desc, "data": str(data), "ckdir": str(ckdir),
-                        "n_tokens": rho_runs[-1]["per"][0]["tokens"], "n_ckpts": len(names),
-                        "rho": rho_runs, "peer": peer_runs, "diff": diff, "gold": gold, "notes": notes})
-
-    # -- report -------------------------------------------------------------
-    lines = ["| setup | system | whole process, s | CPU, s | scoring tokens/s | forward-only tokens/s | "
-             "rho / transformers |", "|---|---|---:|---:|---:|---:|---|"]
-    for res in results:
-        tag = f"{res['setup']} ({res['n_ckpts']} × {res['n_tokens']:,} tokens)"
-        rw = [x["wall"] for x in res["rho"]]
-        pw = [x["wall"] for x in res["peer"]]
-        rc = [x["cpu"] for x in res["rho"]]
-        pc = [x["cpu"] for x in res["peer"]]
-        rt = [throughput(x["per"]) for x in res["rho"]]
-        pt = [throughput(x["per"]) for x in res["peer"]]
-        pf = [throughput(x["per"], "forward_s") for x in res["peer"]]
-        ratio = (f"wall {statistics.median(rw) / statistics.median(pw):.2f}×, "
-                 f"throughput {statistics.median(rt) / statistics.median(pt):.2f}×")
-        lines.append(f"| {tag} | rho | {fmt_s(rw)} | {statistics.median(rc):.2f} | "
-                     f"{statistics.median(rt):,.0f} | – | {ratio} |")
-        lines.append(f"| {tag} | transformers ({a.attn}) | {fmt_s(pw)} | {statistics.median(pc):.2f} | "
-                     f"{statistics.median(pt):,.0f} | {statistics.median(pf):,.0f} | |")
-    table = "\n".join(lines)
-    checks = []
-    for res in results:
-        worst = max(d["max_abs"] for d in res["diff"].values())
-        per = ", ".join(f"{k} {v['max_abs']:.2e}" for k, v in res["diff"].items())
-        mean = max(d["mean_abs"] for d in res["diff"].values())
-        s = f"- {res['setup']}: max |loss_rho − loss_transformers| = {worst:.2e} over {res['n_ckpts']} × " \
-            f"{res['n_tokens']:,} tokens ({per}; mean |diff| ≤ {mean:.1e}); rows (seq, pos, token_id) identical"
-        if res["gold"] is not None:
-            s += f"; transformers side vs fixtures' golden losses: max |diff| {res['gold']:.2e}"
-        checks.append(s)
-    peer0 = results[0]["peer"][-1]["summary"]
-    vers = versions(a.rho)
+        for bt in a.batch_tokens:
+            key = f"{name}-bt{bt}"
+            study = {"rho": a.workdir / f"study-{key}", "rho+env": a.workdir / f"study-{key}-env"}
+            peer_out = a.workdir / f"peer-{key}"
+            runs: dict[str, list] = {s: [] for s in systems}
+            notes = []
+            for r in range(a.runs):
+                for system in systems:
+                    busy = wait_quiet(a.wait_quiet)
+                    if system == "transformers":
+                        res = run_peer(ckdir, data, peer_out, bt, a.threads, a.attn)
+                    else:
+                        res = run_rho(a.rho, ckdir, data, study[system], bt, a.threads,
+                                      rho_env if system == "rho+env" else None)
+                    runs[system].append(res)
+                    share = res["other"] / (res["wall"] * (os.cpu_count() or 1))
+                    res["other_share"] = share
+                    note = f"other processes used {res['other']:.1f} CPU-s = {100 * share:.0f}% of the machine" + (
+                        f"; busy: {' '.join(busy[:4])}" if busy else "")
+                    notes.append((f"bt {bt} run {r + 1} {system}", share, note))
+                    print(f"[{name} bt {bt} run {r + 1}] {system:<12} wall {res['wall']:7.2f} s  cpu {res['cpu']:7.2f} s  "
+                          f"{throughput(res['per']):8.0f} tokens/s  ({note})", flush=True)
+            names = [p["name"] for p in runs["rho"][-1]["per"]]
+            if names != [p["name"] for p in runs["transformers"][-1]["per"]]:
+                raise SystemExit(f"checkpoint order differs: {names} vs "
+                                 f"{[p['name'] for p in runs['transformers'][-1]['per']]}")
+            diff = {s: compare(study[s], peer_out, names) for s in systems if s != "transformers"}
+            gold = compare_golden(peer_out) if name == "tiny" else None
+            results.append({"setup": name, "bt": bt, "desc": desc, "data": str(data), "ckdir": str(ckdir),
+                            "n_tokens": runs["rho"][-1]["per"][0]["tokens"], "n_ckpts": len(names),
+                            "runs": runs, "diff": diff, "gold": gold, "notes": notes})
     cmdline = "/work/pyvenv/bin/python scripts/bench_eval.py " + " ".join(
         f"'{x}'" if " " in x else x for x in sys.argv[1:])
-    md = [SECTION, "",
-          f"Measured {started} by `scripts/bench_eval.py` (one run of the script; both systems alternate, "
-          f"{a.runs} run(s) each, the median is shown, individual runs in parentheses).", "",
-          f"- Machine: {machine()}",
-          "- Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
-          f"- Command: `{cmdline}`",
-          f"- rho: `{' '.join(Path(x).name if i == 0 else x for i, x in enumerate(results[0]['rho'][0]['cmd']))}` "
-          "(f32, default --batch-tokens 4096, CPU); its tokens/s are its own per-checkpoint lines "
-          "(load + score + write of each checkpoint).",
-          f"- transformers: `AutoModelForCausalLM.from_pretrained(dir, dtype=torch.float32, "
-          f"attn_implementation=\"{a.attn}\")`, `torch.set_num_threads({peer0['threads']})`, `torch.inference_mode()`, "
-          "`model(input_ids=x, use_cache=False)`, per-token `F.cross_entropy(..., reduction=\"none\")` in f32; "
-          "same windows, same batches (longest first, ≤ --batch-tokens padded tokens, right padding, no mask). "
-          "Scoring tokens/s times the same span as rho's (from_pretrained + scoring + np.save per checkpoint); "
-          "forward-only excludes loading and saving. Whole process includes the Python/torch/transformers "
-          f"imports (≈ {peer0['imports_s']:.1f} s).",
-          "- Whole process: wall clock of the subprocess; CPU = user + sys of the subprocess.",
-          "- Ratio column: rho's whole-process time ÷ transformers' (< 1: rho faster) and rho's scoring "
-          "tokens/s ÷ transformers' (> 1: rho faster).", ""]
-    for res in results:
-        md.append(f"- Setup `{res['setup']}`: {res['desc']}.")
-    md += ["", table, "", "Correctness cross-check (same rows, per-token losses):", ""] + checks
-    md += ["", "Contention: CPU time used by other processes on the machine during each run, as a share of "
-           "(wall × CPUs): " + "; ".join(f"{res['setup']} {n[0]} {100 * n[1]:.0f}%" for res in results
-                                          for n in res["notes"]) + "."]
-    if any(n[1] > 0.05 or "busy" in n[2] for res in results for n in res["notes"]):
-        md += ["Caution: other processes took more than 5% of the machine during some runs; those timings are "
-               "pessimistic for the system that ran then."]
-    text = "\n".join(md) + "\n"
-    print("\n" + text)
-    raw = a.workdir / "bench_eval_results.json"
-    raw.write_text(json.dumps({"started": started, "versions": vers, "results": [
-        {k: v for k, v in r.items()} for r in results]}, indent=1, default=str))
-    print(f"raw results: {raw}")
-    if not a.no_write:
-        path = a.benchmarks_md
-        old = path.read_text() if path.exists() else "# Benchmarks\n"
-        i = old.find(SECTION)
-        if i >= 0:
-            j = old.find("\n## ", i + len(SECTION))
-            new = old[:i] + text + (old[j + 1:] if j >= 0 else "")
-        else:
-            new = old.rstrip("\n") + "\n\n" + text
-        path.write_text(new)
-        print(f"updated {path}")
-    return 0
+    return {"started": started, "machine": machine(), "versions": versions(a.rho), "cmdline": cmdline.strip(),
+            "args": {"runs": a.runs, "attn": a.attn, "rho_env": rho_env, "wait_quiet": a.wait_quiet,
+                     "batch_tokens": a.batch_tokens, "threads": a.threads, "tokens": a.tokens},
+            "results": results}
 
 
 if __name__ == "__main__":
