@@ -28,6 +28,25 @@ pub enum Command {
     Demo(DemoArgs),
     /// Reproduce Rho-1's findings at small scale on the planted-truth corpus.
     Experiment(ExperimentArgs),
+    /// Draw a study's charts (PNG) and an index.html that shows them.
+    Report(ReportArgs),
+    /// Category shares and selected tokens with their context (table, JSON, JSONL, CSV); --fail-if gates (exit 3).
+    Audit(crate::audit::AuditArgs),
+    /// Export a study to other tools (`rho export notebook`: a Jupyter notebook).
+    Export(crate::export::ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Study folder (after `rho eval` and `rho categorize`).
+    #[arg(long)]
+    pub study: PathBuf,
+    /// Output folder [default: <study>/report].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print nothing.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -38,9 +57,28 @@ pub struct ExperimentArgs {
     /// Seeds of the CLM / SLM / random comparison.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
     pub seeds: Vec<u64>,
-    /// Training steps per run.
-    #[arg(long, default_value_t = 96)]
-    pub steps: u64,
+    /// Training steps per run [default: 96 planted, 150 real text].
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Real text: the reference model's (curated) training files. With --corpus and --target,
+    /// runs the pipeline on these files instead of the planted corpus.
+    #[arg(long = "reference-data", num_args = 1..)]
+    pub reference_data: Vec<PathBuf>,
+    /// Real text: documents of these files are removed from --reference-data (matched on the question / problem).
+    #[arg(long, num_args = 1..)]
+    pub exclude: Vec<PathBuf>,
+    /// Real text: the (noisy) training corpus of the CLM / SLM / random runs.
+    #[arg(long, num_args = 1..)]
+    pub corpus: Vec<PathBuf>,
+    /// Real text: target-distribution validation files, each reported on its own.
+    #[arg(long, num_args = 1..)]
+    pub target: Vec<PathBuf>,
+    /// Real text: documents sampled from each target file [default: 120].
+    #[arg(long)]
+    pub target_docs: Option<usize>,
+    /// Real text: reference model training steps [default: 300].
+    #[arg(long)]
+    pub ref_steps: Option<u64>,
     #[arg(long)]
     pub quiet: bool,
 }
@@ -170,6 +208,8 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Audit(a) => crate::audit::run_cli(&a),
+        Command::Export(a) => crate::export::run_cli(&a),
         Command::Eval(a) => {
             if a.batch_tokens == 0 {
                 return Err(Error::flag("--batch-tokens", "must be positive"));
@@ -270,15 +310,47 @@ pub fn run(cli: Cli) -> Result<()> {
             if a.seeds.is_empty() {
                 return Err(Error::flag("--seeds", "give at least one seed"));
             }
+            if !(a.corpus.is_empty() && a.reference_data.is_empty() && a.target.is_empty()) {
+                let d = crate::demo::real::RealConfig::default();
+                let cfg = crate::demo::real::RealConfig {
+                    reference: a.reference_data,
+                    exclude: a.exclude,
+                    corpus: a.corpus,
+                    target: a.target,
+                    target_docs: a.target_docs.unwrap_or(d.target_docs),
+                    seeds: a.seeds,
+                    steps: a.steps.unwrap_or(d.steps),
+                    ref_steps: a.ref_steps.unwrap_or(d.ref_steps),
+                    quiet: a.quiet,
+                    ..d
+                };
+                let r = crate::demo::real::run_real(&a.out, &cfg)?;
+                println!("{}", r.summary_md);
+                println!("results in {} ({:.0} s)", a.out.join("results").display(), r.seconds);
+                return Ok(());
+            }
             let cfg = crate::demo::experiment::ExperimentConfig {
                 demo: crate::demo::DemoConfig { quiet: a.quiet, ..Default::default() },
                 seeds: a.seeds,
-                steps: a.steps,
+                steps: a.steps.unwrap_or(96),
                 ..Default::default()
             };
             let r = crate::demo::experiment::run_experiment(&a.out, &cfg)?;
             println!("{}", r.summary_md);
             println!("results in {} ({:.0} s)", a.out.join("results").display(), r.seconds);
+            Ok(())
+        }
+        Command::Report(a) => {
+            let r = crate::report::run_report(&a.study, a.out.as_deref())?;
+            if !a.quiet {
+                for c in &r.charts {
+                    println!("{}", r.out.join(&c.file).display());
+                }
+                for n in &r.notes {
+                    eprintln!("note: {n}");
+                }
+                println!("{}", r.index.display());
+            }
             Ok(())
         }
         Command::Score(a) => {

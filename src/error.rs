@@ -30,6 +30,10 @@ pub enum Error {
     /// The run was interrupted (SIGINT); partial results were kept.
     #[error("interrupted")]
     Interrupted,
+    /// A gate condition holds (`rho audit --fail-if`): the command did its work
+    /// and printed its output, but the pipeline should stop. Exit code 3.
+    #[error("{0}")]
+    Gate(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -47,11 +51,13 @@ impl Error {
     pub fn msg(msg: impl Into<String>) -> Self {
         Error::Msg(msg.into())
     }
-    /// Exit code for the binary: 2 for bad input/flags, 130 for interrupts, 1 otherwise.
+    /// Exit code for the binary: 2 for bad input/flags, 3 for a gate condition that
+    /// holds (`rho audit --fail-if`), 130 for interrupts, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Flag { .. } => 2,
             Error::Interrupted => 130,
+            Error::Gate(_) => 3,
             _ => 1,
         }
     }

@@ -11,6 +11,8 @@ pub mod select;
 pub mod train;
 pub mod demo;
 pub mod report;
+pub mod audit;
+pub mod export;
 pub mod cli;
 
 pub use error::{Error, Result};

@@ -4,6 +4,9 @@
 //! |---------------------------|----------------------------------------------------------------|
 //! | `.jsonl`, `.jsonl.gz`     | one JSON object per line; the text is in `--text-field` (`text`) |
 //! | `.parquet`                | a string column named `--text-field`                           |
+//!
+//! `--text-field a+b` joins several fields (or columns) with a newline, e.g.
+//! `question+answer` for GSM8K or `problem+solution` for MATH.
 //! | anything else (`.txt`...) | plain UTF-8 text; documents are separated by blank lines      |
 //!
 //! Empty documents are kept (they score no tokens) so that `seq` is always the
@@ -50,6 +53,7 @@ fn read_text(path: &Path, gz: bool) -> Result<String> {
 }
 
 fn read_jsonl(text: &str, path: &Path, field: &str) -> Result<Vec<String>> {
+    let fields: Vec<&str> = field.split('+').collect();
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -57,24 +61,25 @@ fn read_jsonl(text: &str, path: &Path, field: &str) -> Result<Vec<String>> {
         }
         let v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| Error::file(path, format!("line {}: invalid JSON: {e}", i + 1)))?;
-        match v.get(field) {
-            Some(serde_json::Value::String(s)) => out.push(s.clone()),
-            Some(_) => {
-                return Err(Error::file(path, format!("line {}: field `{field}` is not a string", i + 1)))
-            }
-            None => {
-                let keys: Vec<String> =
-                    v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
-                return Err(Error::file(
-                    path,
-                    format!(
-                        "line {}: no field `{field}` (fields here: {}); choose one with --text-field",
-                        i + 1,
-                        keys.join(", ")
-                    ),
-                ));
+        let mut parts = Vec::with_capacity(fields.len());
+        for f in &fields {
+            match v.get(f) {
+                Some(serde_json::Value::String(s)) => parts.push(s.as_str()),
+                Some(_) => return Err(Error::file(path, format!("line {}: field `{f}` is not a string", i + 1))),
+                None => {
+                    let keys: Vec<String> = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "line {}: no field `{f}` (fields here: {}); choose one with --text-field (join several with `+`)",
+                            i + 1,
+                            keys.join(", ")
+                        ),
+                    ));
+                }
             }
         }
+        out.push(parts.join("\n"));
     }
     Ok(out)
 }
@@ -101,14 +106,23 @@ pub fn split_plain(text: &str) -> Vec<String> {
 
 fn read_parquet_docs(path: &Path, field: &str) -> Result<Vec<String>> {
     let df = crate::util::read_parquet(path)?;
-    let col = df.column(field).map_err(|_| {
-        let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
-        Error::file(path, format!("no column `{field}` (columns: {}); choose one with --text-field", names.join(", ")))
-    })?;
-    let ca = col
-        .str()
-        .map_err(|_| Error::file(path, format!("column `{field}` is not a string column ({})", col.dtype())))?;
-    Ok(ca.into_iter().map(|s| s.unwrap_or("").to_string()).collect())
+    let mut out: Vec<String> = vec![String::new(); df.height()];
+    for (k, f) in field.split('+').enumerate() {
+        let col = df.column(f).map_err(|_| {
+            let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+            Error::file(path, format!("no column `{f}` (columns: {}); choose one with --text-field", names.join(", ")))
+        })?;
+        let ca = col
+            .str()
+            .map_err(|_| Error::file(path, format!("column `{f}` is not a string column ({})", col.dtype())))?;
+        for (o, s) in out.iter_mut().zip(ca.into_iter()) {
+            if k > 0 {
+                o.push('\n');
+            }
+            o.push_str(s.unwrap_or(""));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -129,5 +143,10 @@ mod tests {
         let e = read_jsonl("{oops\n", p, "text").unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("invalid JSON"), "{e}");
         assert_eq!(read_jsonl("{\"q\":\"x\"}\n\n", p, "q").unwrap(), vec!["x"]);
+        // Several fields joined with a newline; a missing one is named.
+        let two = "{\"question\":\"q1\",\"answer\":\"a1\"}\n";
+        assert_eq!(read_jsonl(two, p, "question+answer").unwrap(), vec!["q1\na1"]);
+        let e = read_jsonl(two, p, "question+solution").unwrap_err().to_string();
+        assert!(e.contains("`solution`") && e.contains("answer"), "{e}");
     }
 }

@@ -179,10 +179,10 @@ fn kept_by_class(out: &Path, run: &str, method: &str, data: &Path, tokenizer: &P
     Ok(counts.into_values().map(|(class, n, kept)| Kept { run: run.into(), method: method.into(), class, n, kept }).collect())
 }
 
-fn mean(v: &[f64]) -> f64 {
+pub(crate) fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
-fn std(v: &[f64]) -> f64 {
+pub(crate) fn std(v: &[f64]) -> f64 {
     let m = mean(v);
     (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len().max(1) as f64).sqrt()
 }

@@ -9,6 +9,7 @@
 //! 6. train a reference model on the curated corpus, then a short SLM and CLM run.
 pub mod corpus;
 pub mod experiment;
+pub mod real;
 
 use crate::dynamics::{self, Category, CategorizeOptions, CategorizeSummary};
 use crate::error::{Error, Result, WithPath};

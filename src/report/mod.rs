@@ -1,6 +1,16 @@
 //! Charts (PNG, plotters) drawn from plain structs. The font is bundled
 //! (DejaVu Sans, assets/fonts) and registered with plotters' ab_glyph backend, so
 //! no system font is needed.
+//!
+//! `rho report` ([`run_report`]) draws a study's charts: `data` computes what each
+//! chart shows from plain tables (unit-tested), `charts` draws it, `study` reads
+//! the study's Parquet files (only the needed columns) and writes `index.html`.
+
+pub mod charts;
+pub mod data;
+mod study;
+
+pub use study::{run_report, ChartFile, ReportSummary, CHARTS, RUN_CHARTS};
 
 use crate::error::{Error, Result};
 use plotters::prelude::*;
