@@ -34,6 +34,8 @@ pub enum Command {
     Audit(crate::audit::AuditArgs),
     /// Export a study to other tools (`rho export notebook`: a Jupyter notebook).
     Export(crate::export::ExportArgs),
+    /// The interactive terminal app: browse a study's dynamics, start and watch runs.
+    Tui(TuiArgs),
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +83,13 @@ pub struct ExperimentArgs {
     pub ref_steps: Option<u64>,
     #[arg(long)]
     pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TuiArgs {
+    /// Study folder (after `rho eval`; `rho categorize` for the category views).
+    #[arg(long, default_value = ".")]
+    pub study: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -210,6 +219,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Audit(a) => crate::audit::run_cli(&a),
         Command::Export(a) => crate::export::run_cli(&a),
+        Command::Tui(a) => crate::tui::run(&a.study),
         Command::Eval(a) => {
             if a.batch_tokens == 0 {
                 return Err(Error::flag("--batch-tokens", "must be positive"));
@@ -302,8 +312,9 @@ pub fn run(cli: Cli) -> Result<()> {
             let s = crate::demo::run_demo(&study, &cfg)?;
             println!("{}", s.categories.table());
             println!("{}", crate::demo::recovery_table(&s.recovery));
+            println!("report: {}", s.report.display());
             println!("study: {}\ntime: {:.1} s", s.study.display(), s.seconds);
-            let _ = a.no_tui; // the TUI does not exist yet
+            if !a.no_tui && std::io::IsTerminal::is_terminal(&std::io::stdout()) { crate::tui::run(&s.study)?; }
             Ok(())
         }
         Command::Experiment(a) => {

@@ -14,5 +14,6 @@ pub mod report;
 pub mod audit;
 pub mod export;
 pub mod cli;
+pub mod tui;
 
 pub use error::{Error, Result};

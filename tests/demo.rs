@@ -30,4 +30,11 @@ fn demo_recovers_the_planted_classes() {
     for run in ["base", "phase2", "reference", "slm", "clm"] {
         assert!(study.join("runs").join(run).join("metrics.jsonl").exists(), "{run}");
     }
+    // The report: every chart, including the run charts (the demo has an SLM run).
+    assert_eq!(s.report, study.join("report").join("index.html"));
+    let index = std::fs::read_to_string(&s.report).unwrap();
+    for f in rho::report::CHARTS.iter().chain(rho::report::RUN_CHARTS.iter()) {
+        assert!(study.join("report").join(f).exists(), "{f}");
+        assert!(index.contains(f), "index.html does not show {f}");
+    }
 }

@@ -3,7 +3,6 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use polars::prelude::*;
 use rho::model::{loss::per_token_loss, Checkpoint, Mode};
 
 fn eval(args: &[&str]) -> std::process::Output {

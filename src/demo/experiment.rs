@@ -116,7 +116,7 @@ pub fn run_experiment(dir: &Path, cfg: &ExperimentConfig) -> Result<ExperimentRe
         train::run_train(&tc, None)?;
         copy_model(&p.base_ck, &out.join("step-0"))?;
         let study = out.join("study");
-        eval_run(&out, &p.valid, &p.tokenizer, &study, true)?;
+        eval_run(&out, &p.valid, &p.tokenizer, &study, true, true)?;
         for (step, val, clean) in val_curve(&study, &valid_classes)? {
             points.push(Point { run: s.name.clone(), method: s.method.into(), ratio: s.ratio, seed: s.seed, step, val_loss: val, clean_loss: clean });
         }

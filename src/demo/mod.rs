@@ -6,7 +6,8 @@
 //!    the phase-1 model);
 //! 4. evaluate the phase-2 checkpoints on the validation set and categorize;
 //! 5. check the planted classes against the categories (`recovery`);
-//! 6. train a reference model on the curated corpus, then a short SLM and CLM run.
+//! 6. train a reference model on the curated corpus, then a short SLM and CLM run;
+//! 7. write the report (`rho report`).
 pub mod corpus;
 pub mod experiment;
 pub mod real;
@@ -88,6 +89,8 @@ pub struct DemoSummary {
     pub study: PathBuf,
     pub categories: CategorizeSummary,
     pub recovery: Vec<Recovery>,
+    /// The report's index.html.
+    pub report: PathBuf,
     pub seconds: f64,
 }
 
@@ -97,10 +100,11 @@ pub(crate) fn say(cfg: &DemoConfig, t0: &Instant, msg: &str) {
     }
 }
 
-fn write_jsonl(path: &Path, docs: &[Doc]) -> Result<()> {
+/// Write documents as JSON Lines with a `text` field.
+pub(crate) fn write_jsonl<'a>(path: &Path, texts: impl IntoIterator<Item = &'a str>) -> Result<()> {
     let mut s = String::new();
-    for d in docs {
-        s.push_str(&serde_json::json!({ "text": d.text }).to_string());
+    for t in texts {
+        s.push_str(&serde_json::json!({ "text": t }).to_string());
         s.push('\n');
     }
     util::write_bytes_atomic(path, s.as_bytes())
@@ -126,18 +130,29 @@ pub fn train_tokenizer(docs: &[&str], vocab_size: usize, path: &Path) -> Result<
     std::fs::rename(&tmp, path).with_path(path)
 }
 
-fn model_config(cfg: &DemoConfig, vocab: usize, eos: u32) -> serde_json::Value {
-    serde_json::json!({
+/// The shape of the small Llama models the demo and the experiments train.
+pub(crate) struct LlamaShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub seq_len: usize,
+}
+
+/// Write the config.json of a Llama of this shape (f32, untied embeddings).
+pub(crate) fn write_llama_config(path: &Path, m: &LlamaShape, vocab: usize, eos: u32) -> Result<()> {
+    let cfg = serde_json::json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": vocab,
-        "hidden_size": cfg.hidden,
-        "intermediate_size": cfg.hidden * 3,
-        "num_hidden_layers": cfg.layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": cfg.hidden / 4,
-        "max_position_embeddings": cfg.seq_len,
+        "hidden_size": m.hidden,
+        "intermediate_size": m.intermediate,
+        "num_hidden_layers": m.layers,
+        "num_attention_heads": m.heads,
+        "num_key_value_heads": m.kv_heads,
+        "head_dim": m.hidden / m.heads,
+        "max_position_embeddings": m.seq_len,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
         "hidden_act": "silu",
@@ -145,7 +160,9 @@ fn model_config(cfg: &DemoConfig, vocab: usize, eos: u32) -> serde_json::Value {
         "bos_token_id": eos,
         "eos_token_id": eos,
         "torch_dtype": "float32",
-    })
+    });
+    let json = serde_json::to_vec_pretty(&cfg).map_err(|e| Error::msg(e.to_string()))?;
+    util::write_bytes_atomic(path, &json)
 }
 
 pub(crate) fn train_cfg(cfg: &DemoConfig, data: PathBuf, out: PathBuf, steps: u64) -> TrainConfig {
@@ -201,10 +218,10 @@ pub fn prepare(study: &Path, cfg: &DemoConfig, t0: &Instant) -> Result<Prepared>
     let c = corpus::generate(cfg.seed, cfg.n_base, cfg.n_noisy, cfg.n_curated, cfg.n_valid);
     let (base, noisy, curated, valid) =
         (data.join("base.jsonl"), data.join("noisy.jsonl"), data.join("curated.jsonl"), data.join("valid.jsonl"));
-    write_jsonl(&base, &c.base)?;
-    write_jsonl(&noisy, &c.noisy)?;
-    write_jsonl(&curated, &c.curated)?;
-    write_jsonl(&valid, &c.valid)?;
+    write_jsonl(&base, c.base.iter().map(|d| d.text.as_str()))?;
+    write_jsonl(&noisy, c.noisy.iter().map(|d| d.text.as_str()))?;
+    write_jsonl(&curated, c.curated.iter().map(|d| d.text.as_str()))?;
+    write_jsonl(&valid, c.valid.iter().map(|d| d.text.as_str()))?;
 
     say(cfg, t0, &format!("training a BPE tokenizer (vocab {}) on the corpora without their noise", cfg.vocab_size));
     let tok_path = data.join("tokenizer.json");
@@ -214,8 +231,8 @@ pub fn prepare(study: &Path, cfg: &DemoConfig, t0: &Instant) -> Result<Prepared>
     let tok = crate::data::Tok::from_file(&tok_path)?;
     let eos = tok.eos_id(None).ok_or_else(|| Error::msg("the demo tokenizer has no <|endoftext|>"))?;
     let mcfg = data.join("config.json");
-    let json = serde_json::to_vec_pretty(&model_config(cfg, tok.vocab_size(), eos)).map_err(|e| Error::msg(e.to_string()))?;
-    util::write_bytes_atomic(&mcfg, &json)?;
+    let shape = LlamaShape { hidden: cfg.hidden, intermediate: cfg.hidden * 3, layers: cfg.layers, heads: 4, kv_heads: 2, seq_len: cfg.seq_len };
+    write_llama_config(&mcfg, &shape, tok.vocab_size(), eos)?;
 
     say(cfg, t0, &format!("phase 1: a {}-layer Llama from scratch on the base corpus, {} steps", cfg.layers, cfg.base_steps));
     let mut p1 = train_cfg(cfg, base.clone(), runs.join("base"), cfg.base_steps);
@@ -232,8 +249,9 @@ pub fn prepare(study: &Path, cfg: &DemoConfig, t0: &Instant) -> Result<Prepared>
     Ok(Prepared { corpus: c, noisy, valid, tokenizer: tok_path, base_ck, ref_ck })
 }
 
-/// Evaluate a run's checkpoints (a folder of step-N) on the validation set into `study`.
-pub fn eval_run(run: &Path, valid: &Path, tokenizer: &Path, study: &Path, quiet: bool) -> Result<()> {
+/// Evaluate a run's checkpoints (a folder of step-N) on the validation set into
+/// `study`; `force` re-evaluates checkpoints the study already has (retrained ones).
+pub fn eval_run(run: &Path, valid: &Path, tokenizer: &Path, study: &Path, quiet: bool, force: bool) -> Result<()> {
     eval::run_eval(&EvalOptions {
         checkpoints: vec![run.to_path_buf()],
         data: valid.to_path_buf(),
@@ -246,7 +264,7 @@ pub fn eval_run(run: &Path, valid: &Path, tokenizer: &Path, study: &Path, quiet:
         max_tokens: None,
         pack: false,
         context: None,
-        force: true,
+        force,
         quiet,
     })?;
     Ok(())
@@ -270,7 +288,7 @@ pub fn run_demo(study: &Path, cfg: &DemoConfig) -> Result<DemoSummary> {
     copy_model(&p.base_ck, &phase2.join("step-0"))?;
 
     say(cfg, &t0, "evaluating the phase-2 checkpoints on the validation set");
-    eval_run(&phase2, &p.valid, &p.tokenizer, study, cfg.quiet)?;
+    eval_run(&phase2, &p.valid, &p.tokenizer, study, cfg.quiet, true)?;
     let categories = dynamics::categorize_study(study, &CategorizeOptions::default())?;
     let recovery = recovery(study, &p.corpus.valid)?;
 
@@ -285,7 +303,10 @@ pub fn run_demo(study: &Path, cfg: &DemoConfig) -> Result<DemoSummary> {
     clm.init = Some(p.base_ck.clone());
     train::run_train(&clm, None)?;
 
-    let summary = DemoSummary { study: study.to_path_buf(), categories, recovery, seconds: t0.elapsed().as_secs_f64() };
+    say(cfg, &t0, "writing the report (PNG charts and index.html)");
+    let report = crate::report::run_report(study, None)?;
+
+    let summary = DemoSummary { study: study.to_path_buf(), categories, recovery, report: report.index, seconds: t0.elapsed().as_secs_f64() };
     say(cfg, &t0, "done");
     Ok(summary)
 }

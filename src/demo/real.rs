@@ -18,6 +18,7 @@
 //! `problem`+`solution` (MATH).
 
 use super::experiment::{mean, std};
+use super::{write_jsonl, write_llama_config, LlamaShape};
 use crate::data::{read_documents, Tok};
 use crate::error::{Error, Result, WithPath};
 use crate::eval::study::Manifest;
@@ -175,37 +176,6 @@ fn sample_and_shuffle(d: &mut Docs, max_chars: usize, seed: u64) {
     d.texts = texts;
 }
 
-fn write_jsonl(path: &Path, texts: &[&str]) -> Result<()> {
-    let mut s = String::new();
-    for t in texts {
-        s.push_str(&serde_json::json!({ "text": t }).to_string());
-        s.push('\n');
-    }
-    util::write_bytes_atomic(path, s.as_bytes())
-}
-
-fn model_config(cfg: &RealConfig, vocab: usize, eos: u32) -> serde_json::Value {
-    serde_json::json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": vocab,
-        "hidden_size": cfg.hidden,
-        "intermediate_size": cfg.hidden * 8 / 3 / 32 * 32,
-        "num_hidden_layers": cfg.layers,
-        "num_attention_heads": cfg.heads,
-        "num_key_value_heads": cfg.heads,
-        "head_dim": cfg.hidden / cfg.heads,
-        "max_position_embeddings": cfg.seq_len,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "hidden_act": "silu",
-        "tie_word_embeddings": false,
-        "bos_token_id": eos,
-        "eos_token_id": eos,
-        "torch_dtype": "float32",
-    })
-}
-
 fn base_train(cfg: &RealConfig, data: &Path, out: PathBuf, steps: u64, mcfg: &Path, tok: &Path, seed: u64) -> TrainConfig {
     let every = (steps / cfg.n_checkpoints.max(1)).max(1);
     TrainConfig {
@@ -321,8 +291,8 @@ pub fn run_real(dir: &Path, cfg: &RealConfig) -> Result<RealResults> {
     ));
     let ref_path = data.join("reference.jsonl");
     let corpus_path = data.join("corpus.jsonl");
-    write_jsonl(&ref_path, &reference.texts.iter().map(|s| s.as_str()).collect::<Vec<_>>())?;
-    write_jsonl(&corpus_path, &corpus.texts.iter().map(|s| s.as_str()).collect::<Vec<_>>())?;
+    write_jsonl(&ref_path, reference.texts.iter().map(|s| s.as_str()))?;
+    write_jsonl(&corpus_path, corpus.texts.iter().map(|s| s.as_str()))?;
     let mut targets = Vec::new();
     for f in &cfg.target {
         let spec = text_spec(f)?;
@@ -332,7 +302,7 @@ pub fn run_real(dir: &Path, cfg: &RealConfig) -> Result<RealResults> {
         texts.shuffle(&mut rng);
         texts.truncate(cfg.target_docs);
         let p = data.join(format!("target-{}.jsonl", stem(f)));
-        write_jsonl(&p, &texts.iter().map(|s| s.as_str()).collect::<Vec<_>>())?;
+        write_jsonl(&p, texts.iter().map(|s| s.as_str()))?;
         targets.push((stem(f), p, texts.len()));
     }
 
@@ -346,13 +316,14 @@ pub fn run_real(dir: &Path, cfg: &RealConfig) -> Result<RealResults> {
     let tok = Tok::from_file(&tok_path)?;
     let eos = tok.eos_id(None).ok_or_else(|| Error::msg("the tokenizer has no <|endoftext|>"))?;
     let mcfg = data.join("config.json");
-    let json = serde_json::to_vec_pretty(&model_config(cfg, tok.vocab_size(), eos)).map_err(|e| Error::msg(e.to_string()))?;
-    util::write_bytes_atomic(&mcfg, &json)?;
+    let shape = LlamaShape { hidden: cfg.hidden, intermediate: cfg.hidden * 8 / 3 / 32 * 32, layers: cfg.layers, heads: cfg.heads, kv_heads: cfg.heads, seq_len: cfg.seq_len };
+    write_llama_config(&mcfg, &shape, tok.vocab_size(), eos)?;
 
     // 3. Reference model and its scores of the corpus.
     let ref_dir = runs.join("reference");
     let ref_ck = ref_dir.join(format!("step-{}", cfg.ref_steps));
-    if !ref_ck.join("model.safetensors").exists() {
+    let ref_trained = !ref_ck.join("model.safetensors").exists();
+    if ref_trained {
         say(cfg, &t0, &format!("reference model: {} steps on the reference data", cfg.ref_steps));
         let mut r = base_train(cfg, &ref_path, ref_dir.clone(), cfg.ref_steps, &mcfg, &tok_path, 0);
         r.save_every = cfg.ref_steps;
@@ -360,15 +331,16 @@ pub fn run_real(dir: &Path, cfg: &RealConfig) -> Result<RealResults> {
     }
     let scores = data.join("ref_scores.parquet");
     let stream = crate::train::stream::Stream::build(&corpus_path, "text", &tok, Some(eos), cfg.seq_len, tok.vocab_size())?;
-    if !scores.exists() {
+    if ref_trained || !scores.exists() {
         say(cfg, &t0, &format!("scoring the corpus ({} tokens) with the reference model", stream.rows.len()));
         let ck = crate::model::Checkpoint::open(&ref_ck)?;
         crate::train::reference::score_stream(&ck, &stream, &scores, &candle_core::Device::Cpu, 8192, true)?;
     }
+    let ref_losses = crate::train::reference::load_ref_scores(&scores, &stream)?;
     let mut points = Vec::new();
     let ref_study = |t: &str| ref_dir.join(format!("study-{t}"));
     for (t, p, _) in &targets {
-        super::eval_run(&ref_ck, p, &tok_path, &ref_study(t), true)?;
+        super::eval_run(&ref_ck, p, &tok_path, &ref_study(t), true, ref_trained)?;
         for (step, loss) in curve(&ref_study(t))? {
             points.push(RealPoint { run: "reference".into(), method: "reference".into(), ratio: 1.0, seed: 0, step, target: t.clone(), loss });
         }
@@ -392,24 +364,27 @@ pub fn run_real(dir: &Path, cfg: &RealConfig) -> Result<RealResults> {
         let out = runs.join(&s.name);
         let last = out.join(format!("step-{}", cfg.steps));
         say(cfg, &t0, &format!("run {}/{}: {} ({}, ratio {}, seed {})", i + 1, specs.len(), s.name, s.method, s.ratio, s.seed));
-        if !last.join("model.safetensors").exists() {
-            let mut tc = base_train(cfg, &corpus_path, out.clone(), cfg.steps, &mcfg, &tok_path, s.seed);
-            tc.mode = s.mode;
-            tc.select = s.select;
-            tc.ratio = s.ratio;
-            if s.mode == TrainMode::Slm && s.select == Select::Batch {
-                tc.ref_scores = Some(scores.clone());
-            }
+        let mut tc = base_train(cfg, &corpus_path, out.clone(), cfg.steps, &mcfg, &tok_path, s.seed);
+        tc.mode = s.mode;
+        tc.select = s.select;
+        tc.ratio = s.ratio;
+        if s.mode == TrainMode::Slm && s.select == Select::Batch {
+            tc.ref_scores = Some(scores.clone());
+        }
+        // A finished run is kept (and its evaluations, unless it is trained again).
+        let retrain = !last.join("model.safetensors").exists();
+        if retrain {
             train::run_train(&tc, None)?;
         }
         for (t, p, _) in &targets {
             let study = out.join(format!("study-{t}"));
-            super::eval_run(&out, p, &tok_path, &study, true)?;
+            super::eval_run(&out, p, &tok_path, &study, true, retrain)?;
             for (step, loss) in curve(&study)? {
                 points.push(RealPoint { run: s.name.clone(), method: s.method.into(), ratio: s.ratio, seed: s.seed, step, target: t.clone(), loss });
             }
         }
-        kept.insert(s.name.clone(), kept_counts(&out, &stream, &corpus, &kinds)?);
+        let refs = if tc.ref_scores.is_some() { Some(ref_losses.as_slice()) } else { None };
+        kept.insert(s.name.clone(), kept_counts(&tc, &out, &stream, refs, &corpus, &kinds)?);
         if let Some(p) = points.iter().rev().find(|p| p.run == s.name) {
             say(cfg, &t0, &format!("  {}: {} loss {:.4} at step {}", s.name, p.target, p.loss, p.step));
         }
@@ -425,20 +400,17 @@ fn curve(study: &Path) -> Result<Vec<(i64, f64)>> {
     Ok(Manifest::load(study)?.checkpoints.iter().map(|c| (c.step, c.mean_loss)).collect())
 }
 
-/// Kept / seen tokens of a run's probe masks, by corpus file and by token kind.
-fn kept_counts(out: &Path, stream: &crate::train::stream::Stream, corpus: &Docs, kinds: &[&str]) -> Result<KeptCounts> {
+/// Kept / seen tokens, by corpus file and by token kind, of the run's selection
+/// replayed with each of its checkpoints on `PROBE_GROUPS` batches spread over the
+/// whole corpus (`train::replay_selection`).
+fn kept_counts(tc: &TrainConfig, out: &Path, stream: &crate::train::stream::Stream, ref_scores: Option<&[f32]>, corpus: &Docs, kinds: &[&str]) -> Result<KeptCounts> {
     let mut counts = KeptCounts::new();
-    let masks = out.join("masks");
-    if !masks.exists() {
-        return Ok(counts);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&masks).with_path(&masks)?.flatten().map(|e| e.path()).collect();
-    files.sort();
-    for f in files.iter().filter(|f| f.extension().map(|e| e == "parquet").unwrap_or(false)) {
-        let df = util::read_parquet(f)?;
-        let u32s = |c: &str| -> Result<Vec<u32>> { Ok(df.column(c).with_path(f)?.u32().with_path(f)?.into_no_null_iter().collect()) };
+    for (step, ck) in run_checkpoints(out)? {
+        let model = crate::model::Checkpoint::open(&ck)?.load(candle_core::DType::F32, &candle_core::Device::Cpu, crate::model::Mode::Eval)?;
+        let df = train::replay_selection(tc, &model, stream, ref_scores.map(|r| r.to_vec()), step, PROBE_GROUPS)?;
+        let u32s = |c: &str| -> Result<Vec<u32>> { Ok(df.column(c).with_path(&ck)?.u32().with_path(&ck)?.into_no_null_iter().collect()) };
         let (doc, tid) = (u32s("doc")?, u32s("token_id")?);
-        let k: Vec<bool> = df.column("kept").with_path(f)?.bool().with_path(f)?.into_no_null_iter().collect();
+        let k: Vec<bool> = df.column("kept").with_path(&ck)?.bool().with_path(&ck)?.into_no_null_iter().collect();
         for i in 0..doc.len() {
             let src = corpus.names[corpus.source[doc[i] as usize]].clone();
             let kind = kinds.get(tid[i] as usize).copied().unwrap_or("symbol").to_string();
@@ -449,8 +421,25 @@ fn kept_counts(out: &Path, stream: &crate::train::stream::Stream, corpus: &Docs,
             }
         }
     }
-    let _ = stream;
     Ok(counts)
+}
+
+/// Probe batches per checkpoint for the kept shares.
+const PROBE_GROUPS: usize = 8;
+
+/// (step, folder) of every `step-N` checkpoint of a run, by step.
+fn run_checkpoints(out: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(out)
+        .with_path(out)?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+            e.path().join("model.safetensors").exists().then(|| (step, e.path()))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -9,7 +9,7 @@ pub mod study;
 
 use crate::data::{read_documents, Tok};
 use crate::error::{Error, Result};
-use crate::model::{loss::per_token_loss, Checkpoint, Mode, Transformer};
+use crate::model::{loss::token_loss_eval, Checkpoint, Mode, Transformer};
 use crate::util;
 use candle_core::{DType, Device, Tensor};
 use plan::{Rows, Unit};
@@ -290,7 +290,7 @@ pub fn score_units(
         let input = Tensor::from_vec(ids, (batch.len(), len), &dev)?;
         let logits = model.forward(&input)?; // [b, len, vocab]
         let targets = input.narrow(1, 1, len - 1)?;
-        let loss = per_token_loss(&logits.narrow(1, 0, len - 1)?, &targets)?; // [b, len-1]
+        let loss = token_loss_eval(&logits.narrow(1, 0, len - 1)?, &targets)?; // [b, len-1]
         let loss = loss.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
         let mut done = 0;
         for (r, &i) in batch.iter().enumerate() {
@@ -310,6 +310,12 @@ pub fn score_units(
 
 fn write_tokens(path: &Path, rows: &Rows, tok: &Tok) -> Result<()> {
     let text: Vec<String> = rows.token_id.iter().map(|&id| tok.token_text(id)).collect();
+    write_tokens_table(path, rows, text)
+}
+
+/// `tokens.parquet`: the scored rows with each token's text (one per row).
+pub fn write_tokens_table<S: AsRef<str>>(path: &Path, rows: &Rows, text: Vec<S>) -> Result<()> {
+    let text: Vec<&str> = text.iter().map(|s| s.as_ref()).collect();
     let mut df = DataFrame::new(vec![
         Column::new("seq".into(), &rows.seq),
         Column::new("pos".into(), &rows.pos),
@@ -322,7 +328,8 @@ fn write_tokens(path: &Path, rows: &Rows, tok: &Tok) -> Result<()> {
     util::write_parquet(path, &mut df)
 }
 
-fn write_losses(path: &Path, name: &str, step: i64, rows: &Rows, losses: &[f32]) -> Result<()> {
+/// `losses/<name>.parquet`: one checkpoint's loss for every scored row.
+pub fn write_losses(path: &Path, name: &str, step: i64, rows: &Rows, losses: &[f32]) -> Result<()> {
     let n = rows.len();
     let mut df = DataFrame::new(vec![
         Column::new("checkpoint".into(), vec![name; n]),

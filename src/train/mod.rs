@@ -73,6 +73,12 @@ enum Reference {
 
 /// Run (or continue, with `resume`) a training run.
 pub fn run_train(cfg: &TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
+    run_train_cancellable(cfg, resume, None)
+}
+
+/// [`run_train`] that also stops (saving a checkpoint, as on Ctrl-C) once `cancel` is set:
+/// the TUI cancels one of several runs this way.
+pub fn run_train_cancellable(cfg: &TrainConfig, resume: Option<&Path>, cancel: Option<&AtomicBool>) -> Result<TrainSummary> {
     let t_start = Instant::now();
     cfg.validate()?;
     let device = crate::cli::parse_device(&cfg.device)?;
@@ -243,7 +249,7 @@ pub fn run_train(cfg: &TrainConfig, resume: Option<&Path>) -> Result<TrainSummar
         if cfg.mask_every > 0 && step % cfg.mask_every == 0 {
             write_probe_mask(cfg, &model, &stream, &reference, batch_size, step, &device)?;
         }
-        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        let interrupted = INTERRUPTED.load(Ordering::SeqCst) || cancel.is_some_and(|c| c.load(Ordering::SeqCst));
         if step % cfg.save_every == 0 || step == cfg.steps || interrupted {
             save(step, tokens_seen, &opt, &mut summary)?;
         }
@@ -302,7 +308,7 @@ impl Batch {
             Reference::Scores(v) => Some(self.rows.iter().map(|&i| if i == usize::MAX { 0.0 } else { v[i] }).collect()),
             Reference::Model(m) => {
                 let logits = m.forward(&self.input)?;
-                let l = per_token_loss(&logits.narrow(1, 0, self.s - 1)?, &self.targets)?;
+                let l = crate::model::loss::token_loss_eval(&logits.narrow(1, 0, self.s - 1)?, &self.targets)?;
                 let l = l.flatten_all()?.to_vec1::<f32>()?;
                 Some(l.iter().zip(&self.valid).map(|(&x, &v)| if v { x } else { 0.0 }).collect())
             }
@@ -340,8 +346,18 @@ fn trim_metrics(path: &Path, step: u64) -> Result<()> {
     util::write_bytes_atomic(path, out.as_bytes())
 }
 
-/// The kept / not-kept mask the selection makes on a fixed probe batch (the first
-/// windows of the stream), with the current model: `masks/step-<N>.parquet`.
+/// Windows of probe batch `group` of `n_groups`: `batch_size` windows spread evenly
+/// over the whole stream (group g takes every n_groups-th of the evenly spaced
+/// windows, starting at g), so a probe sees every part of the data.
+pub fn probe_windows(n_windows: usize, batch_size: usize, group: usize, n_groups: usize) -> Vec<usize> {
+    let total = (batch_size * n_groups).min(n_windows).max(1);
+    let mut w: Vec<usize> = (0..batch_size).map(|i| group + n_groups * i).filter(|&j| j < total).map(|j| j * n_windows / total).collect();
+    w.dedup();
+    w
+}
+
+/// The kept / not-kept mask the selection makes on a fixed probe batch (windows spread
+/// over the stream, `probe_windows`), with the current model: `masks/step-<N>.parquet`.
 fn write_probe_mask(
     cfg: &TrainConfig,
     model: &Transformer,
@@ -351,8 +367,52 @@ fn write_probe_mask(
     step: u64,
     dev: &Device,
 ) -> Result<()> {
-    let windows: Vec<usize> = (0..batch_size.min(stream.n_windows())).collect();
-    let batch = Batch::new(stream, &windows, dev)?;
+    let windows = probe_windows(stream.n_windows(), batch_size, 0, 1);
+    let mut df = probe_frame(cfg, model, stream, reference, &windows, step, dev)?;
+    util::write_parquet(&cfg.out.join("masks").join(format!("step-{step}.parquet")), &mut df)
+}
+
+/// The selection of a run replayed on `n_groups` probe batches with a saved model
+/// (e.g. each checkpoint of a finished run): what the run's selection (`cfg.mode`,
+/// `cfg.select`, `cfg.ratio`) keeps of batches spread over the whole stream at that
+/// step. `ref_scores`: the reference losses of every stream row (`rho score`).
+/// Columns as in `masks/step-N.parquet`.
+pub fn replay_selection(
+    cfg: &TrainConfig,
+    model: &Transformer,
+    stream: &Stream,
+    ref_scores: Option<Vec<f32>>,
+    step: u64,
+    n_groups: usize,
+) -> Result<DataFrame> {
+    let batch_size = (cfg.batch_tokens / stream.seq_len).max(1);
+    let reference = match ref_scores {
+        Some(v) if v.len() == stream.rows.len() => Reference::Scores(v),
+        Some(v) => return Err(Error::msg(format!("{} reference scores for a stream of {} rows", v.len(), stream.rows.len()))),
+        None => Reference::None,
+    };
+    let mut out: Option<DataFrame> = None;
+    for g in 0..n_groups {
+        let windows = probe_windows(stream.n_windows(), batch_size, g, n_groups);
+        let df = probe_frame(cfg, model, stream, &reference, &windows, step, model.device())?;
+        out = Some(match out {
+            None => df,
+            Some(acc) => acc.vstack(&df)?,
+        });
+    }
+    out.ok_or_else(|| Error::msg("no probe batch"))
+}
+
+fn probe_frame(
+    cfg: &TrainConfig,
+    model: &Transformer,
+    stream: &Stream,
+    reference: &Reference,
+    windows: &[usize],
+    step: u64,
+    dev: &Device,
+) -> Result<DataFrame> {
+    let batch = Batch::new(stream, windows, dev)?;
     let logits = model.forward(&batch.input)?.detach();
     let loss = per_token_loss(&logits.narrow(1, 0, batch.s - 1)?, &batch.targets)?.flatten_all()?.to_vec1::<f32>()?;
     let refl = batch.reference(reference)?;
@@ -362,7 +422,7 @@ fn write_probe_mask(
     };
     let idx: Vec<usize> = (0..batch.valid.len()).filter(|&i| batch.valid[i]).collect();
     let rows: Vec<usize> = idx.iter().map(|&i| batch.rows[i]).collect();
-    let mut df = DataFrame::new(vec![
+    Ok(DataFrame::new(vec![
         Column::new("step".into(), vec![step as i64; idx.len()]),
         Column::new("seq".into(), rows.iter().map(|&r| stream.rows.seq[r]).collect::<Vec<u32>>()),
         Column::new("pos".into(), rows.iter().map(|&r| stream.rows.pos[r]).collect::<Vec<u32>>()),
@@ -371,6 +431,22 @@ fn write_probe_mask(
         Column::new("loss".into(), idx.iter().map(|&i| loss[i]).collect::<Vec<f32>>()),
         Column::new("ref_loss".into(), idx.iter().map(|&i| refl.as_ref().map(|r| r[i])).collect::<Vec<Option<f32>>>()),
         Column::new("kept".into(), idx.iter().map(|&i| kept[i]).collect::<Vec<bool>>()),
-    ])?;
-    util::write_parquet(&cfg.out.join("masks").join(format!("step-{step}.parquet")), &mut df)
+    ])?)
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::probe_windows;
+
+    #[test]
+    fn probe_windows_spread_over_the_stream() {
+        assert_eq!(probe_windows(100, 4, 0, 1), vec![0, 25, 50, 75]);
+        // Two groups interleave and together cover the stream evenly, without overlap.
+        let (a, b) = (probe_windows(100, 4, 0, 2), probe_windows(100, 4, 1, 2));
+        assert_eq!(a, vec![0, 25, 50, 75]);
+        assert_eq!(b, vec![12, 37, 62, 87]);
+        // Fewer windows than a batch: each once.
+        assert_eq!(probe_windows(3, 8, 0, 1), vec![0, 1, 2]);
+        assert_eq!(probe_windows(3, 8, 1, 2), vec![1]);
+    }
 }
