@@ -21,21 +21,7 @@ fn base() -> &'static Path {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         let eval = |study: &Path, cks: Vec<PathBuf>| {
-            rho::eval::run_eval(&rho::eval::EvalOptions {
-                checkpoints: cks,
-                data: val_data(),
-                study: study.to_path_buf(),
-                tokenizer: None,
-                text_field: "text".into(),
-                device: candle_core::Device::Cpu,
-                dtype: candle_core::DType::F32,
-                batch_tokens: 4096,
-                max_tokens: None,
-                pack: false,
-                context: None,
-                force: false,
-                quiet: true,
-            })
+            rho::eval::run_eval(&rho::eval::EvalOptions { quiet: true, ..rho::eval::EvalOptions::new(cks, val_data(), study.to_path_buf()) })
             .unwrap();
         };
         // a full study: 3 checkpoints, categorized
@@ -320,21 +306,8 @@ fn snapshot_empty_states() {
 #[test]
 fn evaluate_new_checkpoints_in_the_background() {
     let dir = base().join("series");
-    rho::eval::run_eval(&rho::eval::EvalOptions {
-        checkpoints: vec![fixtures().join("llama/step-0"), fixtures().join("llama/step-100")],
-        data: val_data(),
-        study: dir.clone(),
-        tokenizer: None,
-        text_field: "text".into(),
-        device: candle_core::Device::Cpu,
-        dtype: candle_core::DType::F32,
-        batch_tokens: 4096,
-        max_tokens: None,
-        pack: false,
-        context: None,
-        force: false,
-        quiet: true,
-    })
+    let cks = vec![fixtures().join("llama/step-0"), fixtures().join("llama/step-100")];
+    rho::eval::run_eval(&rho::eval::EvalOptions { quiet: true, ..rho::eval::EvalOptions::new(cks, val_data(), dir.clone()) })
     .unwrap();
     let (tx, rx) = mpsc::channel();
     let mut app = App::new(Study::open(&dir).unwrap(), tx);

@@ -17,7 +17,6 @@ use crate::error::{Error, Result, WithPath};
 use crate::eval::{self, EvalOptions};
 use crate::train::{self, TrainConfig, TrainMode};
 use crate::util;
-use candle_core::{DType, Device};
 use corpus::{Class, Doc};
 use polars::prelude::*;
 use std::path::{Path, PathBuf};
@@ -253,19 +252,11 @@ pub fn prepare(study: &Path, cfg: &DemoConfig, t0: &Instant) -> Result<Prepared>
 /// `study`; `force` re-evaluates checkpoints the study already has (retrained ones).
 pub fn eval_run(run: &Path, valid: &Path, tokenizer: &Path, study: &Path, quiet: bool, force: bool) -> Result<()> {
     eval::run_eval(&EvalOptions {
-        checkpoints: vec![run.to_path_buf()],
-        data: valid.to_path_buf(),
-        study: study.to_path_buf(),
         tokenizer: Some(tokenizer.to_path_buf()),
-        text_field: "text".into(),
-        device: Device::Cpu,
-        dtype: DType::F32,
         batch_tokens: 8192,
-        max_tokens: None,
-        pack: false,
-        context: None,
         force,
         quiet,
+        ..EvalOptions::new(vec![run.to_path_buf()], valid.to_path_buf(), study.to_path_buf())
     })?;
     Ok(())
 }

@@ -38,6 +38,28 @@ pub struct EvalOptions {
     pub quiet: bool,
 }
 
+impl EvalOptions {
+    /// The defaults of `rho eval`: the checkpoints' own tokenizer, field `text`,
+    /// CPU, f32, 4096 tokens per forward pass, documents scored alone, no limit.
+    pub fn new(checkpoints: Vec<PathBuf>, data: PathBuf, study: PathBuf) -> Self {
+        EvalOptions {
+            checkpoints,
+            data,
+            study,
+            tokenizer: None,
+            text_field: "text".into(),
+            device: Device::Cpu,
+            dtype: DType::F32,
+            batch_tokens: 4096,
+            max_tokens: None,
+            pack: false,
+            context: None,
+            force: false,
+            quiet: false,
+        }
+    }
+}
+
 /// What an eval run did.
 #[derive(Debug, Clone, Default)]
 pub struct EvalReport {

@@ -8,7 +8,7 @@ use crate::dynamics::{categorize_study, CategorizeOptions};
 use crate::eval::study::Manifest;
 use crate::eval::{run_eval, EvalOptions};
 use crate::train::{TrainConfig, TrainMode};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -110,19 +110,14 @@ fn eval_opts(ck: &Path, target: &Path, m: &Manifest) -> EvalOptions {
         _ => DType::F32,
     };
     EvalOptions {
-        checkpoints: vec![ck.to_path_buf()],
-        data: m.data.clone(),
-        study: target.to_path_buf(),
-        tokenizer: None,
         text_field: s["text_field"].as_str().unwrap_or("text").to_string(),
-        device: Device::Cpu,
         dtype,
         batch_tokens: 8192,
         max_tokens: s["max_tokens"].as_u64().map(|v| v as usize),
         pack: s["pack"].as_bool().unwrap_or(false),
         context: s["context"].as_u64().map(|v| v as usize),
-        force: false,
         quiet: true,
+        ..EvalOptions::new(vec![ck.to_path_buf()], m.data.clone(), target.to_path_buf())
     }
 }
 
