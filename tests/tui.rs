@@ -72,6 +72,27 @@ fn render(app: &mut App, w: u16, h: u16) -> String {
 
 // ---- App updated by events, no terminal ------------------------------------
 
+/// The overview's checkpoint list scrolls when the terminal is too short for it.
+#[test]
+fn overview_checkpoint_list_scrolls() {
+    let mut app = full();
+    // 80x12 leaves room for one checkpoint row.
+    let top = render(&mut app, 80, 12);
+    assert!(top.contains("step-0 ") && !top.contains("step-200"), "{top}");
+    assert!(top.contains("rows 1-1 of 3"), "{top}");
+    key(&mut app, KeyCode::End);
+    let bottom = render(&mut app, 80, 12);
+    assert!(bottom.contains("step-200") && !bottom.contains("step-0 "), "{bottom}");
+    assert!(bottom.contains("rows 3-3 of 3"), "{bottom}");
+    key(&mut app, KeyCode::Up);
+    assert_eq!(app.ck_scroll, 1);
+    assert!(render(&mut app, 80, 12).contains("step-100"));
+    // At full height every row shows, whatever the scroll.
+    let all = render(&mut app, 80, 24);
+    assert!(all.contains("step-0 ") && all.contains("step-100") && all.contains("step-200"), "{all}");
+    assert!(!all.contains("rows "), "{all}");
+}
+
 #[test]
 fn views_help_and_quit() {
     let mut app = full();

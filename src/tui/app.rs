@@ -172,6 +172,8 @@ pub struct App {
     pub fluct_pos: Option<usize>,
     pub var: VarState,
     pub runs_sel: usize,
+    /// First checkpoint row shown in the overview (clamped when drawn).
+    pub ck_scroll: usize,
     pub form: Option<RunForm>,
     pub jobs: Vec<Job>,
     pub status: String,
@@ -204,6 +206,7 @@ impl App {
             fluct_pos: None,
             var: VarState::default(),
             runs_sel: 0,
+            ck_scroll: 0,
             form: None,
             jobs: Vec::new(),
             status: String::new(),
@@ -461,8 +464,18 @@ impl App {
     // ---- Overview ------------------------------------------------------
 
     fn overview_key(&mut self, k: KeyEvent) {
-        if let KeyCode::Char('e') = k.code {
-            self.start_series_eval();
+        // The checkpoint list scrolls (a Pythia-style series has 150 checkpoints).
+        let rows = self.study.checkpoints().len() + self.study.new_checkpoints.len();
+        let last = rows.saturating_sub(1);
+        match k.code {
+            KeyCode::Char('e') => self.start_series_eval(),
+            KeyCode::Down | KeyCode::Char('j') => self.ck_scroll = (self.ck_scroll + 1).min(last),
+            KeyCode::Up | KeyCode::Char('k') => self.ck_scroll = self.ck_scroll.saturating_sub(1),
+            KeyCode::PageDown => self.ck_scroll = (self.ck_scroll + 10).min(last),
+            KeyCode::PageUp => self.ck_scroll = self.ck_scroll.saturating_sub(10),
+            KeyCode::Home | KeyCode::Char('g') => self.ck_scroll = 0,
+            KeyCode::End | KeyCode::Char('G') => self.ck_scroll = last,
+            _ => {}
         }
     }
 

@@ -174,10 +174,19 @@ fn draw_overview(f: &mut Frame, app: &App, area: Rect) {
         let step = crate::eval::step_from_name(&name).unwrap_or(0);
         rows.push(Row::new(vec![Cell::from(name), Cell::from(format!("{step:>6}")), Cell::from("      –"), Cell::from(st)]));
     }
+    // Scroll: ck_scroll is clamped so the last page stays full.
+    let visible = (ck_area.height as usize).saturating_sub(3).max(1);
+    let first = app.ck_scroll.min(rows.len().saturating_sub(visible));
+    let n_rows_all = rows.len();
+    let rows: Vec<Row> = rows.into_iter().skip(first).take(visible).collect();
     let title = format!(" Checkpoints ({} tokens, {} docs) ", s.n_rows, s.n_docs());
+    let mut b = block(title);
+    if n_rows_all > visible {
+        b = b.title_bottom(Line::from(format!(" rows {}-{} of {n_rows_all} ↑↓ ", first + 1, first + rows.len())).right_aligned());
+    }
     let t = Table::new(rows, [Constraint::Min(8), Constraint::Length(6), Constraint::Length(7), Constraint::Length(9)])
         .header(Row::new(vec!["name", "  step", "   loss", "status"]).style(bold()))
-        .block(block(title));
+        .block(b);
     f.render_widget(t, ck_area);
     if let Some(j) = eval_job {
         let g = Rect { y: ck_area.y + ck_area.height.saturating_sub(2), height: 1, x: ck_area.x + 1, width: ck_area.width.saturating_sub(2) };
@@ -653,6 +662,7 @@ const HELP: &[(&str, &str)] = &[
     ("q, Ctrl-C", "quit"),
     ("Overview", ""),
     ("e", "evaluate new checkpoints of the series"),
+    ("↑↓ jk PgUp/Dn g G", "scroll the checkpoint list"),
     ("Tokens", ""),
     ("←→ h l / ↑↓ k j", "previous / next token, line up / down"),
     ("[ ] PgUp PgDn J K", "previous / next document"),
