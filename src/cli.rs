@@ -36,6 +36,15 @@ pub enum Command {
     Export(crate::export::ExportArgs),
     /// The interactive terminal app: browse a study's dynamics, start and watch runs.
     Tui(TuiArgs),
+    /// Benchmarks run side by side with the PyTorch peers (`rho bench eval`).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Forward + per-token f32 loss throughput of a random Llama (the shapes and output of ../shared/gpu/torch_peer.py).
+    Eval(crate::bench::BenchEvalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -220,6 +229,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Audit(a) => crate::audit::run_cli(&a),
         Command::Export(a) => crate::export::run_cli(&a),
         Command::Tui(a) => crate::tui::run(&a.study),
+        Command::Bench(BenchCommand::Eval(a)) => crate::bench::run_bench_eval(&a).map(|_| ()),
         Command::Eval(a) => {
             if a.batch_tokens == 0 {
                 return Err(Error::flag("--batch-tokens", "must be positive"));

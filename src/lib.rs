@@ -13,6 +13,7 @@ pub mod demo;
 pub mod report;
 pub mod audit;
 pub mod export;
+pub mod bench;
 pub mod cli;
 pub mod tui;
 

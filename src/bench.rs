@@ -1,0 +1,261 @@
+//! `rho bench eval`: per-token loss throughput of a randomly initialised Llama
+//! (TinyLlama-1.1B shape by default), with the flags, shapes and output of the
+//! PyTorch peer `../shared/gpu/torch_peer.py`, so that one device call measures
+//! both side by side.
+//!
+//! Each iteration is what `rho eval` does per batch: forward to logits
+//! [b, s, vocab] in the model's dtype, then the per-token f32 cross-entropy of the
+//! shifted logits (`token_loss_eval`), copied back to the host. tokens/s =
+//! b * s / median time over `--iters` timed iterations after `--warmup`.
+//! Prints `RESULT key=value ...` lines like the peer.
+//!
+//! `--dump FILE` writes the weights (transformers' names), the ids and our
+//! per-token losses of every shape to a safetensors file that
+//! `torch_peer.py --check-against FILE` (same model flags) compares against.
+
+use crate::error::{Error, Result};
+use crate::model::loss::token_loss_eval;
+use crate::model::{Mode, ModelConfig, Transformer};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use clap::Args;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Debug, Args, Clone)]
+pub struct BenchEvalArgs {
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Batch shapes, BxS, comma-separated.
+    #[arg(long, default_value = "8x2048,4x1024")]
+    pub shapes: String,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 7)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 22)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 5632)]
+    pub intermediate: usize,
+    #[arg(long, default_value_t = 32)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 4)]
+    pub kv_heads: usize,
+    #[arg(long, default_value_t = 32000)]
+    pub vocab: usize,
+    /// The peer's tiny config (2 layers, hidden 64, vocab 512; shapes 2x32,1x16) for smoke tests.
+    #[arg(long)]
+    pub tiny: bool,
+    /// bf16 or f32 (the loss is always f32).
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    /// Seed of the weights and ids.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write weights, ids and per-token losses for `torch_peer.py --check-against`.
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
+}
+
+/// One measured shape.
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    pub b: usize,
+    pub s: usize,
+    pub tokens_per_s: f64,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub loss_mean: f64,
+}
+
+impl BenchResult {
+    /// The peer's `RESULT` line format.
+    pub fn line(&self, system: &str, flops: f64, peak_gib: f64) -> String {
+        format!(
+            "RESULT system={system} kind=fwd+ce shape={}x{} tokens_per_s={:.0} median_ms={:.2} min_ms={:.2} max_ms={:.2} model_tflops={:.1} loss_mean={:.4} peak_mem_gib={:.2}",
+            self.b,
+            self.s,
+            self.tokens_per_s,
+            self.median_ms,
+            self.min_ms,
+            self.max_ms,
+            flops / (self.median_ms / 1e3) / 1e12,
+            self.loss_mean,
+            peak_gib
+        )
+    }
+}
+
+/// Parse "8x2048,4x1024".
+pub fn parse_shapes(s: &str) -> Result<Vec<(usize, usize)>> {
+    let bad = || Error::flag("--shapes", format!("`{s}` is not a list of BxS (e.g. 8x2048,4x1024)"));
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (b, t) = part.split_once('x').ok_or_else(bad)?;
+        let (b, t) = (b.parse::<usize>().map_err(|_| bad())?, t.parse::<usize>().map_err(|_| bad())?);
+        if b == 0 || t < 2 {
+            return Err(bad());
+        }
+        out.push((b, t));
+    }
+    if out.is_empty() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+/// Random weights made on the device (normal(0, 0.02) matrices, unit norm gains),
+/// remembered by name for `--dump`.
+struct RandBackend {
+    made: Arc<Mutex<HashMap<String, Tensor>>>,
+}
+
+impl SimpleBackend for RandBackend {
+    fn get(&self, s: Shape, name: &str, _h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = if s.rank() == 1 { Tensor::ones(&s, DType::F32, dev)? } else { Tensor::randn(0f32, 0.02, &s, dev)? };
+        let t = t.to_dtype(dtype)?;
+        self.made.lock().unwrap().insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("no tensor `{name}` in a random model")
+    }
+    fn contains_tensor(&self, _name: &str) -> bool {
+        false
+    }
+}
+
+/// Peak resident memory of this process (GiB), from /proc (NaN elsewhere).
+fn peak_rss_gib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .map(|kb| kb / (1024.0 * 1024.0))
+        .unwrap_or(f64::NAN)
+}
+
+pub fn run_bench_eval(a: &BenchEvalArgs) -> Result<Vec<BenchResult>> {
+    let mut a = a.clone();
+    if a.tiny {
+        (a.layers, a.hidden, a.intermediate, a.heads, a.kv_heads, a.vocab) = (2, 64, 176, 4, 2, 512);
+        if a.shapes == "8x2048,4x1024" {
+            a.shapes = "2x32,1x16".into();
+        }
+    }
+    let shapes = parse_shapes(&a.shapes)?;
+    if a.iters == 0 {
+        return Err(Error::flag("--iters", "must be positive"));
+    }
+    if a.heads == 0 || a.hidden % a.heads != 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
+        return Err(Error::flag("--heads", format!("hidden {} / heads {} / kv-heads {} do not divide", a.hidden, a.heads, a.kv_heads)));
+    }
+    let device = crate::cli::parse_device(&a.device)?;
+    let dtype = crate::cli::parse_dtype(&a.dtype)?;
+    if device.is_cuda() {
+        device.set_seed(a.seed).map_err(|e| Error::msg(e.to_string()))?;
+    }
+    let max_s = shapes.iter().map(|s| s.1).max().unwrap();
+    let cfg_json = serde_json::json!({
+        "model_type": "llama",
+        "vocab_size": a.vocab,
+        "hidden_size": a.hidden,
+        "intermediate_size": a.intermediate,
+        "num_hidden_layers": a.layers,
+        "num_attention_heads": a.heads,
+        "num_key_value_heads": a.kv_heads,
+        "max_position_embeddings": max_s.max(2048),
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "tie_word_embeddings": false,
+    });
+    let cfg = ModelConfig::from_value(&cfg_json, std::path::Path::new("<rho bench eval>"))?;
+    let made = Arc::new(Mutex::new(HashMap::new()));
+    let t0 = Instant::now();
+    let vb = VarBuilder::from_backend(Box::new(RandBackend { made: made.clone() }), dtype, device.clone());
+    let model = Transformer::new(&cfg, vb, Mode::Eval).map_err(|e| Error::msg(crate::error::candle_msg(&e)))?;
+    let n_params: usize = {
+        let d = a.hidden / a.heads;
+        a.layers * ((a.heads + 2 * a.kv_heads) * d * a.hidden + a.hidden * a.heads * d + 3 * a.hidden * a.intermediate) + 2 * a.vocab * a.hidden
+    };
+    println!(
+        "model: rho Llama layers={} hidden={} inter={} heads={} kv_heads={} vocab={} params={:.3}B dtype={:?} device={} built in {:.1}s",
+        a.layers,
+        a.hidden,
+        a.intermediate,
+        a.heads,
+        a.kv_heads,
+        a.vocab,
+        n_params as f64 / 1e9,
+        dtype,
+        a.device,
+        t0.elapsed().as_secs_f64()
+    );
+    let d = a.hidden / a.heads;
+    let mm_params = (a.layers * ((a.heads + 2 * a.kv_heads) * d * a.hidden + a.hidden * a.heads * d + 3 * a.hidden * a.intermediate) + a.vocab * a.hidden) as f64;
+    let flops = |b: usize, s: usize| 2.0 * (b * s) as f64 * mm_params + 4.0 * (b * s * s) as f64 * (a.hidden * a.layers) as f64;
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed ^ 42);
+    let mut dump: HashMap<String, Tensor> = HashMap::new();
+    let mut results = Vec::new();
+    for &(b, s) in &shapes {
+        let ids: Vec<u32> = (0..b * s).map(|_| rng.random_range(0..a.vocab as u32)).collect();
+        let input = Tensor::from_vec(ids.clone(), (b, s), &device)?;
+        let targets = input.narrow(1, 1, s - 1)?.contiguous()?;
+        let mut times = Vec::new();
+        let mut loss = Vec::new();
+        for it in 0..a.warmup + a.iters {
+            let t = Instant::now();
+            let logits = model.forward(&input)?;
+            let l = token_loss_eval(&logits.narrow(1, 0, s - 1)?, &targets)?;
+            loss = l.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?; // synchronises
+            if it >= a.warmup {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let mut sorted = times.clone();
+        sorted.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        let med = if sorted.len() % 2 == 1 { sorted[sorted.len() / 2] } else { (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0 };
+        let loss_mean = loss.iter().map(|&x| x as f64).sum::<f64>() / loss.len() as f64;
+        if !loss_mean.is_finite() {
+            return Err(Error::msg(format!("non-finite loss at shape {b}x{s}")));
+        }
+        let r = BenchResult {
+            b,
+            s,
+            tokens_per_s: (b * s) as f64 / med,
+            median_ms: med * 1e3,
+            min_ms: sorted[0] * 1e3,
+            max_ms: sorted[sorted.len() - 1] * 1e3,
+            loss_mean,
+        };
+        let peak = if device.is_cpu() { peak_rss_gib() } else { f64::NAN };
+        println!("{}", r.line("rho", flops(b, s), peak));
+        if a.dump.is_some() {
+            let n = loss.len();
+            dump.insert(format!("ids_{b}x{s}"), Tensor::from_vec(ids.iter().map(|&x| x as i64).collect::<Vec<_>>(), (b, s), &Device::Cpu)?);
+            dump.insert(format!("loss_{b}x{s}"), Tensor::from_vec(loss, n, &Device::Cpu)?);
+        }
+        results.push(r);
+    }
+    if let Some(path) = &a.dump {
+        // The weights as the model got them (after the dtype cast), in f32.
+        for (k, v) in made.lock().unwrap().iter() {
+            dump.insert(k.clone(), v.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
+        }
+        let tmp = crate::util::tmp_path(path);
+        candle_core::safetensors::save(&dump, &tmp).map_err(|e| Error::file(&tmp, e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        println!("dumped weights, ids and losses of {} shapes to {}", shapes.len(), path.display());
+    }
+    Ok(results)
+}
+

@@ -1,0 +1,59 @@
+//! `rho bench eval`: the peer's output format, and a dump that
+//! `torch_peer.py --check-against` can read (checked by hand against transformers:
+//! see BENCHMARKS.md).
+
+mod common;
+use common::*;
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}="))).unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+#[test]
+fn bench_eval_prints_peer_results_and_dumps_the_check_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("check.safetensors");
+    let o = rho(&["bench", "eval", "--tiny", "--dtype", "f32", "--iters", "5", "--warmup", "1", "--dump", dump.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let results: Vec<&str> = out.lines().filter(|l| l.starts_with("RESULT ")).collect();
+    assert_eq!(results.len(), 2, "{out}");
+    let t = candle_core::safetensors::load(&dump, &candle_core::Device::Cpu).unwrap();
+    for (line, shape, n) in [(results[0], "2x32", 2 * 31), (results[1], "1x16", 15)] {
+        assert_eq!(field(line, "system"), "rho");
+        assert_eq!(field(line, "kind"), "fwd+ce");
+        assert_eq!(field(line, "shape"), shape);
+        assert!(field(line, "tokens_per_s").parse::<f64>().unwrap() > 0.0);
+        // Random init: every token's loss is close to ln(vocab) = ln 512.
+        let mean: f64 = field(line, "loss_mean").parse().unwrap();
+        assert!((mean - 512f64.ln()).abs() < 0.3, "{line}");
+        // The dump holds the ids and the per-token losses behind that mean.
+        let ids = &t[&format!("ids_{shape}")];
+        let loss = t[&format!("loss_{shape}")].to_vec1::<f32>().unwrap();
+        assert_eq!(ids.dtype(), candle_core::DType::I64);
+        assert_eq!(loss.len(), n);
+        let m = loss.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+        assert!((m - mean).abs() < 1e-4, "{m} vs {mean}");
+    }
+    // Weights under transformers' names, as the peer loads them.
+    for name in ["model.embed_tokens.weight", "model.layers.1.self_attn.k_proj.weight", "model.layers.0.mlp.down_proj.weight", "model.norm.weight", "lm_head.weight"] {
+        assert!(t.contains_key(name), "{name} missing: {:?}", t.keys().collect::<Vec<_>>());
+    }
+    assert_eq!(t["model.layers.1.self_attn.k_proj.weight"].dims(), &[32, 64]); // 2 kv heads x 16
+}
+
+#[test]
+fn bench_eval_bad_flags() {
+    for args in [["--shapes", "2y32"], ["--shapes", "0x32"], ["--iters", "0"], ["--heads", "5"]] {
+        // (--tiny sets the model shape, so the --heads case gives a small one by hand.)
+        let mut a = vec!["bench", "eval", "--dtype", "f32", "--layers", "1", "--hidden", "64", "--intermediate", "64", "--vocab", "32", "--kv-heads", "1"];
+        if args[0] != "--shapes" {
+            a.extend(["--shapes", "1x8"]);
+        }
+        a.extend(args);
+        let o = rho(&a);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains(args[0]) && !e.contains("multiple times"), "{args:?}: {e}");
+    }
+}
