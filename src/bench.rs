@@ -116,11 +116,35 @@ pub fn parse_shapes(s: &str) -> Result<Vec<(usize, usize)>> {
 /// remembered by name for `--dump`.
 struct RandBackend {
     made: Arc<Mutex<HashMap<String, Tensor>>>,
+    seed: u64,
+}
+
+/// normal(0, std) values from a generator seeded by (seed, name): the CPU's
+/// `Tensor::randn` cannot be seeded.
+fn seeded_normal(seed: u64, name: &str, n: usize, std: f32) -> Vec<f32> {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ h);
+    let mut v = Vec::with_capacity(n + 1);
+    while v.len() < n {
+        let u1: f32 = rng.random::<f32>().max(1e-30);
+        let u2: f32 = rng.random::<f32>();
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        v.push(r * (std::f32::consts::TAU * u2).cos());
+        v.push(r * (std::f32::consts::TAU * u2).sin());
+    }
+    v.truncate(n);
+    v
 }
 
 impl SimpleBackend for RandBackend {
     fn get(&self, s: Shape, name: &str, _h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = if s.rank() == 1 { Tensor::ones(&s, DType::F32, dev)? } else { Tensor::randn(0f32, 0.02, &s, dev)? };
+        let t = if s.rank() == 1 {
+            Tensor::ones(&s, DType::F32, dev)?
+        } else if dev.is_cpu() {
+            Tensor::from_vec(seeded_normal(self.seed, name, s.elem_count(), 0.02), &s, dev)?
+        } else {
+            Tensor::randn(0f32, 0.02, &s, dev)? // curand, seeded with --seed
+        };
         let t = t.to_dtype(dtype)?;
         self.made.lock().unwrap().insert(name.to_string(), t.clone());
         Ok(t)
@@ -180,7 +204,7 @@ pub fn run_bench_eval(a: &BenchEvalArgs) -> Result<Vec<BenchResult>> {
     let cfg = ModelConfig::from_value(&cfg_json, std::path::Path::new("<rho bench eval>"))?;
     let made = Arc::new(Mutex::new(HashMap::new()));
     let t0 = Instant::now();
-    let vb = VarBuilder::from_backend(Box::new(RandBackend { made: made.clone() }), dtype, device.clone());
+    let vb = VarBuilder::from_backend(Box::new(RandBackend { made: made.clone(), seed: a.seed }), dtype, device.clone());
     let model = Transformer::new(&cfg, vb, Mode::Eval).map_err(|e| Error::msg(crate::error::candle_msg(&e)))?;
     let n_params: usize = {
         let d = a.hidden / a.heads;

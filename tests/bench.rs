@@ -40,6 +40,10 @@ fn bench_eval_prints_peer_results_and_dumps_the_check_file() {
         assert!(t.contains_key(name), "{name} missing: {:?}", t.keys().collect::<Vec<_>>());
     }
     assert_eq!(t["model.layers.1.self_attn.k_proj.weight"].dims(), &[32, 64]); // 2 kv heads x 16
+    // --seed makes the run repeatable (weights and ids), on CPU too.
+    let again = rho(&["bench", "eval", "--tiny", "--dtype", "f32", "--iters", "5", "--warmup", "1"]);
+    let means = |s: &str| s.lines().filter(|l| l.starts_with("RESULT ")).map(|l| field(l, "loss_mean").to_string()).collect::<Vec<_>>();
+    assert_eq!(means(&out), means(&String::from_utf8(again.stdout).unwrap()));
 }
 
 #[test]
