@@ -35,13 +35,32 @@ impl Default for ExperimentConfig {
 
 /// One training run of the experiment.
 #[derive(Debug, Clone)]
-struct RunSpec {
-    name: String,
-    method: &'static str,
-    mode: TrainMode,
-    select: Select,
-    ratio: f64,
-    seed: u64,
+pub(crate) struct RunSpec {
+    pub name: String,
+    pub method: &'static str,
+    pub mode: TrainMode,
+    pub select: Select,
+    pub ratio: f64,
+    pub seed: u64,
+}
+
+/// The runs of a comparison: CLM, SLM at `ratio` (by excess loss) and random
+/// selection at `ratio` for every seed, then an SLM run at each other ratio of
+/// `sweep` on the first seed (ratio 1.0 too, unless `sweep_one_is_clm`: the CLM
+/// run stands for it).
+pub(crate) fn run_specs(seeds: &[u64], ratio: f64, sweep: &[f64], sweep_one_is_clm: bool) -> Vec<RunSpec> {
+    let mut specs = Vec::new();
+    for &seed in seeds {
+        specs.push(RunSpec { name: format!("clm-s{seed}"), method: "CLM", mode: TrainMode::Clm, select: Select::Batch, ratio: 1.0, seed });
+        specs.push(RunSpec { name: format!("slm-s{seed}"), method: "SLM", mode: TrainMode::Slm, select: Select::Batch, ratio, seed });
+        specs.push(RunSpec { name: format!("random-s{seed}"), method: "random", mode: TrainMode::Slm, select: Select::Random, ratio, seed });
+    }
+    for &r in sweep {
+        if (r - ratio).abs() > 1e-9 && !(sweep_one_is_clm && (r - 1.0).abs() < 1e-9) {
+            specs.push(RunSpec { name: format!("slm-r{r}"), method: "SLM", mode: TrainMode::Slm, select: Select::Batch, ratio: r, seed: seeds[0] });
+        }
+    }
+    specs
 }
 
 /// Validation losses of one run at one checkpoint.
@@ -82,17 +101,7 @@ pub fn run_experiment(dir: &Path, cfg: &ExperimentConfig) -> Result<ExperimentRe
     let runs_dir = dir.join("runs");
     let valid_classes = token_classes_of_valid(&p.valid, &p.tokenizer, &p.corpus.valid)?;
 
-    let mut specs = Vec::new();
-    for &seed in &cfg.seeds {
-        specs.push(RunSpec { name: format!("clm-s{seed}"), method: "CLM", mode: TrainMode::Clm, select: Select::Batch, ratio: 1.0, seed });
-        specs.push(RunSpec { name: format!("slm-s{seed}"), method: "SLM", mode: TrainMode::Slm, select: Select::Batch, ratio: cfg.ratio, seed });
-        specs.push(RunSpec { name: format!("random-s{seed}"), method: "random", mode: TrainMode::Slm, select: Select::Random, ratio: cfg.ratio, seed });
-    }
-    for &r in &cfg.sweep {
-        if (r - cfg.ratio).abs() > 1e-9 {
-            specs.push(RunSpec { name: format!("slm-r{r}"), method: "SLM", mode: TrainMode::Slm, select: Select::Batch, ratio: r, seed: cfg.seeds[0] });
-        }
-    }
+    let specs = run_specs(&cfg.seeds, cfg.ratio, &cfg.sweep, false);
 
     let mut points = Vec::new();
     let mut kept = Vec::new();

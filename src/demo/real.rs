@@ -17,7 +17,7 @@
 //! The file's text is taken from `text`, else `question`+`answer` (GSM8K), else
 //! `problem`+`solution` (MATH).
 
-use super::experiment::{mean, std};
+use super::experiment::{mean, run_specs, std, RunSpec};
 use super::{write_jsonl, write_llama_config, LlamaShape};
 use crate::data::{read_documents, Tok};
 use crate::error::{Error, Result, WithPath};
@@ -224,16 +224,6 @@ pub fn token_kind(text: &str) -> &'static str {
 const KINDS: [&str; 4] = ["digits", "symbol", "word", "space"];
 
 #[derive(Debug, Clone)]
-struct Spec {
-    name: String,
-    method: &'static str,
-    mode: TrainMode,
-    select: Select,
-    ratio: f64,
-    seed: u64,
-}
-
-#[derive(Debug, Clone)]
 pub struct RealPoint {
     pub run: String,
     pub method: String,
@@ -347,17 +337,7 @@ pub fn run_real(dir: &Path, cfg: &RealConfig) -> Result<RealResults> {
     }
 
     // 4. Runs.
-    let mut specs = Vec::new();
-    for &seed in &cfg.seeds {
-        specs.push(Spec { name: format!("clm-s{seed}"), method: "CLM", mode: TrainMode::Clm, select: Select::Batch, ratio: 1.0, seed });
-        specs.push(Spec { name: format!("slm-s{seed}"), method: "SLM", mode: TrainMode::Slm, select: Select::Batch, ratio: cfg.ratio, seed });
-        specs.push(Spec { name: format!("random-s{seed}"), method: "random", mode: TrainMode::Slm, select: Select::Random, ratio: cfg.ratio, seed });
-    }
-    for &r in &cfg.sweep {
-        if (r - cfg.ratio).abs() > 1e-9 && (r - 1.0).abs() > 1e-9 {
-            specs.push(Spec { name: format!("slm-r{r}"), method: "SLM", mode: TrainMode::Slm, select: Select::Batch, ratio: r, seed: cfg.seeds[0] });
-        }
-    }
+    let specs = run_specs(&cfg.seeds, cfg.ratio, &cfg.sweep, true);
     let mut kept: BTreeMap<String, KeptCounts> = BTreeMap::new();
     let kinds: Vec<&'static str> = (0..tok.vocab_size() as u32).map(|i| token_kind(&tok.token_text(i))).collect();
     for (i, s) in specs.iter().enumerate() {
@@ -446,7 +426,7 @@ fn run_checkpoints(out: &Path) -> Result<Vec<(u64, PathBuf)>> {
 fn write_outputs(
     dir: &Path,
     cfg: &RealConfig,
-    specs: &[Spec],
+    specs: &[RunSpec],
     points: &[RealPoint],
     kept: &BTreeMap<String, KeptCounts>,
     targets: &[(String, PathBuf, usize)],
@@ -469,7 +449,7 @@ fn write_outputs(
     util::write_bytes_atomic(&res.join("kept.csv"), kcsv.as_bytes())?;
 
     let last = cfg.steps as i64;
-    let is_main = |s: &Spec| s.method == "CLM" || (s.ratio - cfg.ratio).abs() < 1e-9;
+    let is_main = |s: &RunSpec| s.method == "CLM" || (s.ratio - cfg.ratio).abs() < 1e-9;
     let mut md = String::new();
     writeln!(
         md,
