@@ -212,7 +212,20 @@ pub fn parse_device(s: &str) -> Result<Device> {
         Some(rest) => rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()).ok_or_else(bad)?,
         None => return Err(bad()),
     };
-    Device::new_cuda(n).map_err(|e| Error::flag("--device", format!("{s}: {e}")))
+    // cudarc loads the driver library at run time and panics when it is missing (a
+    // machine without a GPU driver): turn that into the flag's error.
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(|| Device::new_cuda(n));
+    std::panic::set_hook(prev);
+    match r {
+        Ok(d) => d.map_err(|e| Error::flag("--device", format!("{s}: {e}"))),
+        Err(p) => {
+            let msg = p.downcast_ref::<String>().map(|m| m.as_str()).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("unknown error");
+            let first = msg.split(" - ").next().unwrap_or(msg);
+            Err(Error::flag("--device", format!("{s}: {first} (is there a GPU with its driver? on the H200 machine, `source cudalibs.sh` first)")))
+        }
+    }
 }
 
 pub fn parse_dtype(s: &str) -> Result<DType> {
