@@ -206,10 +206,11 @@ pub fn run_bench_eval(a: &BenchEvalArgs) -> Result<Vec<BenchResult>> {
     let t0 = Instant::now();
     let vb = VarBuilder::from_backend(Box::new(RandBackend { made: made.clone(), seed: a.seed }), dtype, device.clone());
     let model = Transformer::new(&cfg, vb, Mode::Eval).map_err(|e| Error::msg(crate::error::candle_msg(&e)))?;
-    let n_params: usize = {
-        let d = a.hidden / a.heads;
-        a.layers * ((a.heads + 2 * a.kv_heads) * d * a.hidden + a.hidden * a.heads * d + 3 * a.hidden * a.intermediate) + 2 * a.vocab * a.hidden
-    };
+    // Parameters of the dense matmuls (the layers' and lm_head), as the peer's FLOP
+    // model counts them; the embedding adds vocab x hidden more to the model's size.
+    let d = a.hidden / a.heads;
+    let mm_params = a.layers * ((a.heads + 2 * a.kv_heads) * d * a.hidden + a.hidden * a.heads * d + 3 * a.hidden * a.intermediate) + a.vocab * a.hidden;
+    let n_params = mm_params + a.vocab * a.hidden;
     println!(
         "model: rho Llama layers={} hidden={} inter={} heads={} kv_heads={} vocab={} params={:.3}B dtype={:?} device={} built in {:.1}s",
         a.layers,
@@ -223,9 +224,7 @@ pub fn run_bench_eval(a: &BenchEvalArgs) -> Result<Vec<BenchResult>> {
         a.device,
         t0.elapsed().as_secs_f64()
     );
-    let d = a.hidden / a.heads;
-    let mm_params = (a.layers * ((a.heads + 2 * a.kv_heads) * d * a.hidden + a.hidden * a.heads * d + 3 * a.hidden * a.intermediate) + a.vocab * a.hidden) as f64;
-    let flops = |b: usize, s: usize| 2.0 * (b * s) as f64 * mm_params + 4.0 * (b * s * s) as f64 * (a.hidden * a.layers) as f64;
+    let flops = |b: usize, s: usize| 2.0 * (b * s) as f64 * mm_params as f64 + 4.0 * (b * s * s) as f64 * (a.hidden * a.layers) as f64;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed ^ 42);
     let mut dump: HashMap<String, Tensor> = HashMap::new();
