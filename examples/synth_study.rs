@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo run --release --example synth_study -- --out DIR --tokens 1000000 --checkpoints 16 [--seed S]
-//!     [--step-every 1000] [--no-data] [--force]
+//!     [--step-every 1000] [--no-data] [--force] [--shards N]
 //! ```
 //!
 //! CLI (stable; other benchmarks call it):
@@ -16,6 +16,9 @@
 //! - `--step-every M`    checkpoint `i` (1-based) is named `step-{i*M}` with step i*M. Default 1000.
 //! - `--no-data`         do not write `DIR/data.jsonl` (the report's passage then falls
 //!   back to the token texts).
+//! - `--shards N`        write each checkpoint as N parts, as `rho eval --shard I/N` does
+//!   (`losses/checkpoint=<name>/part-<I>-of-<N>.parquet` + its JSON record; rows split
+//!   evenly), instead of one file. Default 1 (one file).
 //!
 //! What it writes (the layout of `src/eval/study.rs`, the column types of
 //! `src/eval/mod.rs`, through `rho::util::write_parquet` and `Manifest::save`):
@@ -74,6 +77,9 @@ struct Args {
     /// Overwrite an existing study in --out.
     #[arg(long)]
     force: bool,
+    /// Write each checkpoint in this many parts (a sharded study).
+    #[arg(long, default_value_t = 1)]
+    shards: u32,
 }
 
 /// SplitMix64 finaliser.
@@ -321,6 +327,31 @@ fn run(a: Args) -> rho::Result<()> {
         let losses: Vec<f32> =
             (0..n).map(|t| loss(a.seed, t as u64, rows.token_id[t], c, a.checkpoints)).collect();
         let mean_loss = losses.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+        if a.shards > 1 {
+            for i in 0..a.shards {
+                let sh = rho::eval::Shard { index: i, count: a.shards };
+                let r = (i as usize * n / a.shards as usize)..((i as usize + 1) * n / a.shards as usize);
+                let part_losses = &losses[r.clone()];
+                let p = rho::eval::study::part_path(&out, &name, sh, "parquet");
+                rho::eval::write_losses(&p, &name, step, &rows.slice(r.clone()), part_losses)?;
+                let rec = rho::eval::study::PartEntry {
+                    name: name.clone(),
+                    step,
+                    path: Path::new("synthetic").join(&name),
+                    fingerprint: fingerprint.clone(),
+                    shard: i,
+                    shards: a.shards,
+                    row_start: r.start as u64,
+                    n_tokens: r.len() as u64,
+                    loss_sum: part_losses.iter().map(|&x| x as f64).sum(),
+                };
+                let bytes = serde_json::to_vec_pretty(&rec).unwrap();
+                rho::util::write_bytes_atomic(&rho::eval::study::part_path(&out, &name, sh, "json"), &bytes)?;
+            }
+            manifest.save(&out)?;
+            eprintln!("  {name}: {n} tokens in {} parts, mean loss {mean_loss:.4}", a.shards);
+            continue;
+        }
         rho::eval::write_losses(&Manifest::losses_path(&out, &name), &name, step, &rows, &losses)?;
         manifest.checkpoints.push(CheckpointEntry {
             name: name.clone(),
@@ -329,6 +360,7 @@ fn run(a: Args) -> rho::Result<()> {
             fingerprint: fingerprint.clone(),
             n_tokens: n as u64,
             mean_loss,
+            shards: None,
         });
         manifest.sort();
         manifest.save(&out)?;

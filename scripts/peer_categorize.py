@@ -31,13 +31,37 @@ import pyarrow.parquet as pq
 CATS = np.array(["H->H", "L->H", "H->L", "L->L"])
 
 
-def categorize(study, threshold):
+def checkpoints(study):
+    """Checkpoint names in step order: study.json's, plus the sharded ones
+    (losses/checkpoint=<name>/part-*.json records, as `rho eval --shard` writes them)."""
     m = json.load(open(os.path.join(study, "study.json")))
-    names = [c["name"] for c in m["checkpoints"]]
+    found = {c["name"]: c["step"] for c in m["checkpoints"]}
+    ldir = os.path.join(study, "losses")
+    for d in sorted(os.listdir(ldir)):
+        if d.startswith("checkpoint=") and d[len("checkpoint="):] not in found:
+            recs = [f for f in os.listdir(os.path.join(ldir, d)) if f.endswith(".json")]
+            if recs:
+                found[d[len("checkpoint="):]] = json.load(open(os.path.join(ldir, d, recs[0])))["step"]
+    names = sorted(found, key=lambda n: (found[n], n))
+    return names, [found[n] for n in names]
+
+
+def read_losses(study, name, columns):
+    """One checkpoint's losses: the whole file, or its parts in order."""
+    whole = os.path.join(study, "losses", name + ".parquet")
+    if os.path.exists(whole):
+        return pq.read_table(whole, columns=columns)
+    d = os.path.join(study, "losses", "checkpoint=" + name)
+    parts = sorted(f for f in os.listdir(d) if f.endswith(".parquet"))
+    return pa.concat_tables([pq.read_table(os.path.join(d, f), columns=columns) for f in parts])
+
+
+def categorize(study, threshold):
+    names, steps = checkpoints(study)
     k = len(names)
     if k < 2:
         sys.exit("needs at least 2 checkpoints")
-    first = pq.read_table(os.path.join(study, "losses", names[0] + ".parquet"), columns=["seq", "pos", "token_id", "loss"])
+    first = read_losses(study, names[0], ["seq", "pos", "token_id", "loss"])
     n = first.num_rows
     seq, pos = first["seq"].to_numpy(), first["pos"].to_numpy()
     L = np.empty((k, n), dtype=np.float32)
@@ -45,7 +69,7 @@ def categorize(study, threshold):
     token_id = first["token_id"].to_numpy()
     del first
     for i, name in enumerate(names[1:], 1):
-        t = pq.read_table(os.path.join(study, "losses", name + ".parquet"), columns=["seq", "pos", "loss"])
+        t = read_losses(study, name, ["seq", "pos", "loss"])
         if not (np.array_equal(t["seq"].to_numpy(), seq) and np.array_equal(t["pos"].to_numpy(), pos)):
             sys.exit(f"{name}: rows do not line up")
         L[i] = t["loss"].to_numpy()

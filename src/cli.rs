@@ -18,6 +18,11 @@ pub struct Cli {
 pub enum Command {
     /// Score every token of a validation set at every checkpoint of a series.
     Eval(EvalArgs),
+    /// What of a study is evaluated and what is missing (exit 3 while incomplete).
+    Status(StatusArgs),
+    /// Sharded `rho eval` as a Slurm job array (`rho slurm eval --shards N --study S -- <eval args>`).
+    #[command(subcommand)]
+    Slurm(crate::slurm::SlurmCommand),
     /// Place every token in its Rho-1 loss-trajectory category (App. B.1).
     Categorize(CategorizeArgs),
     /// Train a model: CLM, or Selective Language Modeling (--mode slm --ratio K).
@@ -178,12 +183,31 @@ pub struct EvalArgs {
     /// Scoring context (default: the model's).
     #[arg(long)]
     pub context: Option<usize>,
-    /// Redo checkpoints already evaluated.
+    /// Redo checkpoints already evaluated (with --shard: this shard's parts only).
     #[arg(long)]
     pub force: bool,
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    /// Evaluate only shard I of N (0-based) of the validation rows, for every checkpoint,
+    /// into losses/checkpoint=<name>/part-<I>-of-<N>.parquet. Run every I (any order,
+    /// any machine sharing the study folder); `rho status` says what is missing.
+    #[arg(long, value_name = "I/N", conflicts_with = "devices")]
+    pub shard: Option<String>,
+    /// Several devices of this machine, one shard each, e.g. cuda:0,cuda:1 (runs
+    /// `rho eval --shard I/N --device D` per device and waits for all).
+    #[arg(long, value_name = "D1,D2,...")]
+    pub devices: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Study folder.
+    #[arg(long)]
+    pub study: PathBuf,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -250,8 +274,34 @@ pub fn run(cli: Cli) -> Result<()> {
             if a.max_tokens == Some(0) {
                 return Err(Error::flag("--max-tokens", "must be positive"));
             }
-            let device = parse_device(&a.device)?;
             let dtype = parse_dtype(&a.dtype)?;
+            let shard = a.shard.as_deref().map(str::parse::<eval::Shard>).transpose()?;
+            if let Some(list) = &a.devices {
+                let devices: Vec<String> = list.split(',').map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect();
+                if devices.is_empty() {
+                    return Err(Error::flag("--devices", "give one or more devices, e.g. cuda:0,cuda:1"));
+                }
+                for d in &devices {
+                    parse_device(d).map_err(|e| Error::flag("--devices", e.to_string()))?;
+                }
+                let exe = std::env::current_exe().map_err(|e| Error::msg(format!("cannot find the rho binary: {e}")))?;
+                let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+                let t = std::time::Instant::now();
+                eval::devices::run_on_devices(&exe, &eval::devices::child_args(&args), &devices, a.quiet)?;
+                let st = eval::status::study_status(&a.study)?;
+                if !a.quiet {
+                    eprintln!(
+                        "rho eval: {} shards on {} in {:.1} s; {} checkpoints complete; study in {}",
+                        devices.len(),
+                        devices.join(","),
+                        t.elapsed().as_secs_f64(),
+                        st.checkpoints.iter().filter(|c| c.state != "incomplete" && c.state != "missing").count(),
+                        a.study.display()
+                    );
+                }
+                return Ok(());
+            }
+            let device = parse_device(&a.device)?;
             if device.is_cpu() && dtype != DType::F32 && !a.quiet {
                 eprintln!("warning: {} on CPU accumulates in low precision; f32 is recommended", a.dtype);
             }
@@ -269,6 +319,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 context: a.context,
                 force: a.force,
                 quiet: a.quiet,
+                shard,
             };
             let r = eval::run_eval(&opts)?;
             if !a.quiet {
@@ -283,6 +334,8 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Status(a) => eval::status::run_status(&a.study, a.json).map(|_| ()),
+        Command::Slurm(c) => crate::slurm::run(c),
         Command::Categorize(a) => {
             let opts = dynamics::CategorizeOptions { threshold: a.threshold, checkpoints: a.checkpoints };
             let summary = dynamics::categorize_study(&a.study, &opts)?;

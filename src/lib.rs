@@ -16,5 +16,6 @@ pub mod export;
 pub mod bench;
 pub mod cli;
 pub mod tui;
+pub mod slurm;
 
 pub use error::{Error, Result};

@@ -379,3 +379,18 @@ fn extra_columns_are_ignored() {
     let after = json(&s.path, &["--top", "10"]);
     assert_eq!(before, after);
 }
+
+/// `rho audit ... | head -1`: the closed pipe ends rho quietly (SIGPIPE), no panic message.
+#[test]
+fn a_closed_stdout_pipe_is_not_a_panic() {
+    let s = study();
+    let script = format!(
+        "'{}' audit --study '{}' --format jsonl --top 100000 | head -c 10 >/dev/null",
+        env!("CARGO_BIN_EXE_rho"),
+        s.path.display()
+    );
+    let out = std::process::Command::new("bash").args(["-c", &script]).output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert!(out.status.success());
+}

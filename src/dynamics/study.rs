@@ -2,9 +2,9 @@
 //! write `<study>/trajectories.parquet` and `<study>/categories.json`.
 
 use super::summary::CategorizeSummary;
-use super::trajectory::{categorize, check_threshold};
+use super::trajectory::{categorize_block, check_threshold};
 use crate::error::{Error, Result, WithPath};
-use crate::eval::study::{CheckpointEntry, Manifest, TRAJECTORIES};
+use crate::eval::study::{scan_losses, CheckpointEntry, Manifest, TRAJECTORIES};
 use polars::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -76,8 +76,9 @@ fn col_u32(df: &DataFrame, name: &str, path: &Path) -> Result<Vec<u32>> {
     Ok(ca.into_no_null_iter().collect())
 }
 
-/// Read the `loss` column as `f32`, checking that every loss is finite.
-fn col_loss(df: &DataFrame, path: &Path) -> Result<Vec<f32>> {
+/// Read the `loss` column as `f32`, checking that every loss is finite
+/// (`row0`: the study row of the first row, for the error message).
+fn col_loss(df: &DataFrame, path: &Path, row0: usize) -> Result<Vec<f32>> {
     let col = df.column("loss").with_path(path)?;
     let col = if col.dtype() == &DataType::Float32 {
         col.clone()
@@ -91,30 +92,83 @@ fn col_loss(df: &DataFrame, path: &Path) -> Result<Vec<f32>> {
     }
     let v: Vec<f32> = ca.into_no_null_iter().collect();
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(Error::file(path, format!("row {i}: loss is {}, losses must be finite", v[i])));
+        return Err(Error::file(path, format!("row {}: loss is {}, losses must be finite", row0 + i, v[i])));
     }
     Ok(v)
 }
 
-fn read_columns(path: &Path, columns: &[&str]) -> Result<DataFrame> {
-    let f = std::fs::File::open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::file(path, "losses file missing (listed in study.json): run `rho eval` again")
+/// Rows per block of the out-of-core categorization (a multiple of Parquet row
+/// groups of 2^18 rows, so whole-file slices read whole row groups).
+pub const BLOCK_ROWS: usize = 1 << 21;
+
+/// One checkpoint's losses: the files (whole or parts) and the path errors name.
+struct Source {
+    files: Vec<PathBuf>,
+    /// The whole file, or the part folder.
+    label: PathBuf,
+    /// Row count of each file, from the Parquet metadata.
+    rows: Vec<usize>,
+}
+
+impl Source {
+    fn new(study: &Path, entry: &CheckpointEntry) -> Result<Source> {
+        let files = entry.loss_files(study);
+        let label = if entry.shards.is_some() {
+            crate::eval::study::shard_dir(study, &entry.name)
         } else {
-            Error::io(path, e)
+            files[0].clone()
+        };
+        let mut rows = Vec::new();
+        for f in &files {
+            if !f.exists() {
+                return Err(Error::file(f, "losses file missing (listed in the study): run `rho eval` again"));
+            }
+            let df = scan_losses(std::slice::from_ref(f))?.select([len().alias("n")]).collect().with_path(f)?;
+            let n = df.column("n").with_path(f)?.get(0).with_path(f)?.extract::<u64>().unwrap_or(0);
+            rows.push(n as usize);
         }
-    })?;
-    ParquetReader::new(f)
-        .with_columns(Some(columns.iter().map(|s| s.to_string()).collect()))
-        .finish()
-        .with_path(path)
+        Ok(Source { files, label, rows })
+    }
+
+    fn n_rows(&self) -> usize {
+        self.rows.iter().sum()
+    }
+
+    /// Rows `start..start + len` of `columns`; errors name the file that holds them.
+    fn block(&self, start: usize, len: usize, columns: &[&str]) -> Result<(DataFrame, PathBuf)> {
+        let cols: Vec<Expr> = columns.iter().map(|c| col(*c)).collect();
+        let mut out: Option<DataFrame> = None;
+        let mut file_start = 0;
+        let mut named = self.files[0].clone();
+        for (f, &n) in self.files.iter().zip(&self.rows) {
+            let (lo, hi) = (start.max(file_start), (start + len).min(file_start + n));
+            if lo < hi {
+                let df = scan_losses(std::slice::from_ref(f))?
+                    .slice((lo - file_start) as i64, (hi - lo) as IdxSize)
+                    .select(cols.clone())
+                    .collect()
+                    .with_path(f)?;
+                named = f.clone();
+                match &mut out {
+                    None => out = Some(df),
+                    Some(o) => {
+                        o.vstack_mut(&df).with_path(f)?;
+                    }
+                }
+            }
+            file_start += n;
+        }
+        let df = out.ok_or_else(|| Error::file(&self.label, format!("has no rows {start}..{}", start + len)))?;
+        Ok((df, named))
+    }
 }
 
 /// Categorize the token trajectories of a study.
 ///
-/// Reads `<study>/study.json` and the losses file of every selected checkpoint
-/// (needs at least 2), checks that all files have the same (seq, pos) rows in
-/// the same order, categorizes (see [`categorize`]) and writes, atomically:
+/// Reads the study (`study.json` and any complete sharded checkpoints) and the
+/// losses of every selected checkpoint (needs at least 2), whole or in parts;
+/// checks that all have the same (seq, pos) rows in the same order, categorizes
+/// (see [`categorize`](super::trajectory::categorize)) and writes, atomically:
 ///
 /// - `<study>/trajectories.parquet`: one row per token, columns `seq` u32,
 ///   `pos` u32, `token_id` u32, `category` str (file form `"H->H"`), `delta`,
@@ -122,9 +176,18 @@ fn read_columns(path: &Path, columns: &[&str]) -> Result<DataFrame> {
 ///   `residual_std` (all f32);
 /// - `<study>/categories.json`: the returned summary as JSON.
 ///
-/// Holds the [tokens x checkpoints] f32 loss matrix in memory.
+/// Out of core: two passes over the files, the first for L_mean (the mean of the
+/// last checkpoint's losses), the second in blocks of [`BLOCK_ROWS`] tokens, each
+/// categorized and appended to the output; memory holds one block of
+/// [tokens x checkpoints] losses, whatever the size of the study.
 pub fn categorize_study(study: &Path, opts: &CategorizeOptions) -> Result<CategorizeSummary> {
+    categorize_study_blocks(study, opts, BLOCK_ROWS)
+}
+
+/// [`categorize_study`] with a given block size (tests use small blocks).
+pub fn categorize_study_blocks(study: &Path, opts: &CategorizeOptions, block_rows: usize) -> Result<CategorizeSummary> {
     check_threshold(opts.threshold)?;
+    let block_rows = block_rows.max(1);
     let manifest = Manifest::load(study)?;
     if manifest.checkpoints.is_empty() {
         return Err(Error::file(
@@ -148,81 +211,110 @@ pub fn categorize_study(study: &Path, opts: &CategorizeOptions) -> Result<Catego
         });
     }
 
-    // First file: keys and token ids.
-    let first_path = Manifest::losses_path(study, &selected[0].name);
-    let df = read_columns(&first_path, &["seq", "pos", "token_id", "loss"])?;
-    let seq = col_u32(&df, "seq", &first_path)?;
-    let pos = col_u32(&df, "pos", &first_path)?;
-    let token_id = col_u32(&df, "token_id", &first_path)?;
-    let first_loss = col_loss(&df, &first_path)?;
-    drop(df);
-    let n_tokens = seq.len();
+    // Every source has the rows of the first.
+    let sources = selected.iter().map(|e| Source::new(study, e)).collect::<Result<Vec<_>>>()?;
+    let n_tokens = sources[0].n_rows();
     if n_tokens == 0 {
-        return Err(Error::file(&first_path, "losses file has no rows: nothing to categorize"));
+        return Err(Error::file(&sources[0].label, "losses file has no rows: nothing to categorize"));
     }
-    let n_ckpt = selected.len();
-    let mut losses: Vec<f32> = Vec::with_capacity(n_tokens * n_ckpt);
-    losses.extend_from_slice(&first_loss);
-    drop(first_loss);
-
-    for entry in &selected[1..] {
-        let path = Manifest::losses_path(study, &entry.name);
-        let df = read_columns(&path, &["seq", "pos", "loss"])?;
-        let s = col_u32(&df, "seq", &path)?;
-        let p = col_u32(&df, "pos", &path)?;
-        if s.len() != n_tokens {
+    for s in &sources[1..] {
+        if s.n_rows() != n_tokens {
             return Err(Error::file(
-                &path,
+                &s.label,
                 format!(
                     "has {} rows but {} has {n_tokens}: the losses files of the study do not line up \
                      (evaluate all checkpoints with the same data and settings)",
-                    s.len(),
-                    first_path.display()
+                    s.n_rows(),
+                    sources[0].label.display()
                 ),
             ));
         }
-        if let Some(i) = (0..n_tokens).find(|&i| s[i] != seq[i] || p[i] != pos[i]) {
-            return Err(Error::file(
-                &path,
-                format!(
-                    "row {i} is (seq {}, pos {}) but row {i} of {} is (seq {}, pos {}): the losses \
-                     files of the study do not line up (evaluate all checkpoints with the same data and settings)",
-                    s[i],
-                    p[i],
-                    first_path.display(),
-                    seq[i],
-                    pos[i]
-                ),
-            ));
-        }
-        losses.extend_from_slice(&col_loss(&df, &path)?);
     }
+    let n_ckpt = sources.len();
 
-    let result = categorize(&losses, n_tokens, n_ckpt, opts.threshold)?;
-    drop(losses);
+    // Pass 1: L_mean over the last checkpoint.
+    let last = &sources[n_ckpt - 1];
+    let mut sum = 0f64;
+    for start in (0..n_tokens).step_by(block_rows) {
+        let len = block_rows.min(n_tokens - start);
+        let (df, path) = last.block(start, len, &["loss"])?;
+        sum += col_loss(&df, &path, start)?.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    let l_mean = sum / n_tokens as f64;
+
+    // Pass 2: blocks of tokens x checkpoints -> trajectories, appended to the output.
+    let out_path = trajectories_path(study);
+    let mut counts = [0u64; 4];
+    crate::util::write_atomic(&out_path, |file| {
+        let mut writer: Option<polars::io::parquet::write::BatchedWriter<&mut std::fs::File>> = None;
+        let mut file = Some(file);
+        for start in (0..n_tokens).step_by(block_rows) {
+            let len = block_rows.min(n_tokens - start);
+            let (df, first_path) = sources[0].block(start, len, &["seq", "pos", "token_id", "loss"])?;
+            let seq = col_u32(&df, "seq", &first_path)?;
+            let pos = col_u32(&df, "pos", &first_path)?;
+            let token_id = col_u32(&df, "token_id", &first_path)?;
+            let mut losses: Vec<f32> = Vec::with_capacity(len * n_ckpt);
+            losses.extend_from_slice(&col_loss(&df, &first_path, start)?);
+            drop(df);
+            for src in &sources[1..] {
+                let (df, path) = src.block(start, len, &["seq", "pos", "loss"])?;
+                let s = col_u32(&df, "seq", &path)?;
+                let p = col_u32(&df, "pos", &path)?;
+                if let Some(i) = (0..len).find(|&i| s[i] != seq[i] || p[i] != pos[i]) {
+                    return Err(Error::file(
+                        &path,
+                        format!(
+                            "row {} is (seq {}, pos {}) but row {} of {} is (seq {}, pos {}): the losses \
+                             files of the study do not line up (evaluate all checkpoints with the same data and settings)",
+                            start + i,
+                            s[i],
+                            p[i],
+                            start + i,
+                            first_path.display(),
+                            seq[i],
+                            pos[i]
+                        ),
+                    ));
+                }
+                losses.extend_from_slice(&col_loss(&df, &path, start)?);
+            }
+            let tr = categorize_block(&losses, len, n_ckpt, l_mean, opts.threshold);
+            drop(losses);
+            for t in &tr {
+                counts[t.category.index()] += 1;
+            }
+            let f = |get: fn(&super::trajectory::TokenTrajectory) -> f64| -> Vec<f32> {
+                tr.iter().map(|t| get(t) as f32).collect()
+            };
+            let category: Vec<&str> = tr.iter().map(|t| t.category.as_file_str()).collect();
+            let out = DataFrame::new(vec![
+                Column::new("seq".into(), seq),
+                Column::new("pos".into(), pos),
+                Column::new("token_id".into(), token_id),
+                Column::new("category".into(), category),
+                Column::new("delta".into(), f(|t| t.delta)),
+                Column::new("slope".into(), f(|t| t.slope)),
+                Column::new("first_loss".into(), f(|t| t.first_loss)),
+                Column::new("last_loss".into(), f(|t| t.last_loss)),
+                Column::new("mean_loss".into(), f(|t| t.mean_loss)),
+                Column::new("std_loss".into(), f(|t| t.std_loss)),
+                Column::new("residual_std".into(), f(|t| t.residual_std)),
+            ])?;
+            if writer.is_none() {
+                let w = ParquetWriter::new(file.take().unwrap())
+                    .with_compression(ParquetCompression::Zstd(None))
+                    .batched(&out.schema())
+                    .with_path(&out_path)?;
+                writer = Some(w);
+            }
+            writer.as_mut().unwrap().write_batch(&out).with_path(&out_path)?;
+        }
+        writer.unwrap().finish().with_path(&out_path)?;
+        Ok(())
+    })?;
     let names: Vec<String> = selected.iter().map(|c| c.name.clone()).collect();
-    let summary =
-        CategorizeSummary::from_trajectories(&result.trajectories, result.l_mean, opts.threshold, names);
-
-    let tr = &result.trajectories;
-    let f = |get: fn(&super::trajectory::TokenTrajectory) -> f64| -> Vec<f32> {
-        tr.iter().map(|t| get(t) as f32).collect()
-    };
-    let category: Vec<&str> = tr.iter().map(|t| t.category.as_file_str()).collect();
-    let mut out = DataFrame::new(vec![
-        Column::new("seq".into(), seq),
-        Column::new("pos".into(), pos),
-        Column::new("token_id".into(), token_id),
-        Column::new("category".into(), category),
-        Column::new("delta".into(), f(|t| t.delta)),
-        Column::new("slope".into(), f(|t| t.slope)),
-        Column::new("first_loss".into(), f(|t| t.first_loss)),
-        Column::new("last_loss".into(), f(|t| t.last_loss)),
-        Column::new("mean_loss".into(), f(|t| t.mean_loss)),
-        Column::new("std_loss".into(), f(|t| t.std_loss)),
-        Column::new("residual_std".into(), f(|t| t.residual_std)),
-    ])?;
-    crate::util::write_parquet(&trajectories_path(study), &mut out)?;
+    let summary = CategorizeSummary::from_counts(counts, l_mean, opts.threshold, names);
     summary.save(&categories_path(study))?;
     Ok(summary)
 }
@@ -272,6 +364,7 @@ mod tests {
                 fingerprint: "fp".into(),
                 n_tokens: KEYS.len() as u64,
                 mean_loss: losses.iter().map(|&x| x as f64).sum::<f64>() / KEYS.len() as f64,
+                shards: None,
             });
         }
         m.save(study).unwrap();
@@ -446,5 +539,70 @@ mod tests {
         let c1 = Manifest::losses_path(dir.path(), "c1");
         assert!(matches!(&e, Error::File { path, .. } if *path == c1), "{e}");
         assert!(e.to_string().contains("row 1"), "{e}");
+    }
+
+    fn trajectories(study: &Path) -> DataFrame {
+        crate::util::read_parquet(&trajectories_path(study)).unwrap()
+    }
+
+    #[test]
+    fn blocks_and_parts_give_the_same_result() {
+        let dir = make_study(&[0, 1, 2]);
+        let opts = CategorizeOptions::default();
+        let want = categorize_study_blocks(dir.path(), &opts, 1 << 20).unwrap();
+        let want_df = trajectories(dir.path());
+        assert_eq!(want_df.height(), 4);
+        for block in [1, 2, 3] {
+            let got = categorize_study_blocks(dir.path(), &opts, block).unwrap();
+            assert_eq!(got, want, "block {block}");
+            assert!(trajectories(dir.path()).equals(&want_df), "block {block}");
+        }
+
+        // c1 in 3 parts of 1, 2 and 1 rows (as `rho eval --shard I/3` writes them), not in study.json.
+        let mut m = Manifest::load_file(dir.path()).unwrap();
+        m.checkpoints.retain(|c| c.name != "c1");
+        m.save(dir.path()).unwrap();
+        std::fs::remove_file(Manifest::losses_path(dir.path(), "c1")).unwrap();
+        for (i, r) in [0..1usize, 1..3, 3..4].into_iter().enumerate() {
+            let sh = crate::eval::Shard { index: i as u32, count: 3 };
+            let keys = &KEYS[r.clone()];
+            let losses: Vec<f32> = ROWS[r.clone()].iter().map(|row| row[1]).collect();
+            let n = keys.len();
+            let mut df = DataFrame::new(vec![
+                Column::new("checkpoint".into(), vec!["c1"; n]),
+                Column::new("step".into(), vec![200i64; n]),
+                Column::new("seq".into(), keys.iter().map(|k| k.0).collect::<Vec<u32>>()),
+                Column::new("pos".into(), keys.iter().map(|k| k.1).collect::<Vec<u32>>()),
+                Column::new("token_id".into(), r.clone().map(|i| 100 + i as u32).collect::<Vec<u32>>()),
+                Column::new("loss".into(), losses.clone()),
+            ])
+            .unwrap();
+            crate::util::write_parquet(&crate::eval::study::part_path(dir.path(), "c1", sh, "parquet"), &mut df).unwrap();
+            let rec = crate::eval::study::PartEntry {
+                name: "c1".into(),
+                step: 200,
+                path: PathBuf::from("/ckpts/c1"),
+                fingerprint: "fp".into(),
+                shard: i as u32,
+                shards: 3,
+                row_start: r.start as u64,
+                n_tokens: n as u64,
+                loss_sum: losses.iter().map(|&x| x as f64).sum(),
+            };
+            let p = crate::eval::study::part_path(dir.path(), "c1", sh, "json");
+            crate::util::write_bytes_atomic(&p, &serde_json::to_vec(&rec).unwrap()).unwrap();
+        }
+        let m = Manifest::load(dir.path()).unwrap();
+        assert_eq!(m.checkpoints.iter().map(|c| (c.name.as_str(), c.shards)).collect::<Vec<_>>(), [("c0", None), ("c1", Some(3)), ("c2", None)]);
+        for block in [1, 2, 3, 100] {
+            let got = categorize_study_blocks(dir.path(), &opts, block).unwrap();
+            assert_eq!(got, want, "parts, block {block}");
+            assert!(trajectories(dir.path()).equals(&want_df), "parts, block {block}");
+        }
+
+        // A part whose record is gone makes the study incomplete: refused, naming the shard.
+        std::fs::remove_file(crate::eval::study::part_path(dir.path(), "c1", crate::eval::Shard { index: 1, count: 3 }, "json")).unwrap();
+        let e = categorize_study(dir.path(), &opts).unwrap_err().to_string();
+        assert!(e.contains("checkpoint=c1") && e.contains("missing shards 1"), "{e}");
     }
 }

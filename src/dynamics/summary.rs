@@ -63,7 +63,12 @@ impl CategorizeSummary {
         for t in trajectories {
             counts[t.category.index()] += 1;
         }
-        let total = trajectories.len() as u64;
+        Self::from_counts(counts, l_mean, threshold, checkpoints)
+    }
+
+    /// The summary of category counts (in the order of `Category::ALL`).
+    pub fn from_counts(counts: [u64; 4], l_mean: f64, threshold: f64, checkpoints: Vec<String>) -> CategorizeSummary {
+        let total: u64 = counts.iter().sum();
         let categories = Category::ALL
             .iter()
             .map(|&category| {

@@ -155,16 +155,23 @@ pub fn categorize(
 
     let last_block = &losses[(n_ckpt - 1) * n_tokens..];
     let l_mean = last_block.iter().map(|&v| v as f64).sum::<f64>() / n_tokens as f64;
+    let trajectories = categorize_block(losses, n_tokens, n_ckpt, l_mean, threshold);
+    Ok(Categorization { trajectories, l_mean })
+}
 
-    let trajectories = (0..n_tokens)
+/// The trajectories of a block of `n_tokens` tokens (checkpoint-major, as in
+/// [`categorize`]) given L_mean, which the caller computed over all tokens: the
+/// out-of-core path categorizes a study block by block with the same numbers.
+/// Inputs are not checked (see [`categorize`]).
+pub fn categorize_block(losses: &[f32], n_tokens: usize, n_ckpt: usize, l_mean: f64, threshold: f64) -> Vec<TokenTrajectory> {
+    (0..n_tokens)
         .map(|t| {
             let ys = (0..n_ckpt).map(move |c| losses[c * n_tokens + t] as f64);
             let mut tr = fit(ys, n_ckpt);
             tr.category = category_of(tr.delta, tr.last_loss, l_mean, threshold);
             tr
         })
-        .collect();
-    Ok(Categorization { trajectories, l_mean })
+        .collect()
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@
 //! checkpoint into `losses/<name>.parquet` (temporary name, renamed when complete)
 //! and records it in `study.json`. A re-run skips checkpoints already scored with
 //! the same fingerprint (data, tokenizer, settings).
+pub mod devices;
 pub mod plan;
+pub mod shard;
+pub mod status;
 pub mod study;
 
 use crate::data::{read_documents, Tok};
@@ -16,7 +19,8 @@ use plan::{Rows, Unit};
 use polars::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use study::{CheckpointEntry, Manifest};
+pub use shard::Shard;
+use study::{CheckpointEntry, Manifest, PartEntry};
 
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -36,6 +40,8 @@ pub struct EvalOptions {
     pub context: Option<usize>,
     pub force: bool,
     pub quiet: bool,
+    /// Evaluate only this slice of the rows (`--shard I/N`), into hive-style parts.
+    pub shard: Option<Shard>,
 }
 
 impl EvalOptions {
@@ -56,6 +62,7 @@ impl EvalOptions {
             context: None,
             force: false,
             quiet: false,
+            shard: None,
         }
     }
 }
@@ -208,82 +215,164 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
     let study = &opts.study;
     let losses_dir = study.join(study::LOSSES_DIR);
     std::fs::create_dir_all(&losses_dir).map_err(|e| Error::io(&losses_dir, e))?;
-    util::remove_stale_tmp(study);
-    util::remove_stale_tmp(&losses_dir);
     let mut manifest = Manifest::load_or_default(study)?;
-    if !manifest.fingerprint.is_empty() && manifest.fingerprint != fingerprint {
-        if !opts.force {
+    if let Some(shard) = opts.shard {
+        // Shards run concurrently: they never rewrite a study evaluated with other settings,
+        // never clean up other processes' files, and write study.json only to start the study.
+        if !manifest.fingerprint.is_empty() && manifest.fingerprint != fingerprint {
             return Err(Error::file(
                 Manifest::path(study),
-                "this study was evaluated with other data, tokenizer or settings; use another --study, or --force to start it over",
+                format!(
+                    "this study was evaluated with other data, tokenizer or settings; --shard {shard} \
+                     adds to a study, it does not start one over: use another --study (or start it over without --shard, with --force)"
+                ),
             ));
         }
-        for c in &manifest.checkpoints {
-            let _ = std::fs::remove_file(Manifest::losses_path(study, &c.name));
+        if manifest.fingerprint.is_empty() {
+            manifest.fingerprint = fingerprint.clone();
+            manifest.data = opts.data.clone();
+            manifest.settings = settings;
+            manifest.save(study)?;
         }
-        let _ = std::fs::remove_file(study.join(study::TRAJECTORIES));
-        manifest = Manifest::default();
+    } else {
+        util::remove_stale_tmp(study);
+        util::remove_stale_tmp(&losses_dir);
+        if !manifest.fingerprint.is_empty() && manifest.fingerprint != fingerprint {
+            if !opts.force {
+                return Err(Error::file(
+                    Manifest::path(study),
+                    "this study was evaluated with other data, tokenizer or settings; use another --study, or --force to start it over",
+                ));
+            }
+            for c in &manifest.checkpoints {
+                let _ = std::fs::remove_file(Manifest::losses_path(study, &c.name));
+            }
+            for sc in study::scan_sharded(study, "")? {
+                let _ = std::fs::remove_dir_all(study::shard_dir(study, &sc.name));
+            }
+            let _ = std::fs::remove_file(study.join(study::TRAJECTORIES));
+            manifest = Manifest::default();
+        }
+        manifest.fingerprint = fingerprint.clone();
+        manifest.data = opts.data.clone();
+        manifest.settings = settings;
     }
-    manifest.fingerprint = fingerprint.clone();
-    manifest.data = opts.data.clone();
-    manifest.settings = settings;
     let tokens_path = study.join(study::TOKENS);
-    if opts.force || !tokens_path.exists() {
+    if (opts.force && opts.shard.is_none()) || !tokens_path.exists() {
         write_tokens(&tokens_path, &rows, &tok)?;
     }
-    manifest.save(study)?;
+    if opts.shard.is_none() {
+        manifest.save(study)?;
+    }
 
-    // What is left to do.
+    // What is left to do: a checkpoint is done when its whole losses file is listed
+    // with this fingerprint, or (sharded) when every part is; a shard also when its own part is.
+    let sharded = study::scan_sharded(study, &fingerprint)?;
+    let whole_done = |name: &str| {
+        manifest.checkpoints.iter().any(|e| {
+            e.name == name && e.fingerprint == fingerprint && e.shards.is_none() && Manifest::losses_path(study, &e.name).exists()
+        })
+    };
+    let parts_done = |name: &str| sharded.iter().any(|sc| sc.name == name && sc.is_complete() && !sc.done.is_empty());
+    let my_part_done = |name: &str| {
+        opts.shard.is_some_and(|sh| {
+            sharded.iter().any(|sc| sc.name == name && sc.done.iter().any(|p| p.shard == sh.index && p.shards == sh.count))
+        })
+    };
     let todo: Vec<&Checkpoint> = ckpts
         .iter()
         .filter(|c| {
-            opts.force
-                || !manifest.checkpoints.iter().any(|e| {
-                    e.name == c.name() && e.fingerprint == fingerprint && Manifest::losses_path(study, &e.name).exists()
-                })
+            let n = c.name();
+            opts.force || !(whole_done(&n) || parts_done(&n) || my_part_done(&n))
         })
         .collect();
-    let mut report = EvalReport { n_tokens: rows.len(), ..Default::default() };
+    // A shard scores its slice of the units, with rows counted from the slice's start.
+    let (units, rows_range) = match opts.shard {
+        None => (units, 0..rows.len()),
+        Some(sh) => {
+            let r = sh.rows(&units);
+            let us = units[sh.units(&units)]
+                .iter()
+                .map(|u| Unit { row_start: u.row_start - r.start, ..u.clone() })
+                .collect::<Vec<_>>();
+            (us, r)
+        }
+    };
+    let n_rows = rows_range.len();
+    let mut report = EvalReport { n_tokens: n_rows, ..Default::default() };
     report.skipped =
         ckpts.iter().map(|c| c.name()).filter(|n| !todo.iter().any(|t| &t.name() == n)).collect();
     if !opts.quiet {
+        let what = match opts.shard {
+            None => format!("{} tokens to score each", rows.len()),
+            Some(sh) => format!(
+                "shard {sh}: rows {}..{} of {} ({n_rows} tokens to score each)",
+                rows_range.start,
+                rows_range.end,
+                rows.len()
+            ),
+        };
         eprintln!(
-            "rho eval: {} checkpoints ({} to do, {} already done), {} documents, {} tokens to score each, context {ctx}",
+            "rho eval: {} checkpoints ({} to do, {} already done), {} documents, {what}, context {ctx}",
             ckpts.len(),
             todo.len(),
             report.skipped.len(),
             docs.len(),
-            rows.len()
         );
     }
-    let progress = Progress::new(opts.quiet, (todo.len() * rows.len()) as u64);
+    let progress = Progress::new(opts.quiet, (todo.len() * n_rows) as u64);
+    let shard_rows = opts.shard.map(|_| rows.slice(rows_range.clone()));
+    let my_rows = shard_rows.as_ref().unwrap_or(&rows);
     for c in todo {
         let name = c.name();
         progress.set_message(&name);
         let t = Instant::now();
         let model = c.load(opts.dtype, &opts.device, Mode::Eval)?;
-        let losses = score_units(&model, &units, rows.len(), opts.batch_tokens, |n| progress.inc(n as u64))
+        let losses = score_units(&model, &units, n_rows, opts.batch_tokens, |n| progress.inc(n as u64))
             .map_err(|e| Error::file(&c.dir, format!("evaluation failed: {}", crate::error::candle_msg(&e))))?;
         let step = step_from_name(&name).unwrap_or(0);
-        let path = Manifest::losses_path(study, &name);
-        write_losses(&path, &name, step, &rows, &losses)?;
-        let mean_loss = losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64;
-        manifest.checkpoints.retain(|e| e.name != name);
-        manifest.checkpoints.push(CheckpointEntry {
-            name: name.clone(),
-            step,
-            path: c.dir.clone(),
-            fingerprint: fingerprint.clone(),
-            n_tokens: rows.len() as u64,
-            mean_loss,
-        });
-        manifest.sort();
-        manifest.save(study)?;
+        let loss_sum = losses.iter().map(|&x| x as f64).sum::<f64>();
+        let mean_loss = loss_sum / losses.len().max(1) as f64;
+        match opts.shard {
+            None => {
+                let path = Manifest::losses_path(study, &name);
+                write_losses(&path, &name, step, my_rows, &losses)?;
+                manifest.checkpoints.retain(|e| e.name != name);
+                manifest.checkpoints.push(CheckpointEntry {
+                    name: name.clone(),
+                    step,
+                    path: c.dir.clone(),
+                    fingerprint: fingerprint.clone(),
+                    n_tokens: n_rows as u64,
+                    mean_loss,
+                    shards: None,
+                });
+                manifest.sort();
+                manifest.save(study)?;
+            }
+            Some(sh) => {
+                // The part, then its record: the part counts as done only once the record exists.
+                write_losses(&study::part_path(study, &name, sh, "parquet"), &name, step, my_rows, &losses)?;
+                let part = PartEntry {
+                    name: name.clone(),
+                    step,
+                    path: c.dir.clone(),
+                    fingerprint: fingerprint.clone(),
+                    shard: sh.index,
+                    shards: sh.count,
+                    row_start: rows_range.start as u64,
+                    n_tokens: n_rows as u64,
+                    loss_sum,
+                };
+                let rec = study::part_path(study, &name, sh, "json");
+                let bytes = serde_json::to_vec_pretty(&part).map_err(|e| Error::msg(e.to_string()))?;
+                util::write_bytes_atomic(&rec, &bytes)?;
+            }
+        }
         let secs = t.elapsed().as_secs_f64();
         progress.println(&format!(
-            "  {name}: {} tokens in {secs:.2} s ({:.0} tokens/s), mean loss {mean_loss:.4}",
-            rows.len(),
-            rows.len() as f64 / secs.max(1e-9)
+            "  {name}: {n_rows} tokens in {secs:.2} s ({:.0} tokens/s), mean loss {mean_loss:.4}",
+            n_rows as f64 / secs.max(1e-9)
         ));
         report.evaluated.push(name);
     }

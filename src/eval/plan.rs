@@ -40,6 +40,17 @@ impl Rows {
     pub fn is_empty(&self) -> bool {
         self.seq.is_empty()
     }
+    /// The rows `r` (a shard's part).
+    pub fn slice(&self, r: std::ops::Range<usize>) -> Rows {
+        Rows {
+            seq: self.seq[r.clone()].to_vec(),
+            pos: self.pos[r.clone()].to_vec(),
+            doc: self.doc[r.clone()].to_vec(),
+            token_id: self.token_id[r.clone()].to_vec(),
+            start: self.start[r.clone()].to_vec(),
+            end: self.end[r].to_vec(),
+        }
+    }
     fn push(&mut self, seq: usize, pos: usize, doc: usize, id: u32, span: (usize, usize)) {
         self.seq.push(seq as u32);
         self.pos.push(pos as u32);

@@ -171,7 +171,7 @@ STUDY"##,
 |---|---|
 | `study.json` | the checkpoints evaluated, in order (`name`, `step`, `mean_loss`, ...) and the data / tokenizer fingerprint |
 | `tokens.parquet` | one row per scored token: `seq`, `pos`, `doc`, `token_id`, `text` (the token's text), `start`, `end` (byte span in its document) |
-| `losses/<checkpoint>.parquet` | `checkpoint`, `step`, `seq`, `pos`, `token_id`, `loss` (nats): the same rows in the same order in every file |
+| `losses/<checkpoint>.parquet` | `checkpoint`, `step`, `seq`, `pos`, `token_id`, `loss` (nats): the same rows in the same order in every file (a sharded evaluation writes `losses/checkpoint=<name>/part-<I>-of-<N>.parquet` instead: the parts in order are the file) |
 | `trajectories.parquet` | per token: `category` (`H->H`, `L->H`, `H->L`, `L->L`), `delta`, `slope`, `first_loss`, `last_loss`, `mean_loss`, `std_loss`, `residual_std` |
 | `categories.json` | threshold, `l_mean`, the checkpoints used, counts and shares |
 
@@ -202,9 +202,18 @@ traj = traj.merge(tokens[["seq", "pos", "doc", "text", "start", "end"]], on=["se
 CKPTS = summary["checkpoints"]
 step_of = {c["name"]: c["step"] for c in manifest["checkpoints"]}
 steps = np.array([step_of[name] for name in CKPTS])
+def read_losses(name, columns):
+    """One checkpoint's losses: losses/<name>.parquet, or the parts of a sharded
+    evaluation (losses/checkpoint=<name>/part-<I>-of-<N>.parquet, I zero-padded) in order."""
+    whole = STUDY / "losses" / f"{name}.parquet"
+    if whole.exists():
+        return pd.read_parquet(whole, columns=columns)
+    parts = sorted((STUDY / "losses" / f"checkpoint={name}").glob("part-*.parquet"))
+    return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
+
 columns = []
 for name in CKPTS:
-    df = pd.read_parquet(STUDY / "losses" / f"{name}.parquet", columns=["seq", "pos", "loss"])
+    df = read_losses(name, ["seq", "pos", "loss"])
     # Every losses file has the rows of trajectories.parquet, in the same order.
     assert len(df) == len(traj), name
     assert (df["seq"].to_numpy() == traj["seq"].to_numpy()).all(), name

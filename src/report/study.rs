@@ -140,8 +140,9 @@ pub fn run_report(study: &Path, out: Option<&Path>) -> Result<ReportSummary> {
     let mut means: Vec<data::CategoryMean> = Vec::new();
     let mut picked: Vec<Vec<f64>> = vec![Vec::new(); top_ll.len() + top_hh.len()];
     for (name, _) in &ckpts {
-        let p = Manifest::losses_path(study, name);
-        let df = data::scan(&p, &["seq", "pos", "loss"], None, "listed in study.json: run `rho eval` again")?;
+        let files = manifest.entry(study, name)?.loss_files(study);
+        let p = if files.len() == 1 { files[0].clone() } else { crate::eval::study::shard_dir(study, name) };
+        let df = crate::eval::study::read_losses(&files, &["seq", "pos", "loss"])?;
         let (s, q) = (data::u32s(&df, "seq", &p)?, data::u32s(&df, "pos", &p)?);
         if s.len() != n || s != traj.seq || q != traj.pos {
             return Err(Error::file(

@@ -6,7 +6,7 @@
 //! [`CHUNK`] rows around the cursor, so the full loss matrix is never loaded.
 
 use crate::dynamics::CategorizeSummary;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, WithPath};
 use crate::eval::study::{CheckpointEntry, Manifest, TOKENS, TRAJECTORIES};
 use crate::report::data as rd;
 use crate::train::StepMetrics;
@@ -295,9 +295,17 @@ pub fn read_chunk(root: &Path, names: &[String], n_rows: usize, k: usize) -> (Ch
             c.texts = vec!["?".into(); len];
         }
     }
+    let manifest = Manifest::load(root);
     for name in names {
-        let p = Manifest::losses_path(root, name);
-        match read_slice_f32(&p, "loss", start, len) {
+        let files = match manifest.as_ref().map_err(|e| e.to_string()).and_then(|m| m.entry(root, name).map(|e| e.loss_files(root)).map_err(|e| e.to_string())) {
+            Ok(f) => f,
+            Err(e) => {
+                warnings.push(e);
+                c.losses.push(Vec::new());
+                continue;
+            }
+        };
+        match read_losses_slice(&files, start, len) {
             Ok(v) if v.len() == len => c.losses.push(v),
             Ok(_) => c.losses.push(Vec::new()),
             Err(e) => {
@@ -323,18 +331,25 @@ fn read_slice_strings(path: &Path, col_name: &str, start: usize, len: usize) -> 
     rd::strings(&df, col_name, path)
 }
 
-fn read_slice_f32(path: &Path, col_name: &str, start: usize, len: usize) -> Result<Vec<f32>> {
-    let df = scan_slice(path, col_name, start, len)?;
-    rd::f32s(&df, col_name, path)
+/// Rows `start..start + len` of a checkpoint's losses (whole file or parts).
+fn read_losses_slice(files: &[PathBuf], start: usize, len: usize) -> Result<Vec<f32>> {
+    let df = crate::eval::study::scan_losses(files)?
+        .slice(start as i64, len as IdxSize)
+        .select([col("loss")])
+        .collect()
+        .with_path(&files[0])?;
+    rd::f32s(&df, "loss", &files[0])
 }
 
 /// Mean loss per category at each checkpoint of the study (reads each losses
 /// file's `loss` column once; run in the background).
 pub fn category_means(root: &Path, names: &[String], cats: &[u8]) -> Result<Vec<[Option<f64>; 4]>> {
     let mut out = Vec::new();
+    let manifest = Manifest::load(root)?;
     for name in names {
-        let p = Manifest::losses_path(root, name);
-        let df = rd::scan(&p, &["loss"], None, "run `rho eval`")?;
+        let files = manifest.entry(root, name)?.loss_files(root);
+        let p = files[0].clone();
+        let df = crate::eval::study::read_losses(&files, &["loss"])?;
         let l = rd::f32s(&df, "loss", &p)?;
         if l.len() != cats.len() {
             return Err(Error::file(&p, "rows do not match trajectories.parquet: run `rho categorize` again"));
