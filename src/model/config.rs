@@ -87,6 +87,13 @@ pub struct ModelConfig {
     pub dtype: Option<String>,
 }
 
+/// Largest accepted width, depth, head count, head size or vocabulary: far past any
+/// real model (the largest vocabularies are ~2^18), small enough that products of two
+/// sizes never overflow and that nothing is allocated from an absurd config.json.
+pub const MAX_DIM: usize = 1 << 24;
+/// Largest accepted context length (`max_position_embeddings`, `sliding_window`).
+pub const MAX_POSITIONS: usize = 1 << 30;
+
 fn get_usize(v: &Value, keys: &[&str]) -> Option<usize> {
     keys.iter().find_map(|k| v.get(*k).and_then(|x| x.as_u64()).map(|x| x as usize))
 }
@@ -102,8 +109,8 @@ fn get_str<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a str> {
 /// `eos_token_id` may be an int or a list of ints.
 fn get_token_id(v: &Value, key: &str) -> Option<u32> {
     match v.get(key)? {
-        Value::Number(n) => n.as_u64().map(|x| x as u32),
-        Value::Array(a) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
+        Value::Number(n) => n.as_u64().and_then(|x| u32::try_from(x).ok()),
+        Value::Array(a) => a.first().and_then(|x| x.as_u64()).and_then(|x| u32::try_from(x).ok()),
         _ => None,
     }
 }
@@ -140,6 +147,9 @@ impl ModelConfig {
         let need = |keys: &[&str]| -> Result<usize> {
             match get_usize(v, keys) {
                 Some(0) => Err(Error::file(path, format!("`{}` must be positive", keys[0]))),
+                Some(x) if x > MAX_POSITIONS => {
+                    Err(Error::file(path, format!("`{}` = {x} is implausibly large", keys[0])))
+                }
                 Some(x) => Ok(x),
                 None => Err(Error::file(path, format!("missing `{}` in config.json", keys[0]))),
             }
@@ -310,6 +320,21 @@ impl ModelConfig {
 
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |m: String| Err(Error::file(path, m));
+        for (name, x, max) in [
+            ("vocab_size", self.vocab_size, MAX_DIM),
+            ("hidden_size", self.hidden_size, MAX_DIM),
+            ("num_hidden_layers", self.num_layers, MAX_DIM),
+            ("num_attention_heads", self.num_heads, MAX_DIM),
+            ("num_key_value_heads", self.num_kv_heads, MAX_DIM),
+            ("head_dim", self.head_dim, MAX_DIM),
+            ("intermediate_size", self.intermediate_size, MAX_DIM),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
+            ("sliding_window", self.sliding_window.unwrap_or(0), MAX_POSITIONS),
+        ] {
+            if x > max {
+                return bad(format!("`{name}` = {x} is implausibly large (at most {max} is accepted)"));
+            }
+        }
         if self.num_heads == 0 || self.head_dim == 0 {
             return bad("attention heads and head_dim must be positive".into());
         }

@@ -43,7 +43,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             let f = f
                 .as_str()
                 .ok_or_else(|| Error::file(&index, format!("weight_map entry `{name}` is not a file name")))?;
-            if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+            if f.is_empty() || f.contains('/') || f.contains('\\') || f.starts_with('.') {
                 return Err(Error::file(&index, format!("weight_map entry `{name}` points outside the folder: `{f}`")));
             }
             if !files.iter().any(|x| x == f) {
@@ -58,6 +58,9 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         for p in &paths {
             if !p.exists() {
                 return Err(Error::file(p, format!("shard listed in {} is missing", index.display())));
+            }
+            if !p.is_file() {
+                return Err(Error::file(p, format!("shard listed in {} is not a file", index.display())));
             }
         }
         return Ok(paths);
@@ -101,6 +104,7 @@ impl Weights {
             // which is the documented risk of mmap. Checkpoints are not modified while read.
             let mmap = unsafe { memmap2::Mmap::map(&f) }.with_path(&p)?;
             {
+                check_header(&mmap, &p)?;
                 let st = SafeTensors::deserialize(&mmap).map_err(|e| {
                     Error::file(&p, format!("not a valid safetensors file (corrupt or truncated?): {e}"))
                 })?;
@@ -144,6 +148,48 @@ impl Weights {
             .map_err(|err| candle_core::Error::Msg(format!("{}: tensor `{name}`: {err}", path.display())))?;
         t.to_dtype(dtype)?.to_device(dev)
     }
+}
+
+/// Checks the safetensors crate leaves to its callers, made before handing it the
+/// bytes: every tensor's `data_offsets` lie inside the data (safetensors adds the last
+/// end offset to the header length unchecked, which overflows near `usize::MAX`, and
+/// in a release build can wrap past its size check and slice out of bounds), and the
+/// product of a shape's non-zero dimensions fits in `usize` (a zero-element tensor
+/// passes safetensors' element count, but its strides would overflow). Anything else
+/// malformed is left to `SafeTensors::deserialize`, which reports it.
+fn check_header(bytes: &[u8], path: &Path) -> Result<()> {
+    let bad = |m: String| Err(Error::file(path, format!("not a valid safetensors file (corrupt or truncated?): {m}")));
+    let Some(len) = bytes.get(..8) else {
+        return bad(format!("the file is {} bytes, shorter than the 8-byte header length", bytes.len()));
+    };
+    let n = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+    let rest = (bytes.len() - 8) as u64;
+    if n > rest {
+        return bad(format!("the header length {n} is larger than the rest of the file ({rest} bytes)"));
+    }
+    let data_len = rest - n;
+    let Ok(serde_json::Value::Object(header)) = serde_json::from_slice(&bytes[8..8 + n as usize]) else {
+        return Ok(());
+    };
+    for (name, t) in header.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
+        if let Some(offs) = t.get("data_offsets").and_then(|o| o.as_array()) {
+            if offs.iter().any(|x| x.as_u64().is_some_and(|x| x > data_len)) {
+                let offs: Vec<String> = offs.iter().map(|x| x.to_string()).collect();
+                return bad(format!(
+                    "tensor `{name}`: data_offsets [{}] lie outside the {data_len} bytes of data",
+                    offs.join(", ")
+                ));
+            }
+        }
+        if let Some(shape) = t.get("shape").and_then(|s| s.as_array()) {
+            let dims = shape.iter().filter_map(|d| d.as_u64()).filter(|&d| d > 0);
+            if dims.map(|d| usize::try_from(d).ok()).try_fold(1usize, |p, d| p.checked_mul(d?)).is_none() {
+                let dims: Vec<String> = shape.iter().map(|x| x.to_string()).collect();
+                return bad(format!("tensor `{name}`: shape [{}] is too large", dims.join(", ")));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn convert(dtype: safetensors::Dtype, shape: &[usize], data: &[u8]) -> candle_core::Result<Tensor> {
