@@ -40,15 +40,17 @@ impl Rows {
     pub fn is_empty(&self) -> bool {
         self.seq.is_empty()
     }
-    /// The rows `r` (a shard's part).
+    /// The rows `r` (a shard's part). A column the caller emptied (to save memory)
+    /// stays empty.
     pub fn slice(&self, r: std::ops::Range<usize>) -> Rows {
+        let part = |v: &Vec<u32>| if v.is_empty() { Vec::new() } else { v[r.clone()].to_vec() };
         Rows {
-            seq: self.seq[r.clone()].to_vec(),
-            pos: self.pos[r.clone()].to_vec(),
-            doc: self.doc[r.clone()].to_vec(),
-            token_id: self.token_id[r.clone()].to_vec(),
-            start: self.start[r.clone()].to_vec(),
-            end: self.end[r].to_vec(),
+            seq: part(&self.seq),
+            pos: part(&self.pos),
+            doc: part(&self.doc),
+            token_id: part(&self.token_id),
+            start: part(&self.start),
+            end: part(&self.end),
         }
     }
     fn push(&mut self, seq: usize, pos: usize, doc: usize, id: u32, span: (usize, usize)) {
