@@ -181,6 +181,16 @@ fn more_shards_than_documents_and_bad_shard_flags() {
     assert!(stderr(&out).contains("study.json") && stderr(&out).contains("other data"), "{}", stderr(&out));
     assert_same_study(&whole, &sharded);
 
+    // A shard stopped before its first part leaves a folder with no record: incomplete, said plainly.
+    std::fs::create_dir_all(sharded.join("losses/checkpoint=checkpoint-40")).unwrap();
+    std::fs::write(sharded.join("losses/checkpoint=checkpoint-40/part-0-of-2.parquet.77.tmp"), b"partial").unwrap();
+    let (code, text, _) = status(&sharded);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("checkpoint-40") && text.contains("no part finished yet"), "{text}");
+    let e = Manifest::load(&sharded).unwrap_err().to_string();
+    assert!(e.contains("checkpoint=checkpoint-40") && e.contains("no finished part yet"), "{e}");
+    std::fs::remove_dir_all(sharded.join("losses/checkpoint=checkpoint-40")).unwrap();
+
     let out = rho(&["status", "--study", dir.path().join("nothing").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("study.json"), "{}", stderr(&out));

@@ -12,7 +12,7 @@ mod trajectory;
 
 pub use category::Category;
 pub use study::{
-    categories_path, categorize_study, trajectories_path, CategorizeOptions, CATEGORIES,
+    categories_path, categorize_study, categorize_study_blocks, trajectories_path, CategorizeOptions, LossSource, BLOCK_ROWS, CATEGORIES,
     DEFAULT_THRESHOLD,
 };
 pub use summary::{CategorizeSummary, CategoryShare};

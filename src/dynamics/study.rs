@@ -101,17 +101,19 @@ fn col_loss(df: &DataFrame, path: &Path, row0: usize) -> Result<Vec<f32>> {
 /// groups of 2^18 rows, so whole-file slices read whole row groups).
 pub const BLOCK_ROWS: usize = 1 << 21;
 
-/// One checkpoint's losses: the files (whole or parts) and the path errors name.
-struct Source {
+/// One checkpoint's losses read in row blocks: the files (whole or parts) and the
+/// path errors name.
+pub struct LossSource {
     files: Vec<PathBuf>,
     /// The whole file, or the part folder.
-    label: PathBuf,
+    pub label: PathBuf,
     /// Row count of each file, from the Parquet metadata.
     rows: Vec<usize>,
 }
 
-impl Source {
-    fn new(study: &Path, entry: &CheckpointEntry) -> Result<Source> {
+impl LossSource {
+    /// Open a checkpoint's losses (row counts from the Parquet metadata only).
+    pub fn new(study: &Path, entry: &CheckpointEntry) -> Result<LossSource> {
         let files = entry.loss_files(study);
         let label = if entry.shards.is_some() {
             crate::eval::study::shard_dir(study, &entry.name)
@@ -127,15 +129,17 @@ impl Source {
             let n = df.column("n").with_path(f)?.get(0).with_path(f)?.extract::<u64>().unwrap_or(0);
             rows.push(n as usize);
         }
-        Ok(Source { files, label, rows })
+        Ok(LossSource { files, label, rows })
     }
 
-    fn n_rows(&self) -> usize {
+    /// Rows of the checkpoint (all parts).
+    pub fn n_rows(&self) -> usize {
         self.rows.iter().sum()
     }
 
-    /// Rows `start..start + len` of `columns`; errors name the file that holds them.
-    fn block(&self, start: usize, len: usize, columns: &[&str]) -> Result<(DataFrame, PathBuf)> {
+    /// Rows `start..start + len` of `columns`, and the file that holds them (the
+    /// last one, for a block spanning parts), for error messages.
+    pub fn block(&self, start: usize, len: usize, columns: &[&str]) -> Result<(DataFrame, PathBuf)> {
         let cols: Vec<Expr> = columns.iter().map(|c| col(*c)).collect();
         let mut out: Option<DataFrame> = None;
         let mut file_start = 0;
@@ -212,7 +216,7 @@ pub fn categorize_study_blocks(study: &Path, opts: &CategorizeOptions, block_row
     }
 
     // Every source has the rows of the first.
-    let sources = selected.iter().map(|e| Source::new(study, e)).collect::<Result<Vec<_>>>()?;
+    let sources = selected.iter().map(|e| LossSource::new(study, e)).collect::<Result<Vec<_>>>()?;
     let n_tokens = sources[0].n_rows();
     if n_tokens == 0 {
         return Err(Error::file(&sources[0].label, "losses file has no rows: nothing to categorize"));

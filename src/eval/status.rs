@@ -117,6 +117,7 @@ pub fn render(s: &StudyStatus) -> String {
     for c in &s.checkpoints {
         let state = match (c.state.as_str(), c.shards) {
             ("sharded", Some(n)) => format!("done ({n} parts)"),
+            ("incomplete", Some(0)) => "no part finished yet".into(),
             ("incomplete", Some(n)) => format!("{}/{n} parts, missing {}", n as usize - c.missing_shards.len(), ranges(&c.missing_shards)),
             ("whole", _) => "done".into(),
             ("missing", _) => "losses file missing".into(),

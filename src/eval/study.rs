@@ -226,6 +226,17 @@ impl Manifest {
                     m.checkpoints.retain(|c| c.name != e.name);
                     m.checkpoints.push(e);
                 }
+                None if sc.shards == 0 => {
+                    return Err(Error::file(
+                        shard_dir(study, &sc.name),
+                        format!(
+                            "incomplete: checkpoint `{}` has no finished part yet (a shard is running, or was \
+                             stopped before its first part); `rho status --study {}` lists what is missing",
+                            sc.name,
+                            study.display()
+                        ),
+                    ));
+                }
                 None => {
                     let list = |v: &[u32]| v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
                     let stale = if sc.stale.is_empty() {

@@ -39,29 +39,60 @@ pub struct CategoryMean {
 /// Mean loss per category of one checkpoint; `cats[i]` is the category of row `i`
 /// of `losses`. Accumulated in f64, one pass, no copies.
 pub fn category_means(cats: &[u8], losses: &[f32]) -> CategoryMean {
-    assert_eq!(cats.len(), losses.len());
-    let mut sum = [0f64; 4];
-    let mut n = [0u64; 4];
-    for (&c, &l) in cats.iter().zip(losses) {
-        sum[c as usize] += l as f64;
-        n[c as usize] += 1;
-    }
-    let total: u64 = n.iter().sum();
-    let mut by_cat = [None; 4];
-    for k in 0..4 {
-        if n[k] > 0 {
-            by_cat[k] = Some(sum[k] / n[k] as f64);
+    let mut s = CategorySums::default();
+    s.add(cats, losses);
+    s.means()
+}
+
+/// Per-category sums of one checkpoint's losses, added block by block.
+#[derive(Debug, Clone, Default)]
+pub struct CategorySums {
+    sum: [f64; 4],
+    n: [u64; 4],
+}
+
+impl CategorySums {
+    /// Add a block: `cats[i]` is the category of `losses[i]`.
+    pub fn add(&mut self, cats: &[u8], losses: &[f32]) {
+        assert_eq!(cats.len(), losses.len());
+        for (&c, &l) in cats.iter().zip(losses) {
+            self.sum[c as usize] += l as f64;
+            self.n[c as usize] += 1;
         }
     }
-    CategoryMean { by_cat, all: if total == 0 { f64::NAN } else { sum.iter().sum::<f64>() / total as f64 } }
+
+    pub fn means(&self) -> CategoryMean {
+        let total: u64 = self.n.iter().sum();
+        let mut by_cat = [None; 4];
+        for k in 0..4 {
+            if self.n[k] > 0 {
+                by_cat[k] = Some(self.sum[k] / self.n[k] as f64);
+            }
+        }
+        CategoryMean { by_cat, all: if total == 0 { f64::NAN } else { self.sum.iter().sum::<f64>() / total as f64 } }
+    }
 }
 
 /// Rows of category `cat` with the largest `values` (descending; ties: lower row first), at most `k`.
 pub fn top_by(values: &[f32], cats: &[u8], cat: u8, k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..values.len()).filter(|&i| cats[i] == cat && values[i].is_finite()).collect();
-    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
-    idx.truncate(k);
-    idx
+    // One pass keeping the best k (sorted): no per-token allocation.
+    let better = |a: usize, b: usize| values[a].total_cmp(&values[b]).then(b.cmp(&a)).is_gt();
+    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return best;
+    }
+    for i in 0..values.len() {
+        if cats[i] != cat || !values[i].is_finite() {
+            continue;
+        }
+        if best.len() == k && !better(i, best[k - 1]) {
+            continue;
+        }
+        let at = best.partition_point(|&j| better(j, i));
+        best.insert(at, i);
+        best.truncate(k);
+    }
+    best
 }
 
 /// Linear-interpolated quantile of sorted values (q in [0, 1]).
@@ -524,6 +555,27 @@ mod tests {
         assert_eq!(top_by(&v, &c, 3, 10), vec![1, 3, 2, 0]);
         assert_eq!(top_by(&v, &c, 0, 3), vec![5]);
         assert!(top_by(&v, &c, 1, 3).is_empty());
+    }
+
+    #[test]
+    fn top_by_equals_a_full_sort_with_ties() {
+        // Values from a small set (many ties), categories mixed.
+        let mut x = 12345u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let v: Vec<f32> = (0..5000).map(|_| (next() % 37) as f32 / 7.0).collect();
+        let c: Vec<u8> = (0..5000).map(|_| (next() % 4) as u8).collect();
+        for cat in 0..4u8 {
+            let mut want: Vec<usize> = (0..v.len()).filter(|&i| c[i] == cat).collect();
+            want.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+            for k in [0, 1, 5, 50, 5000] {
+                assert_eq!(top_by(&v, &c, cat, k), want[..k.min(want.len())].to_vec(), "cat {cat} k {k}");
+            }
+        }
     }
 
     #[test]

@@ -65,20 +65,40 @@ struct Traj {
 fn read_traj(study: &Path) -> Result<Traj> {
     let p = dynamics::trajectories_path(study);
     let hint = format!("run `rho categorize --study {}` first", study.display());
-    let df = data::scan(&p, &["seq", "pos", "token_id", "category", "delta", "last_loss", "residual_std"], None, &hint)?;
+    // One column at a time: memory holds the plain vectors, never a DataFrame of them too.
+    let one = |name: &str| data::scan(&p, &[name], None, &hint);
     let t = Traj {
-        seq: data::u32s(&df, "seq", &p)?,
-        pos: data::u32s(&df, "pos", &p)?,
-        token_id: data::u32s(&df, "token_id", &p)?,
-        cat: data::categories(&df, &p)?,
-        delta: data::f32s(&df, "delta", &p)?,
-        last_loss: data::f32s(&df, "last_loss", &p)?,
-        residual_std: data::f32s(&df, "residual_std", &p)?,
+        seq: data::u32s(&one("seq")?, "seq", &p)?,
+        pos: data::u32s(&one("pos")?, "pos", &p)?,
+        token_id: data::u32s(&one("token_id")?, "token_id", &p)?,
+        cat: categories_in_blocks(&p, &hint)?,
+        delta: data::f32s(&one("delta")?, "delta", &p)?,
+        last_loss: data::f32s(&one("last_loss")?, "last_loss", &p)?,
+        residual_std: data::f32s(&one("residual_std")?, "residual_std", &p)?,
     };
     if t.seq.is_empty() {
         return Err(Error::file(&p, "has no rows: nothing to report"));
     }
     Ok(t)
+}
+
+/// The `category` column as one byte per token, read in blocks: a whole string
+/// column would take ~20 bytes per token while it is converted.
+fn categories_in_blocks(p: &Path, hint: &str) -> Result<Vec<u8>> {
+    if !p.exists() {
+        return Err(Error::file(p, format!("missing: {hint}")));
+    }
+    let s = p.to_str().ok_or_else(|| Error::file(p, "path is not UTF-8"))?;
+    let scan = || LazyFrame::scan_parquet(PlPath::new(s), ScanArgsParquet::default()).with_path(p);
+    let n = scan()?.select([len().alias("n")]).collect().with_path(p)?;
+    let n = n.column("n").with_path(p)?.get(0).with_path(p)?.extract::<u64>().unwrap_or(0) as usize;
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(dynamics::BLOCK_ROWS) {
+        let len = dynamics::BLOCK_ROWS.min(n - start);
+        let df = scan()?.slice(start as i64, len as IdxSize).select([col("category")]).collect().with_path(p)?;
+        out.extend(data::categories(&df, p)?);
+    }
+    Ok(out)
 }
 
 /// Write the report of `study` into `out` (default `<study>/report`).
@@ -140,22 +160,39 @@ pub fn run_report(study: &Path, out: Option<&Path>) -> Result<ReportSummary> {
     let mut means: Vec<data::CategoryMean> = Vec::new();
     let mut picked: Vec<Vec<f64>> = vec![Vec::new(); top_ll.len() + top_hh.len()];
     for (name, _) in &ckpts {
-        let files = manifest.entry(study, name)?.loss_files(study);
-        let p = if files.len() == 1 { files[0].clone() } else { crate::eval::study::shard_dir(study, name) };
-        let df = crate::eval::study::read_losses(&files, &["seq", "pos", "loss"])?;
-        let (s, q) = (data::u32s(&df, "seq", &p)?, data::u32s(&df, "pos", &p)?);
-        if s.len() != n || s != traj.seq || q != traj.pos {
+        // In blocks, so that memory holds one block of a checkpoint, not its whole columns.
+        let src = dynamics::LossSource::new(study, manifest.entry(study, name)?)?;
+        if src.n_rows() != n {
             return Err(Error::file(
-                &p,
-                format!("does not line up with {} (other rows or order): run `rho categorize` again", dynamics::trajectories_path(study).display()),
+                &src.label,
+                format!("has {} rows, {} has {n}: run `rho categorize` again", src.n_rows(), dynamics::trajectories_path(study).display()),
             ));
         }
-        drop((s, q));
-        let loss = data::f32s(&df, "loss", &p)?;
-        drop(df);
-        means.push(data::category_means(&traj.cat, &loss));
-        for (j, &row) in top_ll.iter().chain(&top_hh).enumerate() {
-            picked[j].push(loss[row] as f64);
+        let mut sums = data::CategorySums::default();
+        let mut mine: Vec<f64> = vec![f64::NAN; picked.len()];
+        for start in (0..n).step_by(dynamics::BLOCK_ROWS) {
+            let len = dynamics::BLOCK_ROWS.min(n - start);
+            let (df, p) = src.block(start, len, &["seq", "pos", "loss"])?;
+            let (s, q) = (data::u32s(&df, "seq", &p)?, data::u32s(&df, "pos", &p)?);
+            if s != traj.seq[start..start + len] || q != traj.pos[start..start + len] {
+                return Err(Error::file(
+                    &p,
+                    format!("does not line up with {} (other rows or order): run `rho categorize` again", dynamics::trajectories_path(study).display()),
+                ));
+            }
+            drop((s, q));
+            let loss = data::f32s(&df, "loss", &p)?;
+            drop(df);
+            sums.add(&traj.cat[start..start + len], &loss);
+            for (j, &row) in top_ll.iter().chain(&top_hh).enumerate() {
+                if (start..start + len).contains(&row) {
+                    mine[j] = loss[row - start] as f64;
+                }
+            }
+        }
+        means.push(sums.means());
+        for (j, v) in mine.into_iter().enumerate() {
+            picked[j].push(v);
         }
     }
     let f = CHARTS[1];
