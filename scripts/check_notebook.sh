@@ -6,8 +6,8 @@
 #   NB_VENV=/tmp/nbvenv scripts/check_notebook.sh
 #   RHO=target/release/rho scripts/check_notebook.sh   # use an already built binary
 #
-# The study: `rho eval` of the fixture Llama series (3 checkpoints) on the fixture
-# validation set, then `rho categorize`; no training runs, so the notebook's
+# The study: `rho eval` of the fixture Llama series (3 checkpoints: two whole, the
+# last in 2 shards) on the fixture validation set, then `rho categorize`; no training runs, so the notebook's
 # runs/ cell takes its "no runs" branch. Also checks that the committed
 # notebooks-export/*.ipynb are valid nbformat 4.
 set -euo pipefail
@@ -36,7 +36,12 @@ fi
 
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-"$RHO" eval --quiet --checkpoints fixtures/llama --data fixtures/data/val.jsonl --study "$T/study"
+# Two checkpoints evaluated whole, the third in 2 shards: the notebook reads both layouts.
+"$RHO" eval --quiet --checkpoints fixtures/llama/step-0 fixtures/llama/step-100 --data fixtures/data/val.jsonl --study "$T/study"
+for i in 0 1; do
+    "$RHO" eval --quiet --checkpoints fixtures/llama --data fixtures/data/val.jsonl --study "$T/study" --shard "$i/2"
+done
+test -f "$T/study/losses/checkpoint=step-200/part-1-of-2.parquet"
 "$RHO" categorize --study "$T/study" >/dev/null
 "$RHO" export notebook --study "$T/study" --out "$T/check.ipynb"
 

@@ -201,6 +201,10 @@ traj = traj.merge(tokens[["seq", "pos", "doc", "text", "start", "end"]], on=["se
 # `rho categorize --checkpoints`), in order, and their training steps.
 CKPTS = summary["checkpoints"]
 step_of = {c["name"]: c["step"] for c in manifest["checkpoints"]}
+# Checkpoints evaluated in shards (`rho eval --shard I/N`) are listed by their part records.
+for rec in sorted((STUDY / "losses").glob("checkpoint=*/part-*.json")):
+    r = json.loads(rec.read_text())
+    step_of.setdefault(r["name"], r["step"])
 steps = np.array([step_of[name] for name in CKPTS])
 def read_losses(name, columns):
     """One checkpoint's losses: losses/<name>.parquet, or the parts of a sharded
