@@ -113,6 +113,8 @@ fn three_shards_equal_one_process_and_every_reader_reads_them() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
     assert_eq!(categories(&whole), categories(&sharded));
+    let (_, text, _) = status(&sharded);
+    assert!(text.contains("categorized: yes, over all 3 checkpoints"), "{text}");
     let out = rho(&["report", "--study", sharded.to_str().unwrap(), "--quiet"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(sharded.join("report/index.html").exists());
@@ -144,6 +146,14 @@ fn three_shards_equal_one_process_and_every_reader_reads_them() {
     assert!(msg.contains("0 evaluated, 3 skipped"), "{msg}");
     assert_eq!(std::fs::metadata(&part).unwrap().modified().unwrap(), mtime);
     assert_eq!(std::fs::read(&part).unwrap(), before);
+
+    // Categories over a subset are reported as such.
+    let out = rho(&["categorize", "--study", sharded.to_str().unwrap(), "--checkpoints", "checkpoint-10,checkpoint-30"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, text, json) = status(&sharded);
+    assert_eq!(code, 0);
+    assert!(text.contains("over 2 checkpoints, not the 3 complete now"), "{text}");
+    assert_eq!(json["categorized_over"], serde_json::json!(["checkpoint-10", "checkpoint-30"]));
 
     // A whole-study run over a complete sharded study skips every checkpoint too.
     let mut c = Command::new(env!("CARGO_BIN_EXE_rho"));

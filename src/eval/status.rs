@@ -34,6 +34,9 @@ pub struct StudyStatus {
     pub study: String,
     pub tokens: bool,
     pub categorized: bool,
+    /// The checkpoints `rho categorize` last used (categories.json), when categorized.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub categorized_over: Vec<String>,
     pub checkpoints: Vec<CheckpointStatus>,
     /// Every checkpoint complete (and at least one).
     pub complete: bool,
@@ -84,10 +87,16 @@ pub fn study_status(study: &Path) -> Result<StudyStatus> {
     missing.sort();
     missing.dedup();
     let complete = !cks.is_empty() && cks.iter().all(|c| c.state == "whole" || c.state == "sharded");
+    let categorized_over = std::fs::read(crate::dynamics::categories_path(study))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::dynamics::CategorizeSummary>(&b).ok())
+        .map(|s| s.checkpoints)
+        .unwrap_or_default();
     Ok(StudyStatus {
         study: study.display().to_string(),
         tokens: study.join(TOKENS).exists(),
         categorized: study.join(TRAJECTORIES).exists(),
+        categorized_over,
         checkpoints: cks,
         complete,
         missing_shards: missing,
@@ -134,7 +143,19 @@ pub fn render(s: &StudyStatus) -> String {
         "{done} of {} checkpoints complete; tokens.parquet {}; categorized: {}\n",
         s.checkpoints.len(),
         if s.tokens { "present" } else { "missing" },
-        if s.categorized { "yes" } else { "no" }
+        match (s.categorized, s.categorized_over.len()) {
+            (false, _) => "no".to_string(),
+            (true, 0) => "yes".to_string(),
+            (true, k) => {
+                let done: Vec<&str> =
+                    s.checkpoints.iter().filter(|c| c.state == "whole" || c.state == "sharded").map(|c| c.name.as_str()).collect();
+                if s.categorized_over.iter().map(String::as_str).eq(done.iter().copied()) {
+                    format!("yes, over all {k} checkpoints")
+                } else {
+                    format!("over {k} checkpoints, not the {} complete now (run `rho categorize` again to include them)", done.len())
+                }
+            }
+        }
     );
     if !s.missing_shards.is_empty() {
         let r = ranges(&s.missing_shards);
