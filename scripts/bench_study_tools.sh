@@ -22,16 +22,7 @@ fi
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
-run() { # name, command...
-  local name=$1; shift
-  local load; load=$(cut -d' ' -f1 /proc/loadavg)
-  local rc=0
-  /usr/bin/time -v -o "$OUT/time" "$@" >"$OUT/stdout" 2>"$OUT/stderr" || rc=$?
-  local wall rss
-  wall=$(awk -F': ' '/Elapsed \(wall clock\)/{n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$OUT/time")
-  rss=$(awk -F': ' '/Maximum resident set size/{printf "%.0f", $2/1024}' "$OUT/time")
-  printf '%-28s rc=%d  wall %6.2f s  max RSS %5d MiB  load %s\n' "$name" "$rc" "$wall" "$rss" "$load"
-}
+source scripts/timed.sh
 
 for r in $(seq "$ROUNDS"); do
   echo "--- round $r"
