@@ -379,3 +379,29 @@ fn e2e_tmux_script() {
         .unwrap();
     assert!(o.status.success(), "tui_e2e.sh failed:\n{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }
+
+/// A study still being evaluated in shards opens with its complete checkpoints; the
+/// incomplete one is listed with its parts, and the problem is shown on the frame.
+#[test]
+fn incomplete_sharded_study_opens_with_what_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("s");
+    let eval = |cks: Vec<PathBuf>, shard: Option<rho::eval::Shard>| {
+        rho::eval::run_eval(&rho::eval::EvalOptions { quiet: true, shard, ..rho::eval::EvalOptions::new(cks, val_data(), study.clone()) })
+            .unwrap();
+    };
+    eval(vec![fixtures().join("llama/step-0"), fixtures().join("llama/step-100")], None);
+    eval(vec![fixtures().join("llama")], Some(rho::eval::Shard { index: 0, count: 2 }));
+    let st = Study::open(&study).unwrap();
+    assert_eq!(st.checkpoints().iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["step-0", "step-100"]);
+    assert_eq!(st.incomplete, vec![("step-200".to_string(), 200, "1/2 parts".to_string())]);
+    assert!(st.warnings.iter().any(|w| w.contains("missing shards 1")), "{:?}", st.warnings);
+    let (tx, rx) = mpsc::channel();
+    std::mem::forget(rx);
+    let mut app = App::new(st, tx);
+    app.spawn = false;
+    let screen = render(&mut app, 120, 30);
+    assert!(screen.contains("step-200") && screen.contains("1/2 parts"), "{screen}");
+    assert!(screen.contains("⚠ incomplete: checkpoint `step-200`"), "{screen}");
+    assert_eq!(screen.matches("step-200").count(), 2, "listed once (plus the warning), not also as new: {screen}");
+}

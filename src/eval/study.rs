@@ -216,7 +216,19 @@ impl Manifest {
     /// evaluated in shards whose parts are all present. A missing manifest, or a
     /// sharded checkpoint with parts missing, is an error naming what is missing.
     pub fn load(study: &Path) -> Result<Manifest> {
+        let (m, incomplete) = Self::load_partial(study)?;
+        match incomplete.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(m),
+        }
+    }
+
+    /// Like [`Manifest::load`], but an incomplete sharded checkpoint is left out
+    /// instead of refused: the manifest of what is complete, and one error per
+    /// incomplete checkpoint (for a viewer that shows a study while it is evaluated).
+    pub fn load_partial(study: &Path) -> Result<(Manifest, Vec<Error>)> {
         let mut m = Self::load_file(study)?;
+        let mut incomplete = Vec::new();
         for sc in scan_sharded(study, &m.fingerprint)? {
             if m.checkpoints.iter().any(|c| c.name == sc.name && c.shards.is_none()) {
                 continue; // evaluated whole as well: the whole file is used
@@ -226,17 +238,15 @@ impl Manifest {
                     m.checkpoints.retain(|c| c.name != e.name);
                     m.checkpoints.push(e);
                 }
-                None if sc.shards == 0 => {
-                    return Err(Error::file(
-                        shard_dir(study, &sc.name),
-                        format!(
-                            "incomplete: checkpoint `{}` has no finished part yet (a shard is running, or was \
-                             stopped before its first part); `rho status --study {}` lists what is missing",
-                            sc.name,
-                            study.display()
-                        ),
-                    ));
-                }
+                None if sc.shards == 0 => incomplete.push(Error::file(
+                    shard_dir(study, &sc.name),
+                    format!(
+                        "incomplete: checkpoint `{}` has no finished part yet (a shard is running, or was \
+                         stopped before its first part); `rho status --study {}` lists what is missing",
+                        sc.name,
+                        study.display()
+                    ),
+                )),
                 None => {
                     let list = |v: &[u32]| v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
                     let stale = if sc.stale.is_empty() {
@@ -244,7 +254,7 @@ impl Manifest {
                     } else {
                         format!(" (parts {} were written with other data or settings)", list(&sc.stale))
                     };
-                    return Err(Error::file(
+                    incomplete.push(Error::file(
                         shard_dir(study, &sc.name),
                         format!(
                             "incomplete: checkpoint `{}` has {} of {} parts; missing shards {}{stale}. \
@@ -263,7 +273,7 @@ impl Manifest {
             }
         }
         m.sort();
-        Ok(m)
+        Ok((m, incomplete))
     }
 
     /// `<study>/study.json` alone, as written (the checkpoints evaluated whole).

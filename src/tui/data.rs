@@ -81,6 +81,8 @@ pub struct Study {
     pub cat_means: Option<Vec<[Option<f64>; 4]>>,
     /// Problems met while reading (shown, never fatal).
     pub warnings: Vec<String>,
+    /// Checkpoints being evaluated in shards, not complete yet: (name, step, "k/N parts").
+    pub incomplete: Vec<(String, i64, String)>,
 }
 
 fn seq_starts(seq: &[u32]) -> (Vec<usize>, Vec<u32>) {
@@ -102,7 +104,27 @@ impl Study {
     pub fn open(root: &Path) -> Result<Study> {
         let mut s = Study { root: root.to_path_buf(), ..Default::default() };
         if Manifest::path(root).exists() {
-            s.manifest = Some(Manifest::load(root)?);
+            // A study still being evaluated in shards opens with its complete checkpoints.
+            let (m, incomplete) = Manifest::load_partial(root)?;
+            s.manifest = Some(m);
+            if !incomplete.is_empty() {
+                if let Ok(st) = crate::eval::status::study_status(root) {
+                    s.incomplete = st
+                        .checkpoints
+                        .iter()
+                        .filter(|c| c.state == "incomplete")
+                        .map(|c| {
+                            let n = c.shards.unwrap_or(0);
+                            (c.name.clone(), c.step, format!("{}/{n} parts", n as usize - c.missing_shards.len().min(n as usize)))
+                        })
+                        .collect();
+                }
+                // Short, so that the frame shows the point; `rho status` has the rest.
+                s.warnings.extend(incomplete.iter().map(|e| match e {
+                    Error::File { msg, .. } => format!("{} (left out until complete; see `rho status`)", msg.split(". ").next().unwrap_or(msg)),
+                    other => other.to_string(),
+                }));
+            }
         }
         let cat_path = crate::dynamics::categories_path(root);
         if cat_path.exists() {
@@ -171,7 +193,8 @@ impl Study {
     /// study does not hold yet (new checkpoints of the series).
     fn find_new_checkpoints(&self) -> Vec<PathBuf> {
         let ck = self.checkpoints();
-        let known: std::collections::HashSet<&str> = ck.iter().map(|c| c.name.as_str()).collect();
+        let known: std::collections::HashSet<&str> =
+            ck.iter().map(|c| c.name.as_str()).chain(self.incomplete.iter().map(|c| c.0.as_str())).collect();
         let mut parents: Vec<PathBuf> = ck.iter().filter_map(|c| c.path.parent().map(|p| p.to_path_buf())).collect();
         parents.sort();
         parents.dedup();
@@ -295,7 +318,7 @@ pub fn read_chunk(root: &Path, names: &[String], n_rows: usize, k: usize) -> (Ch
             c.texts = vec!["?".into(); len];
         }
     }
-    let manifest = Manifest::load(root);
+    let manifest = Manifest::load_partial(root).map(|x| x.0);
     for name in names {
         let files = match manifest.as_ref().map_err(|e| e.to_string()).and_then(|m| m.entry(root, name).map(|e| e.loss_files(root)).map_err(|e| e.to_string())) {
             Ok(f) => f,
@@ -345,7 +368,7 @@ fn read_losses_slice(files: &[PathBuf], start: usize, len: usize) -> Result<Vec<
 /// file's `loss` column once; run in the background).
 pub fn category_means(root: &Path, names: &[String], cats: &[u8]) -> Result<Vec<[Option<f64>; 4]>> {
     let mut out = Vec::new();
-    let manifest = Manifest::load(root)?;
+    let manifest = Manifest::load_partial(root)?.0;
     for name in names {
         let files = manifest.entry(root, name)?.loss_files(root);
         let p = files[0].clone();

@@ -162,6 +162,14 @@ fn draw_overview(f: &mut Frame, app: &App, area: Rect) {
             ])
         })
         .collect();
+    for (name, step, parts) in &s.incomplete {
+        rows.push(Row::new(vec![
+            Cell::from(name.clone()),
+            Cell::from(format!("{step:>6}")),
+            Cell::from("      –"),
+            Cell::from(Span::styled(parts.clone(), Style::default().fg(Color::Yellow))),
+        ]));
+    }
     let eval_job = app.jobs.iter().rev().find(|j| j.kind == JobKind::Eval { target: "study".into() } && j.status == JobStatus::Running);
     for (i, p) in s.new_checkpoints.iter().enumerate() {
         let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
@@ -183,6 +191,17 @@ fn draw_overview(f: &mut Frame, app: &App, area: Rect) {
     let mut b = block(title);
     if n_rows_all > visible {
         b = b.title_bottom(Line::from(format!(" rows {}-{} of {n_rows_all} ↑↓ ", first + 1, first + rows.len())).right_aligned());
+    }
+    if let Some(w) = s.warnings.last() {
+        // The latest problem met while reading, on the frame (never fatal).
+        let scroll_title = if n_rows_all > visible { 24 } else { 0 };
+        let room = (ck_area.width as usize).saturating_sub(12 + scroll_title).max(8);
+        let mut text: String = w.chars().take(room).collect();
+        if w.chars().count() > room {
+            text.push('…');
+        }
+        let more = if s.warnings.len() > 1 { format!(" (+{})", s.warnings.len() - 1) } else { String::new() };
+        b = b.title_bottom(Line::from(Span::styled(format!(" ⚠ {text}{more} "), Style::default().fg(Color::Yellow))).left_aligned());
     }
     let t = Table::new(rows, [Constraint::Min(8), Constraint::Length(6), Constraint::Length(7), Constraint::Length(9)])
         .header(Row::new(vec!["name", "  step", "   loss", "status"]).style(bold()))
