@@ -290,3 +290,25 @@ fn sigkill_during_a_shard_then_rerun_loses_nothing() {
     assert_eq!(code, 0, "{text}");
     assert_same_study(&clean, &study);
 }
+
+/// Packed windows and a token limit shard the same way (units are windows).
+#[test]
+fn packed_and_limited_studies_shard_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let series = fixtures().join("llama");
+    for extra in [&["--pack", "--context", "32"][..], &["--max-tokens", "300", "--context", "16"][..]] {
+        let tag = extra.join("");
+        let whole = dir.path().join(format!("whole{tag}"));
+        let sharded = dir.path().join(format!("sharded{tag}"));
+        ok(eval_cmd(&series, &val_data(), &whole, extra));
+        for i in 0..4 {
+            let mut a = extra.to_vec();
+            let sh = format!("{i}/4");
+            a.extend(["--shard", sh.as_str()]);
+            ok(eval_cmd(&series, &val_data(), &sharded, &a));
+        }
+        let (code, text, _) = status(&sharded);
+        assert_eq!(code, 0, "{tag}: {text}");
+        assert_same_study(&whole, &sharded);
+    }
+}
