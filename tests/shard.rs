@@ -81,6 +81,13 @@ fn three_shards_equal_one_process_and_every_reader_reads_them() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("missing shards 1"), "{}", stderr(&out));
     assert!(!sharded.join("trajectories.parquet").exists());
+    for cmd in [&["report", "--study"][..], &["audit", "--study"][..], &["export", "notebook", "--study"][..]] {
+        let mut a = cmd.to_vec();
+        a.push(sharded.to_str().unwrap());
+        let out = rho(&a);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}");
+        assert!(stderr(&out).contains("missing shards 1"), "{cmd:?}: {}", stderr(&out));
+    }
 
     ok(eval_cmd(&series, &val_data(), &sharded, &["--shard", "1/3"]));
     let (code, text, json) = status(&sharded);

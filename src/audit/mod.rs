@@ -157,6 +157,10 @@ fn scan(path: &Path) -> Result<LazyFrame> {
 /// Audit a study: shares from `categories.json`, tokens from `trajectories.parquet`
 /// and `tokens.parquet`.
 pub fn audit_study(study: &Path, opts: &AuditOptions) -> Result<AuditReport> {
+    // A study evaluated in shards is audited only when every part is there.
+    if crate::eval::study::Manifest::path(study).exists() {
+        crate::eval::study::Manifest::load(study)?;
+    }
     let cpath = categories_path(study);
     if !cpath.exists() {
         return Err(Error::file(&cpath, "missing: run `rho categorize` first"));
