@@ -105,7 +105,11 @@ pub fn split_plain(text: &str) -> Vec<String> {
 }
 
 fn read_parquet_docs(path: &Path, field: &str) -> Result<Vec<String>> {
-    let df = crate::util::read_parquet(path)?;
+    // polars panics on some malformed files (e.g. out-of-range slices in
+    // polars-io's page reader): an error naming the file. Nothing outlives the call.
+    let df = std::panic::catch_unwind(|| crate::util::read_parquet(path)).map_err(|p| {
+        Error::file(path, format!("not a valid parquet file (corrupt or truncated?): {}", super::panic_message(&*p)))
+    })??;
     let mut out: Vec<String> = vec![String::new(); df.height()];
     for (k, f) in field.split('+').enumerate() {
         let col = df.column(f).map_err(|_| {

@@ -28,25 +28,35 @@ impl Tok {
                 Error::io(path, e)
             }
         })?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+        // Malformed JSON is reported here, with its line and column: tokenizers 0.22
+        // panics on it inside some values (`expect("Helper")` on a `decoder`).
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+            .map_err(|e| Error::file(path, format!("cannot load tokenizer: invalid JSON: {e}")))?;
+        // Well-formed JSON can still reach a panic in the tokenizers crate (e.g. a
+        // `Precompiled` normalizer without a valid `precompiled_charsmap`): a bad file,
+        // so an error naming it. Nothing outlives the call, so unwinding is safe.
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(|p| Error::file(path, format!("cannot load tokenizer: {}", panic_text(&*p))))?
             .map_err(|e| Error::file(path, format!("cannot load tokenizer: {e}")))?;
         Ok(Tok { inner, path: path.to_path_buf(), fingerprint: crate::util::sha256_hex(&bytes) })
     }
 
     /// Encode one document; the tokenizer's post-processor may add special tokens (BOS).
     pub fn encode(&self, text: &str) -> Result<Encoded> {
-        let enc = self
-            .inner
-            .encode(text, true)
+        // A tokenizer.json can load and still make every encode panic inside the
+        // tokenizers crate (e.g. a TemplateProcessing naming a special token it does
+        // not define): an error naming the file.
+        let enc = std::panic::catch_unwind(|| self.inner.encode(text, true))
+            .map_err(|p| Error::file(&self.path, format!("cannot encode text: {}", panic_text(&*p))))?
             .map_err(|e| Error::file(&self.path, format!("cannot encode text: {e}")))?;
         Ok(Encoded { ids: enc.get_ids().to_vec(), offsets: enc.get_offsets().to_vec() })
     }
 
     /// Encode many documents (in parallel inside the tokenizers crate).
     pub fn encode_all(&self, docs: &[String]) -> Result<Vec<Encoded>> {
-        let encs = self
-            .inner
-            .encode_batch(docs.iter().map(|d| d.as_str()).collect::<Vec<_>>(), true)
+        let batch = docs.iter().map(|d| d.as_str()).collect::<Vec<_>>();
+        let encs = std::panic::catch_unwind(|| self.inner.encode_batch(batch, true))
+            .map_err(|p| Error::file(&self.path, format!("cannot encode text: {}", panic_text(&*p))))?
             .map_err(|e| Error::file(&self.path, format!("cannot encode text: {e}")))?;
         Ok(encs
             .into_iter()
@@ -77,3 +87,7 @@ impl Tok {
     }
 }
 
+/// The message of a caught panic.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    format!("the tokenizers crate failed on this file ({})", super::panic_message(p))
+}

@@ -496,4 +496,24 @@ mod tests {
         .to_string();
         assert!(e.contains("unsupported rope type `yarn`"), "{e}");
     }
+
+    #[test]
+    fn absurd_sizes_are_refused_not_overflowed() {
+        // 4 * n_embd would overflow; a huge head_dim would size the RoPE table.
+        let e = parse(r#"{"model_type":"gpt2","vocab_size":5,"n_embd":4611686018427387904,"n_head":1,
+            "n_layer":1,"n_positions":4}"#)
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`n_embd`") && e.contains("implausibly large"), "{e}");
+        let e = parse(r#"{"model_type":"llama","vocab_size":10,"hidden_size":64,"num_attention_heads":4,
+            "num_hidden_layers":1,"intermediate_size":8,"head_dim":1073741824}"#)
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`head_dim`") && e.contains("implausibly large"), "{e}");
+        // Token ids past u32 are dropped, not truncated.
+        let c = parse(r#"{"model_type":"gpt2","vocab_size":5,"n_embd":8,"n_head":2,"n_layer":1,"n_positions":4,
+            "eos_token_id":4294967298}"#)
+        .unwrap();
+        assert_eq!(c.eos_token_id, None);
+    }
 }

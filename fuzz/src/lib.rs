@@ -1,0 +1,272 @@
+//! The fuzz harness: bytes -> our loaders, through the same public API the
+//! binary uses (the loaders take paths, so the bytes are written to a file first).
+//!
+//! Shared by the fuzz targets in `fuzz_targets/` and by the root crate's
+//! `tests/fuzz_regressions.rs` (which includes this file with `#[path]`), so a
+//! regression input is replayed through exactly the code that found it.
+//!
+//! Every function returns `Ok(())` when the loader accepted the input and
+//! `Err(message)` when it refused it. The property checked is: no panic, no
+//! abort, no unbounded allocation, and every refusal names the file.
+#![allow(dead_code)]
+
+use candle_core::{DType, Device, Shape};
+use candle_nn::var_builder::SimpleBackend;
+use rho::data::{read_documents, Tok};
+use rho::model::{weights::weight_files, Checkpoint, Weights};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Replace libFuzzer's panic hook (which aborts at once) by one that only prints:
+/// a panic that our library catches and turns into an error (third-party crates
+/// that panic on bad files) is then not a crash, while one that escapes the
+/// loader still is (it reaches libfuzzer-sys' `extern "C"` entry point, which aborts).
+pub fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}"))));
+}
+
+/// A scratch folder for one target, fixed per process (`$TMPDIR/rho-fuzz-<pid>/<target>`).
+pub fn scratch(target: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rho-fuzz-{}", std::process::id())).join(target);
+    std::fs::create_dir_all(&d).expect("cannot create the scratch folder");
+    d
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap_or_else(|e| panic!("harness: cannot write {}: {e}", path.display()));
+}
+
+/// The loader refused the input: its message must name `path` (the file, or the
+/// folder the file is in, for errors about a checkpoint folder's files).
+fn refused(msg: String, path: &Path) -> Result<(), String> {
+    let p = path.display().to_string();
+    assert!(msg.contains(&p), "error does not name {p}: {msg}");
+    Err(msg)
+}
+
+/// Bytes of a safetensors file holding `(name, dtype, shape, data)` tensors, in order.
+pub fn safetensors_bytes(tensors: &[(&str, &str, &[usize], &[u8])]) -> Vec<u8> {
+    let mut header = String::from("{");
+    let mut off = 0usize;
+    for (i, (name, dtype, shape, data)) in tensors.iter().enumerate() {
+        if i > 0 {
+            header.push(',');
+        }
+        let shape: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        header.push_str(&format!(
+            "\"{name}\":{{\"dtype\":\"{dtype}\",\"shape\":[{}],\"data_offsets\":[{off},{}]}}",
+            shape.join(","),
+            off + data.len()
+        ));
+        off += data.len();
+    }
+    header.push('}');
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    for (_, _, _, data) in tensors {
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+/// `config.json` in a checkpoint folder, read by `Checkpoint::open`.
+pub fn config_json(dir: &Path, data: &[u8]) -> Result<(), String> {
+    let ck = dir.join("ckpt");
+    std::fs::create_dir_all(&ck).unwrap();
+    let p = ck.join("config.json");
+    write(&p, data);
+    match Checkpoint::open(&ck) {
+        Ok(c) => {
+            let _ = c.config.context_len();
+            let inv = c.config.inv_freq();
+            assert_eq!(inv.len(), c.config.rotary_dim / 2);
+            assert!(c.config.num_heads > 0 && c.config.head_dim > 0 && c.config.num_kv_heads > 0);
+            Ok(())
+        }
+        Err(e) => refused(e.to_string(), &p),
+    }
+}
+
+/// `model.safetensors` in a checkpoint folder: `Weights::open` (header and
+/// metadata), then every tensor loaded by name in each dtype we convert to, and
+/// through the `VarBuilder` backend with its own shape, a wrong shape and a missing name.
+pub fn safetensors_header(dir: &Path, data: &[u8]) -> Result<(), String> {
+    let ck = dir.join("ckpt");
+    std::fs::create_dir_all(&ck).unwrap();
+    let p = ck.join("model.safetensors");
+    write(&p, data);
+    let w = match Weights::open(&ck) {
+        Ok(w) => w,
+        Err(e) => return refused(e.to_string(), &p),
+    };
+    assert_eq!(w.main_file(), p.as_path());
+    let mut names: Vec<String> = w.names().map(String::from).collect();
+    names.sort();
+    let dev = Device::Cpu;
+    let mut first_err: Option<String> = None;
+    for n in &names {
+        assert!(w.contains(n));
+        assert_eq!(w.file_of(n), Some(p.as_path()));
+        let mut dims = None;
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            match w.load(n, dt, &dev) {
+                Ok(t) => {
+                    assert_eq!(t.dtype(), dt);
+                    dims = Some(t.dims().to_vec());
+                }
+                Err(e) => {
+                    let m = e.to_string();
+                    assert!(m.contains(&p.display().to_string()), "error does not name the file: {m}");
+                    first_err.get_or_insert(m);
+                }
+            }
+        }
+        if let Some(d) = dims {
+            let t = w
+                .get(Shape::from(d.clone()), n, candle_nn::Init::Const(0.), DType::F32, &dev)
+                .expect("a tensor that loads must load through the backend with its own shape");
+            assert_eq!(t.dims(), d.as_slice());
+            let wrong = if d == [1] { vec![2] } else { vec![1] };
+            let e = w.get(Shape::from(wrong), n, candle_nn::Init::Const(0.), DType::F32, &dev);
+            assert!(e.is_err(), "a wrong shape must be refused");
+        }
+        let _ = w.get_unchecked(n, DType::F32, &dev);
+    }
+    let e = w.get(Shape::from(vec![1]), "\u{0}no such tensor", candle_nn::Init::Const(0.), DType::F32, &dev);
+    assert!(e.is_err());
+    match first_err {
+        None => Ok(()),
+        Some(m) => Err(m),
+    }
+}
+
+/// The two valid shards that `safetensors_index` inputs may point to.
+pub const SHARDS: [&str; 2] = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+
+fn shard_bytes(i: usize) -> Vec<u8> {
+    let f32s: Vec<u8> = [1.0f32, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+    if i == 0 {
+        safetensors_bytes(&[("a.weight", "F32", &[2], &f32s), ("b.weight", "F16", &[2, 1], &[0, 60, 0, 188])])
+    } else {
+        safetensors_bytes(&[("c.weight", "BF16", &[3], &[128, 63, 0, 64, 0, 0]), ("d.bias", "F32", &[1, 2], &f32s)])
+    }
+}
+
+/// `model.safetensors.index.json` beside two valid shards: `weight_files` and
+/// `Weights::open`, then every tensor loaded (the shards are valid, so loads must work).
+pub fn safetensors_index(dir: &Path, data: &[u8]) -> Result<(), String> {
+    let ck = dir.join("ckpt");
+    std::fs::create_dir_all(&ck).unwrap();
+    for (i, s) in SHARDS.iter().enumerate() {
+        let p = ck.join(s);
+        if !p.exists() {
+            write(&p, &shard_bytes(i));
+        }
+    }
+    let idx = ck.join("model.safetensors.index.json");
+    write(&idx, data);
+    // Errors may name the index or a shard: both are inside the checkpoint folder.
+    if let Err(e) = weight_files(&ck) {
+        return refused(e.to_string(), &ck);
+    }
+    let w = match Weights::open(&ck) {
+        Ok(w) => w,
+        Err(e) => return refused(e.to_string(), &ck),
+    };
+    let names: Vec<String> = w.names().map(String::from).collect();
+    for n in &names {
+        let t = w.load(n, DType::F32, &Device::Cpu).expect("tensors of the valid shards must load");
+        assert!(t.elem_count() <= 3);
+    }
+    Ok(())
+}
+
+/// `tokenizer.json` read by `Tok::from_file`; a tokenizer that loads is then used
+/// as the scorer uses it: encode, encode a batch, token text, vocab size, EOS
+/// (`Err` if loading or any encode failed).
+pub fn tokenizer_json(dir: &Path, data: &[u8]) -> Result<(), String> {
+    let p = dir.join("tokenizer.json");
+    write(&p, data);
+    let t = match Tok::from_file(&p) {
+        Ok(t) => t,
+        Err(e) => return refused(e.to_string(), &p),
+    };
+    let docs: Vec<String> = ["", "Hello world", "The fox runs.\n\nünïcödé 🙂  x = 3", "<|endoftext|><s></s>a"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut first_err: Option<String> = None;
+    for d in &docs {
+        match t.encode(d) {
+            Ok(enc) => {
+                assert_eq!(enc.ids.len(), enc.offsets.len());
+                for &id in enc.ids.iter().take(32) {
+                    let _ = t.token_text(id);
+                }
+            }
+            Err(e) => {
+                let m = e.to_string();
+                assert!(m.contains(&p.display().to_string()), "error does not name the file: {m}");
+                first_err.get_or_insert(m);
+            }
+        }
+    }
+    if let Err(e) = t.encode_all(&docs) {
+        let m = e.to_string();
+        assert!(m.contains(&p.display().to_string()), "error does not name the file: {m}");
+        first_err.get_or_insert(m);
+    }
+    let v = t.vocab_size();
+    for id in 0..v.min(32) as u32 {
+        let _ = t.token_text(id);
+    }
+    let _ = t.token_text(v as u32);
+    let _ = t.token_text(u32::MAX);
+    let _ = t.eos_id(None);
+    let _ = t.eos_id(Some(7));
+    match first_err {
+        None => Ok(()),
+        Some(m) => Err(m),
+    }
+}
+
+/// The file names `data_reader` writes: the first input byte picks one (mod the
+/// count); `true` means the harness gzips the rest of the input first.
+pub const DATA_KINDS: [(&str, bool); 8] = [
+    ("docs.jsonl", false),
+    ("docs.jsonl.gz", true),
+    ("docs.jsonl.gz", false),
+    ("docs.txt", false),
+    ("docs.parquet", false),
+    ("docs.ndjson", false),
+    ("docs.txt.gz", true),
+    ("docs.json.gz", true),
+];
+
+/// `--text-field` values: the second input byte picks one (mod the count).
+pub const TEXT_FIELDS: [&str; 7] = ["text", "question+answer", "a+b", "", "+", "text+text", "text+"];
+
+/// A data file read by `read_documents`: byte 0 picks the format (file name),
+/// byte 1 the `--text-field`, the rest is the file's content.
+pub fn data_reader(dir: &Path, data: &[u8]) -> Result<(), String> {
+    let (kind, field, body) = match data {
+        [k, f, rest @ ..] => (DATA_KINDS[*k as usize % DATA_KINDS.len()], TEXT_FIELDS[*f as usize % TEXT_FIELDS.len()], rest),
+        _ => return Ok(()),
+    };
+    let p = dir.join(kind.0);
+    if kind.1 {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(body).unwrap();
+        write(&p, &gz.finish().unwrap());
+    } else {
+        write(&p, body);
+    }
+    match read_documents(&p, field) {
+        Ok(docs) => {
+            assert!(docs.iter().any(|d| !d.is_empty()), "an accepted data file holds a non-empty document");
+            Ok(())
+        }
+        Err(e) => refused(e.to_string(), &p),
+    }
+}
