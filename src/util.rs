@@ -53,6 +53,13 @@ pub fn write_parquet(path: &Path, df: &mut DataFrame) -> Result<()> {
     })
 }
 
+/// Rows of a lazy frame (of a Parquet scan: from the file metadata, no column is read).
+pub fn count_rows(lf: LazyFrame) -> PolarsResult<u64> {
+    let df = lf.select([len().alias("n")]).collect()?;
+    let c = df.column("n")?.cast(&DataType::UInt64)?;
+    Ok(c.u64()?.get(0).unwrap_or(0))
+}
+
 /// Read a whole Parquet file into memory.
 pub fn read_parquet(path: &Path) -> Result<DataFrame> {
     let f = std::fs::File::open(path).with_path(path)?;

@@ -128,8 +128,7 @@ fn three_shards_equal_one_process_and_every_reader_reads_them() {
     let out = rho(&["audit", "--study", sharded.to_str().unwrap(), "--format", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let st = rho::tui::data::Study::open(&sharded).unwrap();
-    let names: Vec<String> = st.manifest.as_ref().unwrap().checkpoints.iter().map(|c| c.name.clone()).collect();
-    let (chunk, warnings) = rho::tui::data::read_chunk(&sharded, &names, st.n_rows, 0);
+    let (chunk, warnings) = rho::tui::data::read_chunk(&sharded, st.checkpoints(), st.n_rows, 0);
     assert!(warnings.is_empty(), "{warnings:?}");
     let whole_losses = all_losses(&whole);
     for (k, l) in chunk.losses.iter().enumerate() {

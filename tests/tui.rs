@@ -46,9 +46,8 @@ fn open(name: &str) -> App {
 /// The full study with the category means computed (what the background job sends).
 fn full() -> App {
     let mut app = open("llama");
-    let names: Vec<String> = app.study.checkpoints().iter().map(|c| c.name.clone()).collect();
     let cats = app.study.traj.as_ref().unwrap().cat.clone();
-    let m = rho::tui::data::category_means(&app.study.root, &names, &cats).unwrap();
+    let m = rho::tui::data::category_means(&app.study.root, app.study.checkpoints(), &cats).unwrap();
     app.handle(Event::Job(JobMsg::Means(Ok(m))));
     app
 }

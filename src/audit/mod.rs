@@ -19,6 +19,7 @@ pub use schema::{
     SCHEMA_VERSION,
 };
 
+use crate::util::count_rows as count;
 use crate::dynamics::{categories_path, trajectories_path, CategorizeSummary, Category};
 use crate::error::{Error, Result, WithPath};
 use crate::eval::study::TOKENS;
@@ -239,11 +240,6 @@ pub fn build_report(
     }
 }
 
-fn count(lf: LazyFrame) -> PolarsResult<u64> {
-    let df = lf.select([len().alias("n")]).collect()?;
-    let c = df.column("n")?.cast(&DataType::UInt64)?;
-    Ok(c.u64()?.get(0).unwrap_or(0))
-}
 
 /// A boolean expression: `text` contains `pat` (literal substring). Written as a
 /// map over the column so it needs no regex support in polars.

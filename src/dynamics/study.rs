@@ -125,9 +125,7 @@ impl LossSource {
             if !f.exists() {
                 return Err(Error::file(f, "losses file missing (listed in the study): run `rho eval` again"));
             }
-            let df = scan_losses(std::slice::from_ref(f))?.select([len().alias("n")]).collect().with_path(f)?;
-            let n = df.column("n").with_path(f)?.get(0).with_path(f)?.extract::<u64>().unwrap_or(0);
-            rows.push(n as usize);
+            rows.push(crate::util::count_rows(scan_losses(std::slice::from_ref(f))?).with_path(f)? as usize);
         }
         Ok(LossSource { files, label, rows })
     }

@@ -90,8 +90,7 @@ fn categories_in_blocks(p: &Path, hint: &str) -> Result<Vec<u8>> {
     }
     let s = p.to_str().ok_or_else(|| Error::file(p, "path is not UTF-8"))?;
     let scan = || LazyFrame::scan_parquet(PlPath::new(s), ScanArgsParquet::default()).with_path(p);
-    let n = scan()?.select([len().alias("n")]).collect().with_path(p)?;
-    let n = n.column("n").with_path(p)?.get(0).with_path(p)?.extract::<u64>().unwrap_or(0) as usize;
+    let n = crate::util::count_rows(scan()?).with_path(p)? as usize;
     let mut out = Vec::with_capacity(n);
     for start in (0..n).step_by(dynamics::BLOCK_ROWS) {
         let len = dynamics::BLOCK_ROWS.min(n - start);

@@ -237,11 +237,11 @@ impl App {
     /// Start computing what is slow at open (category means) in the background.
     pub fn start_background(&mut self) {
         if let Some(cats) = self.study.traj.as_ref().map(|t| t.cat.clone()) {
-            let names: Vec<String> = self.study.checkpoints().iter().map(|c| c.name.clone()).collect();
-            if !names.is_empty() && self.study.cat_means.is_none() {
-                let id = self.add_job(JobKind::Means, "mean loss per category".into(), names.len());
+            let ckpts = self.study.checkpoints().to_vec();
+            if !ckpts.is_empty() && self.study.cat_means.is_none() {
+                let id = self.add_job(JobKind::Means, "mean loss per category".into(), ckpts.len());
                 if self.spawn {
-                    jobs::spawn_means(id, self.study.root.clone(), names, cats, self.tx.clone());
+                    jobs::spawn_means(id, self.study.root.clone(), ckpts, cats, self.tx.clone());
                 }
             }
         }
@@ -540,10 +540,10 @@ impl App {
             return;
         }
         // read what is missing in the background: the frame shows "loading…" meanwhile
-        let names: Vec<String> = self.study.checkpoints().iter().map(|c| c.name.clone()).collect();
+        let ckpts = self.study.checkpoints().to_vec();
         for k in self.study.missing_chunks(lo, hi) {
             if self.study.pending.insert(k) {
-                jobs::spawn_chunk(self.study.root.clone(), names.clone(), self.study.n_rows, k, self.tx.clone());
+                jobs::spawn_chunk(self.study.root.clone(), ckpts.clone(), self.study.n_rows, k, self.tx.clone());
             }
         }
     }

@@ -226,8 +226,7 @@ impl Study {
         if self.chunks.contains_key(&k) {
             return;
         }
-        let names: Vec<String> = self.checkpoints().iter().map(|c| c.name.clone()).collect();
-        let (c, w) = read_chunk(&self.root, &names, self.n_rows, k);
+        let (c, w) = read_chunk(&self.root, self.checkpoints(), self.n_rows, k);
         self.warnings.extend(w);
         self.insert_chunk(k, c, k);
     }
@@ -304,9 +303,9 @@ pub fn read_all_texts(root: &Path) -> Result<(Vec<String>, Vec<String>)> {
     Ok((v, l))
 }
 
-/// Read chunk `k` (token texts and the losses at every checkpoint `names`);
-/// problems come back as warnings.
-pub fn read_chunk(root: &Path, names: &[String], n_rows: usize, k: usize) -> (Chunk, Vec<String>) {
+/// Read chunk `k` (token texts and the losses at every checkpoint of `ckpts`, the
+/// study's entries); problems come back as warnings.
+pub fn read_chunk(root: &Path, ckpts: &[CheckpointEntry], n_rows: usize, k: usize) -> (Chunk, Vec<String>) {
     let start = k * CHUNK;
     let len = CHUNK.min(n_rows.saturating_sub(start));
     let mut warnings = Vec::new();
@@ -318,17 +317,8 @@ pub fn read_chunk(root: &Path, names: &[String], n_rows: usize, k: usize) -> (Ch
             c.texts = vec!["?".into(); len];
         }
     }
-    let manifest = Manifest::load_partial(root).map(|x| x.0);
-    for name in names {
-        let files = match manifest.as_ref().map_err(|e| e.to_string()).and_then(|m| m.entry(root, name).map(|e| e.loss_files(root)).map_err(|e| e.to_string())) {
-            Ok(f) => f,
-            Err(e) => {
-                warnings.push(e);
-                c.losses.push(Vec::new());
-                continue;
-            }
-        };
-        match read_losses_slice(&files, start, len) {
+    for ck in ckpts {
+        match read_losses_slice(&ck.loss_files(root), start, len) {
             Ok(v) if v.len() == len => c.losses.push(v),
             Ok(_) => c.losses.push(Vec::new()),
             Err(e) => {
@@ -366,11 +356,10 @@ fn read_losses_slice(files: &[PathBuf], start: usize, len: usize) -> Result<Vec<
 
 /// Mean loss per category at each checkpoint of the study (reads each losses
 /// file's `loss` column once; run in the background).
-pub fn category_means(root: &Path, names: &[String], cats: &[u8]) -> Result<Vec<[Option<f64>; 4]>> {
+pub fn category_means(root: &Path, ckpts: &[CheckpointEntry], cats: &[u8]) -> Result<Vec<[Option<f64>; 4]>> {
     let mut out = Vec::new();
-    let manifest = Manifest::load_partial(root)?.0;
-    for name in names {
-        let files = manifest.entry(root, name)?.loss_files(root);
+    for ck in ckpts {
+        let files = ck.loss_files(root);
         let p = files[0].clone();
         let df = crate::eval::study::read_losses(&files, &["loss"])?;
         let l = rd::f32s(&df, "loss", &p)?;

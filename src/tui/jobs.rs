@@ -5,7 +5,7 @@
 use super::app::{Event, JobMsg, JobStatus, RunForm, RunMode};
 use super::data::{self, Study};
 use crate::dynamics::{categorize_study, CategorizeOptions};
-use crate::eval::study::Manifest;
+use crate::eval::study::{CheckpointEntry, Manifest};
 use crate::eval::{run_eval, EvalOptions};
 use crate::train::{TrainConfig, TrainMode};
 use candle_core::DType;
@@ -165,9 +165,9 @@ pub fn spawn_categorize(id: usize, root: PathBuf, tx: Sender<Event>) {
     });
 }
 
-pub fn spawn_means(id: usize, root: PathBuf, names: Vec<String>, cats: Vec<u8>, tx: Sender<Event>) {
+pub fn spawn_means(id: usize, root: PathBuf, ckpts: Vec<CheckpointEntry>, cats: Vec<u8>, tx: Sender<Event>) {
     std::thread::spawn(move || {
-        let r = data::category_means(&root, &names, &cats).map_err(|e| e.to_string());
+        let r = data::category_means(&root, &ckpts, &cats).map_err(|e| e.to_string());
         let ok = r.is_ok();
         send(&tx, JobMsg::Means(r));
         finished(&tx, id, if ok { JobStatus::Done } else { JobStatus::Failed }, "means".into());
@@ -175,9 +175,9 @@ pub fn spawn_means(id: usize, root: PathBuf, names: Vec<String>, cats: Vec<u8>, 
 }
 
 /// Read one chunk of token texts and losses on a thread.
-pub fn spawn_chunk(root: PathBuf, names: Vec<String>, n_rows: usize, k: usize, tx: Sender<Event>) {
+pub fn spawn_chunk(root: PathBuf, ckpts: Vec<CheckpointEntry>, n_rows: usize, k: usize, tx: Sender<Event>) {
     std::thread::spawn(move || {
-        let (chunk, warnings) = data::read_chunk(&root, &names, n_rows, k);
+        let (chunk, warnings) = data::read_chunk(&root, &ckpts, n_rows, k);
         send(&tx, JobMsg::Chunk { k, chunk: Box::new(chunk), warnings });
     });
 }
