@@ -282,3 +282,122 @@ pub fn run_bench_eval(a: &BenchEvalArgs) -> Result<Vec<BenchResult>> {
     Ok(results)
 }
 
+
+/// `rho bench train`: training-step throughput with the flags, shapes and output of
+/// `../shared/gpu/torch_train_peer.py` (TinyLlama-1.1B shape, random init). One step is
+/// what `rho train` does per batch: forward (Mode::Train), per-token loss
+/// (`train_token_loss`: the fused kernels on CUDA), with `--select K` the top ceil(K N)
+/// tokens by excess loss over a random reference (as the peer), the masked mean, backward
+/// and an AdamW update. tokens/s = b * s / median step time after `--warmup`.
+#[derive(Debug, Args, Clone)]
+pub struct BenchTrainArgs {
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value = "4x2048")]
+    pub shapes: String,
+    /// SLM ratio K in (0, 1]; 1 = plain CLM.
+    #[arg(long, default_value_t = 1.0)]
+    pub select: f64,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 7)]
+    pub iters: usize,
+    /// The peer's tiny config (2 layers, hidden 64, vocab 512) for smoke tests.
+    #[arg(long)]
+    pub tiny: bool,
+    /// Weights' dtype: bf16 (the peer on CUDA) or f32 (the peer on CPU). Default: bf16 on CUDA, f32 on CPU.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run_bench_train(a: &BenchTrainArgs) -> Result<Vec<BenchResult>> {
+    use crate::select::{select_mask, Select};
+    use crate::train::optim::{AdamW, AdamWParams};
+    use crate::train::params::ParamSource;
+    let shapes = parse_shapes(&a.shapes)?;
+    if a.iters == 0 {
+        return Err(Error::flag("--iters", "must be positive"));
+    }
+    if !(a.select > 0.0 && a.select <= 1.0) {
+        return Err(Error::flag("--select", format!("{} is not in (0, 1]", a.select)));
+    }
+    let device = crate::cli::parse_device(&a.device)?;
+    let dtype = match &a.dtype {
+        Some(d) => crate::cli::parse_dtype(d)?,
+        None if device.is_cuda() => DType::BF16,
+        None => DType::F32,
+    };
+    let (layers, hidden, inter, heads, kv, vocab) = if a.tiny { (2, 64, 176, 4, 2, 512) } else { (22, 2048, 5632, 32, 4, 32000) };
+    let max_s = shapes.iter().map(|s| s.1).max().unwrap();
+    let cfg_json = serde_json::json!({
+        "model_type": "llama", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": inter,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
+        "max_position_embeddings": max_s.max(2048), "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "hidden_act": "silu", "tie_word_embeddings": false,
+    });
+    let cfg = ModelConfig::from_value(&cfg_json, std::path::Path::new("<rho bench train>"))?;
+    let src = ParamSource::new(None, a.seed, 0.02);
+    let varmap = src.varmap.clone();
+    let vb = VarBuilder::from_backend(Box::new(src), dtype, device.clone());
+    let model = Transformer::new(&cfg, vb, Mode::Train).map_err(|e| Error::msg(crate::error::candle_msg(&e)))?;
+    let vars = varmap.data().lock().unwrap().clone();
+    let n_params: usize = vars.values().map(|v| v.elem_count()).sum();
+    let mut opt = AdamW::new(vars, AdamWParams { weight_decay: 0.01, beta2: 0.999, ..AdamWParams::default() })?;
+    println!("model params={:.3}B dtype={dtype:?} select={} device={} fused_kernels={}", n_params as f64 / 1e9, a.select, a.device, device.is_cuda() && crate::cuda::fused_kernels_enabled());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed ^ 7);
+    let mut results = Vec::new();
+    for &(b, s) in &shapes {
+        let ids: Vec<u32> = (0..b * s).map(|_| rng.random_range(0..vocab as u32)).collect();
+        let input = Tensor::from_vec(ids, (b, s), &device)?;
+        let targets = input.narrow(1, 1, s - 1)?.contiguous()?;
+        let n = b * (s - 1);
+        let reference: Vec<f32> = (0..n).map(|_| rng.random_range(0.0..10.0)).collect();
+        let valid = vec![true; n];
+        let mut times = Vec::new();
+        let mut last = 0f64;
+        for it in 0..a.warmup + a.iters {
+            let t = Instant::now();
+            let logits = model.forward(&input)?;
+            let losses = crate::model::loss::train_token_loss(&logits.narrow(1, 0, s - 1)?, &targets)?;
+            let loss = if a.select < 1.0 {
+                let vals = losses.flatten_all()?.to_vec1::<f32>()?;
+                let kept = select_mask(Select::Batch, &vals, Some(&reference), &valid, b, s - 1, a.select, 0)?;
+                let n_kept = kept.iter().filter(|&&k| k).count();
+                let mask = Tensor::from_vec(kept.iter().map(|&k| k as u8 as f32).collect::<Vec<f32>>(), (b, s - 1), &device)?;
+                ((losses * mask)?.sum_all()? / n_kept.max(1) as f64)?
+            } else {
+                losses.mean_all()?
+            };
+            let grads = loss.backward()?;
+            opt.step(&grads, 1e-4, 1.0)?;
+            last = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?; // synchronises
+            if it >= a.warmup {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        let med = times[times.len() / 2];
+        if !last.is_finite() {
+            return Err(Error::msg(format!("non-finite training loss at shape {b}x{s}")));
+        }
+        let r = BenchResult {
+            b,
+            s,
+            tokens_per_s: (b * s) as f64 / med,
+            median_ms: med * 1e3,
+            min_ms: times[0] * 1e3,
+            max_ms: times[times.len() - 1] * 1e3,
+            loss_mean: last,
+        };
+        let peak = if device.is_cpu() { peak_rss_gib() } else { f64::NAN };
+        println!(
+            "RESULT system=rho-train kind=train select={} shape={b}x{s} tokens_per_s={:.0} median_ms={:.2} min_ms={:.2} max_ms={:.2} loss={:.4} peak_mem_gib={:.2}",
+            a.select, r.tokens_per_s, r.median_ms, r.min_ms, r.max_ms, last, peak
+        );
+        results.push(r);
+    }
+    Ok(results)
+}

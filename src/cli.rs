@@ -50,6 +50,10 @@ pub enum Command {
 pub enum BenchCommand {
     /// Forward + per-token f32 loss throughput of a random Llama (the shapes and output of ../shared/gpu/torch_peer.py).
     Eval(crate::bench::BenchEvalArgs),
+    /// Training-step throughput of a random Llama, CLM or SLM (the shapes and output of ../shared/gpu/torch_train_peer.py).
+    Train(crate::bench::BenchTrainArgs),
+    /// rho's GPU kernels against their CPU references (GPU, or the CPU emulator), and on CUDA their speed against plain candle ops.
+    Kernels(crate::cuda::check::BenchKernelsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -267,6 +271,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => crate::export::run_cli(&a),
         Command::Tui(a) => crate::tui::run(&a.study),
         Command::Bench(BenchCommand::Eval(a)) => crate::bench::run_bench_eval(&a).map(|_| ()),
+        Command::Bench(BenchCommand::Train(a)) => crate::bench::run_bench_train(&a).map(|_| ()),
+        Command::Bench(BenchCommand::Kernels(a)) => crate::cuda::check::run_bench_kernels(&a).map(|_| ()),
         Command::Eval(a) => {
             if a.batch_tokens == 0 {
                 return Err(Error::flag("--batch-tokens", "must be positive"));

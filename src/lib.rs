@@ -4,6 +4,7 @@
 pub mod error;
 pub mod util;
 pub mod model;
+pub mod cuda;
 pub mod data;
 pub mod eval;
 pub mod dynamics;

@@ -61,3 +61,49 @@ fn bench_eval_bad_flags() {
         assert!(e.contains(args[0]) && !e.contains("multiple times"), "{args:?}: {e}");
     }
 }
+
+#[test]
+fn bench_kernels_checks_every_kernel_in_the_emulator_without_a_gpu() {
+    let o = rho(&["bench", "kernels", "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let checks: Vec<&str> = out.lines().filter(|l| l.starts_with("CHECK ")).collect();
+    for k in ["flash_attn_fwd", "token_ce_fwd", "token_ce_bwd"] {
+        assert!(checks.iter().any(|l| field(l, "kernel") == k), "{k} not checked: {out}");
+    }
+    for l in &checks {
+        assert!(l.ends_with(" PASS"), "{l}");
+        let (err, tol): (f64, f64) = (field(l, "max_err").parse().unwrap(), field(l, "tol").parse().unwrap());
+        assert!(err <= tol, "{l}");
+    }
+    assert_eq!(checks.len(), 10, "{out}");
+    let o = rho(&["bench", "kernels", "--iters", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--iters"), "{}", stderr(&o));
+}
+
+#[test]
+fn bench_train_prints_the_train_peers_results_for_clm_and_slm() {
+    for select in ["1", "0.6"] {
+        let o = rho(&["bench", "train", "--tiny", "--shapes", "2x32,1x16", "--iters", "2", "--warmup", "1", "--select", select]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8(o.stdout).unwrap();
+        let results: Vec<&str> = out.lines().filter(|l| l.starts_with("RESULT ")).collect();
+        assert_eq!(results.len(), 2, "{out}");
+        for (line, shape) in results.iter().zip(["2x32", "1x16"]) {
+            assert_eq!(field(line, "system"), "rho-train");
+            assert_eq!(field(line, "kind"), "train");
+            assert_eq!(field(line, "select"), select);
+            assert_eq!(field(line, "shape"), shape);
+            assert!(field(line, "tokens_per_s").parse::<f64>().unwrap() > 0.0);
+            // random init: the (kept) tokens' loss is near ln(vocab) = ln 512
+            let loss: f64 = field(line, "loss").parse().unwrap();
+            assert!((loss - 512f64.ln()).abs() < 0.5, "{line}");
+        }
+    }
+    for (flag, val) in [("--select", "0"), ("--select", "1.5"), ("--iters", "0"), ("--shapes", "2x1")] {
+        let o = rho(&["bench", "train", "--tiny", flag, val]);
+        assert_eq!(o.status.code(), Some(2), "{flag} {val}: {}", stderr(&o));
+        assert!(stderr(&o).contains(flag), "{}", stderr(&o));
+    }
+}

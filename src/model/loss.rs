@@ -24,11 +24,26 @@ pub fn per_token_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     (lse - picked)?.squeeze(D::Minus1)
 }
 
+/// Per-token loss for training (with a backward pass), same contract as [`per_token_loss`]:
+/// on CUDA the fused kernels (`cuda::token_cross_entropy`: no f32 copy of the logits, the
+/// gradient in the logits' dtype) unless `RHO_FUSED_KERNELS=0`; elsewhere `per_token_loss`.
+pub fn train_token_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if logits.device().is_cuda()
+        && crate::cuda::fused_kernels_enabled()
+        && matches!(logits.dtype(), DType::F32 | DType::BF16 | DType::F16)
+    {
+        crate::cuda::token_cross_entropy(logits, targets)
+    } else {
+        per_token_loss(logits, targets)
+    }
+}
+
 /// Per-token loss for evaluation (no gradient). Same contract as [`per_token_loss`]:
 /// logits [b, s, vocab] (f32 / bf16 / f16, the last dim contiguous or not), targets
 /// [b, s] (u32) -> [b, s] f32.
 pub fn token_loss_eval(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    if !logits.device().is_cpu() || !matches!(logits.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+    let fused = logits.device().is_cpu() || (logits.device().is_cuda() && crate::cuda::fused_kernels_enabled());
+    if !fused || !matches!(logits.dtype(), DType::F32 | DType::BF16 | DType::F16) {
         return per_token_loss(logits, targets);
     }
     let (b, s, v) = logits.dims3()?;
@@ -38,12 +53,19 @@ pub fn token_loss_eval(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     }
     let logits = if logits.stride()[2] == 1 { logits.clone() } else { logits.contiguous()? };
     let targets = targets.to_dtype(DType::U32)?.contiguous()?;
+    if logits.device().is_cuda() && b * s > 0 {
+        // The kernel writes NaN for a target outside the vocabulary; refuse like the CPU path.
+        let max = targets.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+        if max as usize >= v {
+            candle_core::bail!("fused token loss: target id {max} is outside the vocabulary of {v}");
+        }
+    }
     logits.apply_op2_no_bwd(&targets, &FusedTokenLoss)
 }
 
 /// One pass per row over the logits: loss = log(sum exp(x - max)) - (x[target] - max),
 /// the exponentials in f32 and their sum in f64. CPU only (`token_loss_eval`
-/// dispatches); the CUDA kernel of the same contract is planned (issue 7).
+/// dispatches); on CUDA the kernel `token_ce_fwd` of src/cuda/kernels/token_ce.cu, same contract.
 pub struct FusedTokenLoss;
 
 impl FusedTokenLoss {
@@ -106,6 +128,17 @@ impl CustomOp2 for FusedTokenLoss {
             _ => candle_core::bail!("fused token loss: logits must be f32, bf16 or f16"),
         };
         Ok((CpuStorage::F32(out), Shape::from((dims[0], dims[1]))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::ops::token_ce_fwd(s1, l1, s2, l2)
     }
 }
 

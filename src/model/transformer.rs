@@ -110,6 +110,11 @@ pub struct Transformer {
     /// [max_ctx, rotary_dim / 2] tables (None for GPT-2).
     rope: Option<(Tensor, Tensor)>,
     pub mode: Mode,
+    /// Attention through `cuda::flash_attention` (no [s, s] scores) in `Mode::Eval`: on by
+    /// default on CUDA for bf16/f16 with a head dim the kernel has (`RHO_FUSED_KERNELS=0`
+    /// turns it off); on CPU only when asked (`with_flash_attention`, tests: the CPU
+    /// implementation is the slow f64 reference).
+    flash: bool,
 }
 
 fn act(x: &Tensor, a: Activation) -> Result<Tensor> {
@@ -167,6 +172,7 @@ impl Transformer {
                     rope: None,
                     cfg: cfg.clone(),
                     mode,
+                    flash: false,
                 }
             }
             Arch::GptNeox => {
@@ -202,6 +208,7 @@ impl Transformer {
                     rope: None,
                     cfg: cfg.clone(),
                     mode,
+                    flash: false,
                 }
             }
             Arch::Gpt2 => {
@@ -237,11 +244,29 @@ impl Transformer {
                     rope: None,
                     cfg: cfg.clone(),
                     mode,
+                    flash: false,
                 }
             }
         };
         let rope = if cfg.rotary_dim > 0 { Some(rope_tables(cfg, cfg.context_len(), vb.dtype(), &dev)?) } else { None };
-        Ok(Transformer { rope, ..t })
+        let flash = dev.is_cuda()
+            && matches!(vb.dtype(), DType::BF16 | DType::F16)
+            && crate::cuda::FLASH_HEAD_DIMS.contains(&hd)
+            && crate::cuda::fused_kernels_enabled();
+        Ok(Transformer { rope, flash, ..t })
+    }
+
+    /// Use (or not) the flash attention op in `Mode::Eval`, whatever the device: tests run
+    /// the whole model through the op's CPU reference to check the wiring (layouts, RoPE,
+    /// fused projections) that the CUDA kernel gets.
+    pub fn with_flash_attention(mut self, on: bool) -> Self {
+        self.flash = on;
+        self
+    }
+
+    /// Whether evaluation goes through the flash attention op.
+    pub fn uses_flash_attention(&self) -> bool {
+        self.flash && self.mode == Mode::Eval
     }
 
     pub fn device(&self) -> &Device {
@@ -303,6 +328,9 @@ impl Transformer {
 
     /// x: [b, s, hidden] -> [b, s, hidden]
     fn attention(&self, blk: &Block, x: &Tensor, mask: &Tensor, b: usize, s: usize) -> Result<Tensor> {
+        if self.uses_flash_attention() {
+            return self.attention_flash(blk, x, b, s);
+        }
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         // q: [b, nh, s, hd], k/v: [b, nkv, s, hd]
         let (q, k, v) = match &blk.qkv {
@@ -343,6 +371,54 @@ impl Transformer {
         let out = probs.matmul(&v)?; // [b, nh, s, hd]
         let out = out.transpose(1, 2)?.reshape((b, s, nh * hd))?;
         blk.o.forward(&out)
+    }
+}
+
+impl Transformer {
+    /// The flash path: q, k, v stay [b, s, heads, hd] as the projections produce them
+    /// (strided views of a fused projection are passed as they are), RoPE in that layout,
+    /// one kernel for scores, softmax and values. x: [b, s, hidden] -> [b, s, hidden].
+    fn attention_flash(&self, blk: &Block, x: &Tensor, b: usize, s: usize) -> Result<Tensor> {
+        let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        let (q, k, v) = match &blk.qkv {
+            Qkv::Separate { q, k, v } => (
+                q.forward(x)?.reshape((b, s, nh, hd))?,
+                k.forward(x)?.reshape((b, s, nkv, hd))?,
+                v.forward(x)?.reshape((b, s, nkv, hd))?,
+            ),
+            Qkv::NeoxFused(lin) => {
+                let qkv = lin.forward(x)?.reshape((b, s, nh, 3 * hd))?;
+                (qkv.narrow(3, 0, hd)?, qkv.narrow(3, hd, hd)?, qkv.narrow(3, 2 * hd, hd)?)
+            }
+            Qkv::Gpt2Fused(lin) => {
+                let qkv = lin.forward(x)?.reshape((b, s, 3, nh, hd))?;
+                let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2);
+                (part(0)?, part(1)?, part(2)?)
+            }
+        };
+        let (q, k) = match &self.rope {
+            Some((cos, sin)) => {
+                let cos = cos.narrow(0, 0, s)?;
+                let sin = sin.narrow(0, 0, s)?;
+                let rd = self.cfg.rotary_dim;
+                (rope_bshd(&q, &cos, &sin, rd)?, rope_bshd(&k, &cos, &sin, rd)?)
+            }
+            None => (q, k),
+        };
+        let scale = 1.0 / (hd as f32).sqrt();
+        let out = crate::cuda::flash_attention(&q, &k, &v, scale)?; // [b, s, nh, hd]
+        blk.o.forward(&out.reshape((b, s, nh * hd))?)
+    }
+}
+
+/// RoPE (rotate-half) on the first `rotary_dim` dims of x: [b, s, h, hd] (eval only).
+fn rope_bshd(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: usize) -> Result<Tensor> {
+    let hd = x.dim(3)?;
+    if rotary_dim == hd {
+        candle_nn::rotary_emb::rope_thd(&x.contiguous()?, cos, sin)
+    } else {
+        let rot = candle_nn::rotary_emb::rope_thd(&x.narrow(3, 0, rotary_dim)?.contiguous()?, cos, sin)?;
+        Tensor::cat(&[&rot, &x.narrow(3, rotary_dim, hd - rotary_dim)?], 3)
     }
 }
 

@@ -15,7 +15,7 @@ pub use config::{TrainConfig, TrainMode};
 
 use crate::data::Tok;
 use crate::error::{Error, Result, WithPath};
-use crate::model::{loss::per_token_loss, Checkpoint, Mode, ModelConfig, Transformer, Weights};
+use crate::model::{loss::per_token_loss, loss::train_token_loss, Checkpoint, Mode, ModelConfig, Transformer, Weights};
 use crate::select::{self, Select};
 use crate::util;
 use candle_core::{DType, Device, Tensor};
@@ -195,7 +195,7 @@ pub fn run_train_cancellable(cfg: &TrainConfig, resume: Option<&Path>, cancel: O
         let windows = stream.batch_windows(step, batch_size, cfg.seed);
         let batch = Batch::new(&stream, &windows, &device)?;
         let logits = model.forward(&batch.input)?;
-        let losses = per_token_loss(&logits.narrow(1, 0, batch.s - 1)?, &batch.targets)?; // [b, s-1]
+        let losses = train_token_loss(&logits.narrow(1, 0, batch.s - 1)?, &batch.targets)?; // [b, s-1]
         let loss_vals = losses.flatten_all()?.to_vec1::<f32>()?;
         let ref_vals = batch.reference(&reference)?;
         let kept = match cfg.mode {

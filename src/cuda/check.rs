@@ -1,0 +1,336 @@
+//! `rho bench kernels`: every kernel of src/cuda/kernels against its CPU reference on random
+//! inputs, then, on CUDA, its speed against the plain candle ops it replaces.
+//!
+//! On `--device cuda:N` the kernels run on the GPU (real shapes); on `--device cpu` they run
+//! in the emulator (src/cuda/emu, small shapes), so the same command checks the same source
+//! with or without a GPU. Prints `CHECK ... PASS|FAIL` and (CUDA) `RESULT ...` lines; exits
+//! non-zero when a check fails.
+
+use super::emu::{self, KDType, Logits};
+use super::reference::{self, AttnShape, Rows, Strides};
+use super::FlashVariant;
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor, D};
+use clap::Args;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+#[derive(Debug, Args, Clone)]
+pub struct BenchKernelsArgs {
+    /// cpu (the kernels run in the emulator) or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Timed iterations per measurement (CUDA).
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Only the correctness checks.
+    #[arg(long)]
+    pub no_timing: bool,
+}
+
+/// One comparison of a kernel against its reference.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub kernel: &'static str,
+    pub what: String,
+    pub max_err: f32,
+    pub tol: f32,
+}
+
+impl Check {
+    pub fn pass(&self) -> bool {
+        self.max_err <= self.tol
+    }
+    pub fn line(&self) -> String {
+        format!(
+            "CHECK kernel={} {} max_err={:.3e} tol={:.1e} {}",
+            self.kernel,
+            self.what,
+            self.max_err,
+            self.tol,
+            if self.pass() { "PASS" } else { "FAIL" }
+        )
+    }
+}
+
+fn normal(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let (u, v): (f32, f32) = (rng.random_range(1e-7..1.0), rng.random_range(0.0..1.0));
+            std * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+        })
+        .collect()
+}
+
+fn kdtype(dt: DType) -> KDType {
+    match dt {
+        DType::BF16 => KDType::BF16,
+        DType::F16 => KDType::F16,
+        _ => KDType::F32,
+    }
+}
+
+fn round_to(dt: DType, x: &[f32]) -> Vec<f32> {
+    match dt {
+        DType::BF16 | DType::F16 => x.iter().map(|&v| emu::bits_to_f32(kdtype(dt), emu::f32_to_bits(kdtype(dt), v))).collect(),
+        _ => x.to_vec(),
+    }
+}
+
+fn bits(dt: DType, x: &[f32]) -> Vec<u16> {
+    x.iter().map(|&v| emu::f32_to_bits(kdtype(dt), v)).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| if x.is_finite() { (x - y).abs() } else { f32::INFINITY }).fold(0.0, f32::max)
+}
+
+fn cerr(e: candle_core::Error) -> Error {
+    Error::msg(crate::error::candle_msg(&e))
+}
+
+/// Flash attention on `dev` (GPU: the kernel; CPU: the emulator) against the reference.
+/// `fused`: q, k, v are views of one [b, s, 3 * heads, d] projection (GPT-NeoX-like).
+fn check_flash(dev: &Device, dt: DType, shape: AttnShape, fused: bool, q_std: f32, variant: FlashVariant, seed: u64) -> Result<Check> {
+    let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (qs, ks, vs, offs, buf) = if fused {
+        let w = n_heads + 2 * n_kv_heads;
+        let st = Strides { batch: seq * w * d, seq: w * d, head: d };
+        let buf = round_to(dt, &normal(&mut rng, batch * seq * w * d, 1.0));
+        (st, st, st, [0, n_heads * d, (n_heads + n_kv_heads) * d], buf)
+    } else {
+        let (qn, kn) = (batch * seq * n_heads * d, batch * seq * n_kv_heads * d);
+        let mut buf = normal(&mut rng, qn, q_std);
+        buf.extend(normal(&mut rng, 2 * kn, 1.0));
+        let buf = round_to(dt, &buf);
+        (Strides::contiguous(seq, n_heads, d), Strides::contiguous(seq, n_kv_heads, d), Strides::contiguous(seq, n_kv_heads, d), [0, qn, qn + kn], buf)
+    };
+    let scale = 1.0 / (d as f32).sqrt();
+    let want = reference::causal_attention(shape, &buf[offs[0]..], qs, &buf[offs[1]..], ks, &buf[offs[2]..], vs, scale);
+    let got: Vec<f32> = if dev.is_cpu() {
+        let b = bits(dt, &buf);
+        let o = emu::flash_attn_fwd(kdtype(dt), variant.warps(d), shape, &b[offs[0]..], qs, &b[offs[1]..], ks, &b[offs[2]..], vs, scale).map_err(Error::msg)?;
+        o.into_iter().map(|x| emu::bits_to_f32(kdtype(dt), x)).collect()
+    } else {
+        let t = Tensor::from_vec(buf.clone(), buf.len(), &Device::Cpu).and_then(|t| t.to_dtype(dt)).and_then(|t| t.to_device(dev)).map_err(cerr)?;
+        let view = |off: usize, st: Strides, heads: usize| -> candle_core::Result<Tensor> {
+            // [b, s, heads, d] with the given strides, as a narrow of a reshaped buffer
+            let w = st.seq / d;
+            t.narrow(0, 0, batch * seq * w * d)?.reshape((batch, seq, w, d))?.narrow(2, off / d, heads)
+        };
+        let (q, k, v) = if fused {
+            (view(offs[0], qs, n_heads), view(offs[1], ks, n_kv_heads), view(offs[2], vs, n_kv_heads))
+        } else {
+            let part = |off: usize, heads: usize| t.narrow(0, off, batch * seq * heads * d)?.reshape((batch, seq, heads, d));
+            (part(offs[0], n_heads), part(offs[1], n_kv_heads), part(offs[2], n_kv_heads))
+        };
+        let (q, k, v) = (q.map_err(cerr)?, k.map_err(cerr)?, v.map_err(cerr)?);
+        super::flash_attention_variant(&q, &k, &v, scale, variant)
+            .and_then(|o| o.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
+            .map_err(cerr)?
+    };
+    let tol = if dt == DType::BF16 { 3e-2 } else { 4e-3 };
+    let what = format!(
+        "dtype={} shape={batch}x{seq}x{n_heads}x{n_kv_heads}x{d} layout={} q_std={q_std} variant={}",
+        dt.as_str(),
+        if fused { "fused" } else { "contiguous" },
+        variant.name()
+    );
+    Ok(Check { kernel: "flash_attn_fwd", what, max_err: max_abs_diff(&got, &want), tol })
+}
+
+/// token_ce_fwd and token_ce_bwd on the rows of a narrowed [b, s - 1, vocab] view of
+/// [b, s, vocab] logits, against the references.
+fn check_ce(dev: &Device, dt: DType, b: usize, s: usize, vocab: usize, seed: u64) -> Result<[Check; 2]> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut x = normal(&mut rng, b * s * vocab, 3.0);
+    x[vocab / 3] = 50.0;
+    let x = round_to(dt, &x);
+    let n = b * (s - 1);
+    let rows = Rows { seq: s - 1, stride_b: s * vocab, stride_s: vocab };
+    let targets: Vec<u32> = (0..n).map(|_| rng.random_range(0..vocab as u32)).collect();
+    let dloss: Vec<f32> = (0..n).map(|_| rng.random_range(0.1..2.0)).collect();
+    let (want_loss, want_lse) = reference::token_ce(&x, rows, &targets, vocab);
+    let want_grad = reference::token_ce_backward(&x, rows, &targets, &dloss, vocab);
+    let (loss, grad) = if dev.is_cpu() {
+        let bx = if dt == DType::F32 { Vec::new() } else { bits(dt, &x) };
+        let logits = || if dt == DType::F32 { Logits::F32(&x) } else { Logits::Bits(kdtype(dt), &bx) };
+        let (loss, lse) = emu::token_ce_fwd(logits(), rows, &targets, vocab).map_err(Error::msg)?;
+        let _ = want_lse;
+        let grad = emu::token_ce_bwd(logits(), rows, &targets, &lse, &dloss, vocab).map_err(Error::msg)?;
+        (loss, grad)
+    } else {
+        let run = || -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+            let full = Tensor::from_vec(x.clone(), (b, s, vocab), &Device::Cpu)?.to_dtype(dt)?.to_device(dev)?;
+            let var = candle_core::Var::from_tensor(&full)?;
+            let view = var.as_tensor().narrow(1, 0, s - 1)?;
+            let t = Tensor::from_vec(targets.clone(), (b, s - 1), dev)?;
+            let w = Tensor::from_vec(dloss.clone(), (b, s - 1), dev)?;
+            let eval = crate::model::loss::token_loss_eval(&view, &t)?.flatten_all()?.to_vec1::<f32>()?;
+            let l = super::token_cross_entropy(&view, &t)?;
+            let g = (l * w)?.sum_all()?.backward()?;
+            let g = g.get(var.as_tensor()).unwrap().narrow(1, 0, s - 1)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            Ok((eval, g))
+        };
+        run().map_err(cerr)?
+    };
+    let what = format!("dtype={} logits={b}x{}x{vocab}(view of {b}x{s})", dt.as_str(), s - 1);
+    let loss_err = loss.iter().zip(&want_loss).map(|(a, w)| (a - w).abs() / w.abs().max(1.0)).fold(0.0, f32::max);
+    // the gradient is rounded once to the logits' type: relative error up to half an ulp
+    // (+1e-4 in the denominator: f16 gradients below its smallest normal, 6.1e-5, are subnormal)
+    let grad_tol = match dt {
+        DType::F32 => 1e-5,
+        DType::F16 => 1e-3,
+        _ => 8e-3,
+    };
+    let grad_err = grad.iter().zip(&want_grad).map(|(g, w)| if g.is_finite() { (g - w).abs() / (w.abs() + 1e-4) } else { f32::INFINITY }).fold(0.0, f32::max);
+    Ok([
+        Check { kernel: "token_ce_fwd", what: what.clone() + " (relative)", max_err: loss_err, tol: 2e-5 },
+        Check { kernel: "token_ce_bwd", what: what + " (relative)", max_err: grad_err, tol: grad_tol },
+    ])
+}
+
+/// Median seconds of `f` (synchronised) over `iters` after `warmup`.
+fn time<F: FnMut() -> candle_core::Result<()>>(dev: &Device, warmup: usize, iters: usize, mut f: F) -> candle_core::Result<f64> {
+    let mut t = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
+        dev.synchronize()?;
+        let s = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        if i >= warmup {
+            t.push(s.elapsed().as_secs_f64());
+        }
+    }
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(t[t.len() / 2])
+}
+
+/// The model's plain attention (Mode::Eval without flash): q [b, s, nh, d], k/v [b, s, nkv, d].
+fn plain_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    let (b, s, nh, d) = q.dims4()?;
+    let nkv = k.dim(2)?;
+    let rep = |x: &Tensor| -> candle_core::Result<Tensor> {
+        let x = x.transpose(1, 2)?.contiguous()?;
+        if nh == nkv {
+            return Ok(x);
+        }
+        x.unsqueeze(2)?.expand((b, nkv, nh / nkv, s, d))?.reshape((b, nh, s, d))
+    };
+    let q = q.transpose(1, 2)?.contiguous()?;
+    let scores = (q.matmul(&rep(k)?.t()?)? * scale)?.broadcast_add(mask)?;
+    let p = candle_nn::ops::softmax_last_dim(&scores)?;
+    p.matmul(&rep(v)?)?.transpose(1, 2)?.contiguous()
+}
+
+fn timings(dev: &Device, a: &BenchKernelsArgs) -> candle_core::Result<()> {
+    let (nh, nkv, d) = (32, 4, 64); // TinyLlama-1.1B
+    for (b, s) in [(8usize, 2048usize), (4, 1024)] {
+        let q = Tensor::randn(0f32, 1.0, (b, s, nh, d), dev)?.to_dtype(DType::BF16)?;
+        let k = Tensor::randn(0f32, 1.0, (b, s, nkv, d), dev)?.to_dtype(DType::BF16)?;
+        let v = Tensor::randn(0f32, 1.0, (b, s, nkv, d), dev)?.to_dtype(DType::BF16)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        // causal: half of the 4 b nh s^2 d FLOPs of full attention
+        let flops = 2.0 * (b * nh * s * s * d) as f64;
+        for variant in FlashVariant::ALL {
+            let t = time(dev, a.warmup, a.iters, || super::flash_attention_variant(&q, &k, &v, scale as f32, variant).map(|_| ()))?;
+            println!(
+                "RESULT kernel=attention impl=flash variant={} shape={b}x{s}x{nh}x{nkv}x{d} dtype=bf16 median_ms={:.3} tflops={:.1}",
+                variant.name(),
+                t * 1e3,
+                flops / t / 1e12
+            );
+        }
+        let mask: Vec<f32> = (0..s).flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let mask = Tensor::from_vec(mask, (s, s), dev)?.to_dtype(DType::BF16)?;
+        let t = time(dev, a.warmup, a.iters.min(5), || plain_attention(&q, &k, &v, &mask, scale).map(|_| ()))?;
+        println!("RESULT kernel=attention impl=plain shape={b}x{s}x{nh}x{nkv}x{d} dtype=bf16 median_ms={:.3} tflops={:.1}", t * 1e3, flops / t / 1e12);
+    }
+    for (b, s, vocab) in [(8usize, 2048usize, 32000usize), (4, 1024, 128256)] {
+        let logits = Tensor::randn(0f32, 3.0, (b, s, vocab), dev)?.to_dtype(DType::BF16)?;
+        let view = logits.narrow(1, 0, s - 1)?;
+        let t = Tensor::rand(0f32, vocab as f32, (b, s - 1), dev)?.to_dtype(DType::U32)?;
+        let bytes = (b * (s - 1) * vocab * 2) as f64;
+        let tf = time(dev, a.warmup, a.iters, || crate::model::loss::token_loss_eval(&view, &t).map(|_| ()))?;
+        let tp = time(dev, a.warmup, a.iters.min(5), || crate::model::loss::per_token_loss(&view, &t).map(|_| ()))?;
+        for (name, x) in [("fused", tf), ("plain", tp)] {
+            println!("RESULT kernel=token_ce_fwd impl={name} logits={b}x{}x{vocab} dtype=bf16 median_ms={:.3} read_gb_s={:.0}", s - 1, x * 1e3, bytes / x / 1e9);
+        }
+        let var = candle_core::Var::from_tensor(&logits)?;
+        let w = Tensor::ones((b, s - 1), DType::F32, dev)?;
+        let fwd_bwd = |fused: bool| -> candle_core::Result<()> {
+            let x = var.as_tensor().narrow(1, 0, s - 1)?;
+            let l = if fused { super::token_cross_entropy(&x, &t)? } else { crate::model::loss::per_token_loss(&x, &t)? };
+            let _ = (l * &w)?.sum_all()?.backward()?;
+            Ok(())
+        };
+        let tf = time(dev, a.warmup, a.iters, || fwd_bwd(true))?;
+        let tp = time(dev, a.warmup, a.iters.min(5), || fwd_bwd(false))?;
+        for (name, x) in [("fused", tf), ("plain", tp)] {
+            println!("RESULT kernel=token_ce_fwd_bwd impl={name} logits={b}x{}x{vocab} dtype=bf16 median_ms={:.3}", s - 1, x * 1e3);
+        }
+    }
+    let _ = D::Minus1;
+    Ok(())
+}
+
+/// Run the checks (and timings on CUDA). Returns the checks; an error if one failed.
+pub fn run_bench_kernels(a: &BenchKernelsArgs) -> Result<Vec<Check>> {
+    let dev = crate::cli::parse_device(&a.device)?;
+    if a.iters == 0 {
+        return Err(Error::flag("--iters", "must be positive"));
+    }
+    let gqa = |batch, seq, n_heads, n_kv_heads, head_dim| AttnShape { batch, seq, n_heads, n_kv_heads, head_dim };
+    // (dtype, shape, fused layout, q std, warps): real shapes on a GPU, small ones in the emulator
+    use FlashVariant::{W4, W4M4, W8};
+    let flash_cases: Vec<(DType, AttnShape, bool, f32, FlashVariant)> = if dev.is_cpu() {
+        vec![
+            (DType::BF16, gqa(2, 77, 4, 2, 64), false, 1.0, W4),
+            (DType::BF16, gqa(1, 130, 2, 1, 128), false, 1.0, W4),
+            (DType::F16, gqa(1, 70, 2, 1, 64), true, 1.0, W4),
+            (DType::BF16, gqa(1, 150, 1, 1, 64), false, 6.0, W8),
+        ]
+    } else {
+        vec![
+            (DType::BF16, gqa(1, 1024, 8, 2, 64), false, 1.0, W4),
+            (DType::BF16, gqa(1, 1024, 8, 2, 64), false, 1.0, W4M4),
+            (DType::BF16, gqa(1, 1024, 8, 2, 64), false, 1.0, W8),
+            (DType::BF16, gqa(2, 300, 4, 1, 128), false, 1.0, W4),
+            (DType::F16, gqa(1, 515, 4, 4, 64), true, 1.0, W4),
+            (DType::BF16, gqa(1, 2048, 2, 2, 64), false, 5.0, W8),
+            (DType::F16, gqa(1, 333, 4, 2, 128), true, 2.0, W4),
+        ]
+    };
+    let (cb, cs, cv) = if dev.is_cpu() { (2, 6, 1000) } else { (4, 257, 32000) };
+    let mut checks = Vec::new();
+    for (i, &(dt, shape, fused, q_std, variant)) in flash_cases.iter().enumerate() {
+        let c = check_flash(&dev, dt, shape, fused, q_std, variant, a.seed + i as u64)?;
+        println!("{}", c.line());
+        checks.push(c);
+    }
+    for (i, dt) in [DType::BF16, DType::F16, DType::F32].into_iter().enumerate() {
+        for c in check_ce(&dev, dt, cb, cs, cv, a.seed + 100 + i as u64)? {
+            println!("{}", c.line());
+            checks.push(c);
+        }
+    }
+    if dev.is_cuda() && !a.no_timing {
+        timings(&dev, a).map_err(cerr)?;
+    } else if !a.no_timing {
+        println!("timings: on CUDA only (the emulator runs one fiber per GPU thread)");
+    }
+    let failed: Vec<_> = checks.iter().filter(|c| !c.pass()).map(|c| format!("{} {}", c.kernel, c.what)).collect();
+    if !failed.is_empty() {
+        return Err(Error::msg(format!("{} kernel check(s) failed: {}", failed.len(), failed.join("; "))));
+    }
+    println!("all {} kernel checks passed on {}", checks.len(), a.device);
+    Ok(checks)
+}

@@ -1,0 +1,218 @@
+//! The CUDA kernels of src/cuda/kernels run in a CPU emulator (src/cuda/emu, C++ built by
+//! build.rs): every CUDA thread of a block is a fiber, `__syncthreads`, warp shuffles and
+//! `mma.sync` are barriers with their documented data movement. Same source as the GPU
+//! build, so `cargo test` checks each kernel's indexing, masking, fragment layouts and
+//! reductions against [`super::reference`] without a GPU. Slow (a fiber switch per
+//! collective): for small shapes in tests. Not a model of timing or of memory ordering
+//! beyond the barriers.
+
+use super::reference::{AttnShape, Rows, Strides};
+use std::sync::Mutex;
+
+/// Element type of a kernel's 16-bit or f32 input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KDType {
+    BF16 = 0,
+    F16 = 1,
+    F32 = 2,
+}
+
+extern "C" {
+    fn rho_emu_flash_attn_fwd(
+        dtype: i32,
+        head_dim: i32,
+        warps: i32,
+        q: *const u16,
+        k: *const u16,
+        v: *const u16,
+        o: *mut u16,
+        strides12: *const i64,
+        batch: i32,
+        n_heads: i32,
+        n_kv_heads: i32,
+        seq: i32,
+        scale_log2: f32,
+    ) -> i32;
+    fn rho_emu_token_ce_fwd(
+        dtype: i32,
+        logits: *const u8,
+        sb: i64,
+        ss: i64,
+        seq: i64,
+        targets: *const u32,
+        loss: *mut f32,
+        lse: *mut f32,
+        n: i64,
+        vocab: i64,
+    ) -> i32;
+    fn rho_emu_token_ce_bwd(
+        dtype: i32,
+        logits: *const u8,
+        sb: i64,
+        ss: i64,
+        seq: i64,
+        targets: *const u32,
+        lse: *const f32,
+        dloss: *const f32,
+        dlogits: *mut u8,
+        d_row_stride: i64,
+        n: i64,
+        vocab: i64,
+    ) -> i32;
+}
+
+/// One launch at a time: the emulator's shared memory is static storage.
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Emulated `flash_attn_fwd_{bf16,f16}_d{64,128}[_w8]`: q, k, v are 16-bit element bits in
+/// the layouts of [`Strides`] (q rows 4-byte, k and v rows 16-byte aligned), output
+/// contiguous [b, s, n_heads, d] bits. `warps`: 4, or 8 for head dim 64.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attn_fwd(
+    dtype: KDType,
+    warps: usize,
+    shape: AttnShape,
+    q: &[u16],
+    qs: Strides,
+    k: &[u16],
+    ks: Strides,
+    v: &[u16],
+    vs: Strides,
+    scale: f32,
+) -> Result<Vec<u16>, String> {
+    shape.check(&[("q", q.len(), qs, shape.n_heads), ("k", k.len(), ks, shape.n_kv_heads), ("v", v.len(), vs, shape.n_kv_heads)])?;
+    if dtype == KDType::F32 || !matches!((shape.head_dim, warps), (64, 4) | (64, 8) | (128, 4)) {
+        return Err(format!("no flash attention kernel for {dtype:?} with head_dim {} and {warps} warps", shape.head_dim));
+    }
+    // the slices start where the kernel's pointers do: 16-byte alignment of k and v rows
+    // is relative to their start, as on the GPU (candle's allocations are 256-byte aligned)
+    for (name, st) in [("k", ks), ("v", vs)] {
+        if st.batch % 8 != 0 || st.seq % 8 != 0 || st.head % 8 != 0 {
+            return Err(format!("{name}: rows must be 16-byte aligned (strides {st:?})"));
+        }
+    }
+    let os = Strides::contiguous(shape.seq, shape.n_heads, shape.head_dim);
+    let mut o = vec![0u16; shape.batch * shape.seq * shape.n_heads * shape.head_dim];
+    let st: Vec<i64> = [qs, ks, vs, os].iter().flat_map(|s| [s.batch as i64, s.head as i64, s.seq as i64]).collect();
+    let _g = lock();
+    // SAFETY: every row the kernel reads lies inside the slices (checked above); o is the
+    // contiguous output of exactly the shape launched.
+    let rc = unsafe {
+        rho_emu_flash_attn_fwd(
+            dtype as i32,
+            shape.head_dim as i32,
+            warps as i32,
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            o.as_mut_ptr(),
+            st.as_ptr(),
+            shape.batch as i32,
+            shape.n_heads as i32,
+            shape.n_kv_heads as i32,
+            shape.seq as i32,
+            scale * std::f32::consts::LOG2_E,
+        )
+    };
+    if rc != 0 {
+        return Err("emulator refused the launch".into());
+    }
+    Ok(o)
+}
+
+/// Raw bytes of logits: 16-bit bits or f32 values.
+pub enum Logits<'a> {
+    Bits(KDType, &'a [u16]),
+    F32(&'a [f32]),
+}
+
+impl Logits<'_> {
+    fn parts(&self) -> (KDType, *const u8, usize) {
+        match self {
+            Logits::Bits(d, x) => (*d, x.as_ptr() as *const u8, x.len()),
+            Logits::F32(x) => (KDType::F32, x.as_ptr() as *const u8, x.len()),
+        }
+    }
+}
+
+fn check_rows(len: usize, n: usize, rows: Rows, vocab: usize) -> Result<(), String> {
+    if rows.seq == 0 {
+        return Err("rows: seq must be positive".into());
+    }
+    if let Some(r) = (0..n).find(|&r| rows.at(r) + vocab > len) {
+        return Err(format!("row {r} of {vocab} at element {} ({rows:?}) does not fit in {len} elements", rows.at(r)));
+    }
+    Ok(())
+}
+
+/// Emulated `token_ce_fwd_*`: (loss, lse) per row.
+pub fn token_ce_fwd(logits: Logits, rows: Rows, targets: &[u32], vocab: usize) -> Result<(Vec<f32>, Vec<f32>), String> {
+    let (dt, ptr, len) = logits.parts();
+    let n = targets.len();
+    check_rows(len, n, rows, vocab)?;
+    let (mut loss, mut lse) = (vec![0f32; n], vec![0f32; n]);
+    let _g = lock();
+    // SAFETY: rows checked to lie inside the logits; outputs have n elements.
+    let rc = unsafe {
+        rho_emu_token_ce_fwd(dt as i32, ptr, rows.stride_b as i64, rows.stride_s as i64, rows.seq as i64, targets.as_ptr(), loss.as_mut_ptr(), lse.as_mut_ptr(), n as i64, vocab as i64)
+    };
+    if rc != 0 {
+        return Err("emulator refused the launch".into());
+    }
+    Ok((loss, lse))
+}
+
+/// Emulated `token_ce_bwd_*`: dlogits (same element type as the logits, contiguous rows of vocab),
+/// returned as f32 values.
+pub fn token_ce_bwd(logits: Logits, rows: Rows, targets: &[u32], lse: &[f32], dloss: &[f32], vocab: usize) -> Result<Vec<f32>, String> {
+    let (dt, ptr, len) = logits.parts();
+    let n = targets.len();
+    check_rows(len, n, rows, vocab)?;
+    if lse.len() != n || dloss.len() != n {
+        return Err(format!("{n} targets but {} lse and {} dloss values", lse.len(), dloss.len()));
+    }
+    let _g = lock();
+    let run = |out: *mut u8| unsafe {
+        // SAFETY: as above; out holds n * vocab elements of the logits' type.
+        rho_emu_token_ce_bwd(dt as i32, ptr, rows.stride_b as i64, rows.stride_s as i64, rows.seq as i64, targets.as_ptr(), lse.as_ptr(), dloss.as_ptr(), out, vocab as i64, n as i64, vocab as i64)
+    };
+    let rc;
+    let out = match dt {
+        KDType::F32 => {
+            let mut o = vec![0f32; n * vocab];
+            rc = run(o.as_mut_ptr() as *mut u8);
+            o
+        }
+        KDType::BF16 | KDType::F16 => {
+            let mut o = vec![0u16; n * vocab];
+            rc = run(o.as_mut_ptr() as *mut u8);
+            o.into_iter().map(|b| bits_to_f32(dt, b)).collect()
+        }
+    };
+    if rc != 0 {
+        return Err("emulator refused the launch".into());
+    }
+    Ok(out)
+}
+
+/// 16-bit element bits -> f32.
+pub fn bits_to_f32(dt: KDType, b: u16) -> f32 {
+    match dt {
+        KDType::BF16 => half::bf16::from_bits(b).to_f32(),
+        KDType::F16 => half::f16::from_bits(b).to_f32(),
+        KDType::F32 => panic!("f32 has no 16-bit bits"),
+    }
+}
+
+/// f32 -> 16-bit element bits (round to nearest even).
+pub fn f32_to_bits(dt: KDType, x: f32) -> u16 {
+    match dt {
+        KDType::BF16 => half::bf16::from_f32(x).to_bits(),
+        KDType::F16 => half::f16::from_f32(x).to_bits(),
+        KDType::F32 => panic!("f32 has no 16-bit bits"),
+    }
+}

@@ -1,0 +1,123 @@
+// A CPU emulator for the CUDA subset in ../kernels/compat.cuh, so that rho's kernels are
+// tested without a GPU (`cargo test`; src/cuda/emu.rs is the Rust side).
+//
+// A launch runs the grid's blocks one after another. Within a block, every CUDA thread is a
+// fiber (ucontext) on one OS thread, scheduled round robin; `__syncthreads` and the warp
+// collectives (shuffle, mma.sync) are barriers at which a fiber yields until every
+// participant has arrived. A round in which no fiber makes progress is a deadlock (a
+// barrier some threads never reach, undefined behaviour on a GPU) and aborts.
+// Shared memory is `static` storage: one block runs at a time, and the Rust side holds a
+// lock around every launch. Kernels must not rely on shared memory being initialised.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+
+#define RHO_DEVICE static inline
+#define RHO_SHARED alignas(16) static
+#ifndef __restrict__
+#define __restrict__ __restrict
+#endif
+
+struct rho_bf16 { uint16_t bits; };
+struct rho_f16 { uint16_t bits; };
+
+namespace emu {
+// Run `body` once per CUDA thread: grid (gx, gy, gz) of blocks of `block` threads (a multiple of 32).
+void launch(unsigned gx, unsigned gy, unsigned gz, unsigned block, const std::function<void()>& body);
+int thread_x();
+int block_x();
+int block_y();
+int block_z();
+int block_dim_x();
+int grid_dim_x();
+void sync_block();
+// Warp collectives: every lane of the warp must call them in the same order.
+uint32_t warp_exchange(uint32_t v, int src_lane);
+void warp_mma16816(float* d, const uint32_t* a, const uint32_t* b, bool bf16);
+void warp_ldmatrix_x4(uint32_t* r, const void* row, bool trans);
+
+inline float bf16_to_f32(uint16_t h) {
+    uint32_t x = (uint32_t)h << 16;
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
+}
+inline uint16_t f32_to_bf16(float f) {  // round to nearest even, like __float2bfloat16_rn
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40);
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+inline float f16_to_f32(uint16_t h) {
+    _Float16 v;
+    std::memcpy(&v, &h, 2);
+    return (float)v;
+}
+inline uint16_t f32_to_f16(float f) {  // _Float16 conversion rounds to nearest even
+    _Float16 v = (_Float16)f;
+    uint16_t h;
+    std::memcpy(&h, &v, 2);
+    return h;
+}
+}  // namespace emu
+
+RHO_DEVICE float rho_to_f32(rho_bf16 x) { return emu::bf16_to_f32(x.bits); }
+RHO_DEVICE float rho_to_f32(rho_f16 x) { return emu::f16_to_f32(x.bits); }
+RHO_DEVICE float rho_to_f32(float x) { return x; }
+template <typename T> RHO_DEVICE T rho_from_f32(float x);
+template <> inline rho_bf16 rho_from_f32<rho_bf16>(float x) { return rho_bf16{emu::f32_to_bf16(x)}; }
+template <> inline rho_f16 rho_from_f32<rho_f16>(float x) { return rho_f16{emu::f32_to_f16(x)}; }
+template <> inline float rho_from_f32<float>(float x) { return x; }
+template <typename T> RHO_DEVICE uint32_t rho_pack2(float lo, float hi);
+template <> inline uint32_t rho_pack2<rho_bf16>(float lo, float hi) {
+    return (uint32_t)emu::f32_to_bf16(lo) | ((uint32_t)emu::f32_to_bf16(hi) << 16);
+}
+template <> inline uint32_t rho_pack2<rho_f16>(float lo, float hi) {
+    return (uint32_t)emu::f32_to_f16(lo) | ((uint32_t)emu::f32_to_f16(hi) << 16);
+}
+RHO_DEVICE uint32_t rho_pack_u16(uint16_t lo, uint16_t hi) { return (uint32_t)lo | ((uint32_t)hi << 16); }
+template <typename T> RHO_DEVICE uint16_t rho_bits(const T* p, long long i) { return p[i].bits; }
+template <typename T> RHO_DEVICE uint32_t rho_load_u32(const T* p) {
+    uint32_t w;
+    std::memcpy(&w, p, 4);
+    return w;
+}
+template <typename T> RHO_DEVICE void rho_store_u32(T* p, uint32_t w) { std::memcpy(p, &w, 4); }
+
+RHO_DEVICE void rho_sync_threads() { emu::sync_block(); }
+RHO_DEVICE float rho_shfl_xor(float v, int mask) {
+    uint32_t x;
+    std::memcpy(&x, &v, 4);
+    x = emu::warp_exchange(x, (emu::thread_x() % 32) ^ mask);
+    float r;
+    std::memcpy(&r, &x, 4);
+    return r;
+}
+RHO_DEVICE int rho_thread_x() { return emu::thread_x(); }
+RHO_DEVICE int rho_block_x() { return emu::block_x(); }
+RHO_DEVICE int rho_block_y() { return emu::block_y(); }
+RHO_DEVICE int rho_block_z() { return emu::block_z(); }
+RHO_DEVICE int rho_block_dim_x() { return emu::block_dim_x(); }
+RHO_DEVICE int rho_grid_dim_x() { return emu::grid_dim_x(); }
+RHO_DEVICE float rho_exp2(float x) { return std::exp2(x); }
+RHO_DEVICE float rho_log(float x) { return std::log(x); }
+RHO_DEVICE float rho_nan() { return NAN; }
+template <typename T> RHO_DEVICE void rho_mma16816(float* d, const uint32_t* a, const uint32_t* b);
+template <> inline void rho_mma16816<rho_bf16>(float* d, const uint32_t* a, const uint32_t* b) {
+    emu::warp_mma16816(d, a, b, true);
+}
+template <> inline void rho_mma16816<rho_f16>(float* d, const uint32_t* a, const uint32_t* b) {
+    emu::warp_mma16816(d, a, b, false);
+}
+template <typename T> RHO_DEVICE void rho_ldmatrix_x4(uint32_t* r, const T* row) { emu::warp_ldmatrix_x4(r, row, false); }
+template <typename T> RHO_DEVICE void rho_ldmatrix_x4_trans(uint32_t* r, const T* row) { emu::warp_ldmatrix_x4(r, row, true); }
+// cp.async: the emulator copies at once (the wait and barrier discipline is the kernel's).
+template <typename T> RHO_DEVICE void rho_cp_async16(T* dst, const T* src, bool pred) {
+    if (pred) std::memcpy((void*)dst, (const void*)src, 16);
+    else std::memset((void*)dst, 0, 16);
+}
+RHO_DEVICE void rho_cp_async_commit() {}
+template <int N> RHO_DEVICE void rho_cp_async_wait() {}

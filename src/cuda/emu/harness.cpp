@@ -1,0 +1,72 @@
+// extern "C" entry points that run rho's CUDA kernels in the CPU emulator (emu.h), with the
+// same grid and block shapes as the Rust launchers in src/cuda/ops.rs. Called by
+// src/cuda/emu.rs. dtype: 0 bf16, 1 f16, 2 f32. Returns 0, or 1 for an unsupported case.
+#include "../kernels/attention.cu"
+#include "../kernels/token_ce.cu"
+
+template <typename T, int D, int BC, int NW>
+static void flash(const void* q, const void* k, const void* v, void* o, const long long* st, int batch,
+                  int n_heads, int n_kv_heads, int seq, float scale_log2) {
+    const unsigned tiles = (unsigned)((seq + 16 * NW - 1) / (16 * NW));
+    emu::launch(tiles, (unsigned)n_heads, (unsigned)batch, 32 * NW, [&] {
+        flash_attn_fwd_impl<T, D, BC, NW>((const T*)q, (const T*)k, (const T*)v, (T*)o, st[0], st[1], st[2], st[3],
+                                  st[4], st[5], st[6], st[7], st[8], st[9], st[10], st[11], n_heads,
+                                  n_kv_heads, seq, scale_log2);
+    });
+}
+
+// The configurations compiled for the GPU (attention.cu's RHO_FLASH lines): head dim 64 with
+// 64-key tiles and 4 or 8 warps, head dim 128 with 32-key tiles and 4 warps.
+extern "C" int rho_emu_flash_attn_fwd(int dtype, int head_dim, int warps, const void* q, const void* k,
+                                      const void* v, void* o, const long long* strides12, int batch,
+                                      int n_heads, int n_kv_heads, int seq, float scale_log2) {
+    if (seq <= 0) return 0;
+#define RHO_EMU_FLASH(DT, T, D, BC, NW)                                                                      \
+    if (dtype == DT && head_dim == D && warps == NW) {                                                   \
+        flash<T, D, BC, NW>(q, k, v, o, strides12, batch, n_heads, n_kv_heads, seq, scale_log2);           \
+        return 0;                                                                                        \
+    }
+    RHO_EMU_FLASH(0, rho_bf16, 64, 64, 4)
+    RHO_EMU_FLASH(0, rho_bf16, 64, 64, 8)
+    RHO_EMU_FLASH(0, rho_bf16, 128, 32, 4)
+    RHO_EMU_FLASH(1, rho_f16, 64, 64, 4)
+    RHO_EMU_FLASH(1, rho_f16, 64, 64, 8)
+    RHO_EMU_FLASH(1, rho_f16, 128, 32, 4)
+    return 1;
+}
+
+template <typename T>
+static void ce_fwd(const void* x, long long sb, long long ss, long long seq, const uint32_t* tg, float* loss, float* lse, long long n,
+                   long long vocab) {
+    emu::launch((unsigned)n, 1, 1, RHO_CE_THREADS,
+                [&] { token_ce_fwd_impl<T>((const T*)x, sb, ss, seq, tg, loss, lse, vocab); });
+}
+
+extern "C" int rho_emu_token_ce_fwd(int dtype, const void* logits, long long sb, long long ss, long long seq,
+                                    const uint32_t* targets, float* loss, float* lse, long long n, long long vocab) {
+    if (n <= 0) return 0;
+    if (dtype == 0) ce_fwd<rho_bf16>(logits, sb, ss, seq, targets, loss, lse, n, vocab);
+    else if (dtype == 1) ce_fwd<rho_f16>(logits, sb, ss, seq, targets, loss, lse, n, vocab);
+    else if (dtype == 2) ce_fwd<float>(logits, sb, ss, seq, targets, loss, lse, n, vocab);
+    else return 1;
+    return 0;
+}
+
+template <typename T>
+static void ce_bwd(const void* x, long long sb, long long ss, long long seq, const uint32_t* tg, const float* lse, const float* dloss,
+                   void* dx, long long d_row_stride, long long n, long long vocab) {
+    emu::launch((unsigned)n, 1, 1, RHO_CE_THREADS, [&] {
+        token_ce_bwd_impl<T>((const T*)x, sb, ss, seq, tg, lse, dloss, (T*)dx, d_row_stride, vocab);
+    });
+}
+
+extern "C" int rho_emu_token_ce_bwd(int dtype, const void* logits, long long sb, long long ss, long long seq,
+                                    const uint32_t* targets, const float* lse, const float* dloss, void* dlogits,
+                                    long long d_row_stride, long long n, long long vocab) {
+    if (n <= 0) return 0;
+    if (dtype == 0) ce_bwd<rho_bf16>(logits, sb, ss, seq, targets, lse, dloss, dlogits, d_row_stride, n, vocab);
+    else if (dtype == 1) ce_bwd<rho_f16>(logits, sb, ss, seq, targets, lse, dloss, dlogits, d_row_stride, n, vocab);
+    else if (dtype == 2) ce_bwd<float>(logits, sb, ss, seq, targets, lse, dloss, dlogits, d_row_stride, n, vocab);
+    else return 1;
+    return 0;
+}

@@ -1,0 +1,121 @@
+// The few device primitives rho's kernels use, in two implementations:
+//   * nvcc (__CUDACC__): the real intrinsics and PTX (mma.sync, shuffles, bf16/f16 types);
+//   * anything else: the CPU emulator in ../emu/emu.h, which runs every CUDA thread of a
+//     block as a fiber, so that the same kernel source is tested by `cargo test` on a
+//     machine without a GPU (src/cuda/emu.rs).
+// Kernels use only what is here: no other intrinsic, no dynamic shared memory.
+#pragma once
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#define RHO_DEVICE __device__ __forceinline__
+#define RHO_GLOBAL extern "C" __global__
+#define RHO_SHARED __shared__ __align__(16)
+
+typedef __nv_bfloat16 rho_bf16;
+typedef __half rho_f16;
+
+RHO_DEVICE float rho_to_f32(rho_bf16 x) { return __bfloat162float(x); }
+RHO_DEVICE float rho_to_f32(rho_f16 x) { return __half2float(x); }
+RHO_DEVICE float rho_to_f32(float x) { return x; }
+
+// Two floats -> one 32-bit word of two 16-bit values (the first in the low half), round to nearest.
+template <typename T> RHO_DEVICE uint32_t rho_pack2(float lo, float hi);
+template <> RHO_DEVICE uint32_t rho_pack2<rho_bf16>(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+template <> RHO_DEVICE uint32_t rho_pack2<rho_f16>(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+// Two 16-bit values (a, b) -> one word, a in the low half.
+RHO_DEVICE uint32_t rho_pack_u16(uint16_t lo, uint16_t hi) { return (uint32_t)lo | ((uint32_t)hi << 16); }
+template <typename T> RHO_DEVICE T rho_from_f32(float x);
+template <> RHO_DEVICE rho_bf16 rho_from_f32<rho_bf16>(float x) { return __float2bfloat16_rn(x); }
+template <> RHO_DEVICE rho_f16 rho_from_f32<rho_f16>(float x) { return __float2half_rn(x); }
+template <> RHO_DEVICE float rho_from_f32<float>(float x) { return x; }
+// The raw 16 bits of element i.
+template <typename T> RHO_DEVICE uint16_t rho_bits(const T* p, long long i) {
+    return reinterpret_cast<const uint16_t*>(p)[i];
+}
+// 32-bit load/store of two adjacent 16-bit elements (p 4-byte aligned).
+template <typename T> RHO_DEVICE uint32_t rho_load_u32(const T* p) { return *reinterpret_cast<const uint32_t*>(p); }
+template <typename T> RHO_DEVICE void rho_store_u32(T* p, uint32_t w) { *reinterpret_cast<uint32_t*>(p) = w; }
+
+RHO_DEVICE void rho_sync_threads() { __syncthreads(); }
+RHO_DEVICE float rho_shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
+RHO_DEVICE int rho_thread_x() { return threadIdx.x; }
+RHO_DEVICE int rho_block_x() { return blockIdx.x; }
+RHO_DEVICE int rho_block_y() { return blockIdx.y; }
+RHO_DEVICE int rho_block_z() { return blockIdx.z; }
+RHO_DEVICE int rho_block_dim_x() { return blockDim.x; }
+RHO_DEVICE int rho_grid_dim_x() { return gridDim.x; }
+RHO_DEVICE float rho_exp2(float x) { return exp2f(x); }
+RHO_DEVICE float rho_log(float x) { return logf(x); }
+RHO_DEVICE float rho_nan() { return __int_as_float(0x7fc00000); }
+
+// D[16x8] += A[16x16] * B[16x8], A row-major, B column-major, f32 accumulators.
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"),
+// with g = lane / 4 and t = lane % 4:
+//   A: a[0] = (row g,   cols 2t, 2t+1)   a[1] = (row g+8, cols 2t, 2t+1)
+//      a[2] = (row g,   cols 2t+8, +9)   a[3] = (row g+8, cols 2t+8, +9)
+//   B: b[0] = (rows k = 2t, 2t+1; col g)  b[1] = (rows 2t+8, 2t+9; col g)
+//   C: c[0], c[1] = (row g, cols 2t, 2t+1)   c[2], c[3] = (row g+8, cols 2t, 2t+1)
+template <typename T> RHO_DEVICE void rho_mma16816(float* d, const uint32_t* a, const uint32_t* b);
+template <> RHO_DEVICE void rho_mma16816<rho_bf16>(float* d, const uint32_t* a, const uint32_t* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template <> RHO_DEVICE void rho_mma16816<rho_f16>(float* d, const uint32_t* a, const uint32_t* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Four 8x8 matrices of 16-bit elements from shared memory (ldmatrix .x4): lane L gives the
+// address of row L % 8 of matrix L / 8 (16 bytes, 16-byte aligned). Lane l receives r[i] =
+// (M_i[l / 4][2 (l % 4)], M_i[l / 4][2 (l % 4) + 1]), or with trans
+// (M_i[2 (l % 4)][l / 4], M_i[2 (l % 4) + 1][l / 4]): exactly an mma B fragment of K (plain) or
+// of V (trans) stored row-major.
+template <typename T> RHO_DEVICE void rho_ldmatrix_x4(uint32_t* r, const T* row) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+template <typename T> RHO_DEVICE void rho_ldmatrix_x4_trans(uint32_t* r, const T* row) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+// 16 bytes global -> shared without registers (cp.async, sm_80+); zero-filled when !pred
+// (src must still be a valid address). Completion: commit, then wait until at most N newer
+// groups are pending, then __syncthreads before other threads read.
+template <typename T> RHO_DEVICE void rho_cp_async16(T* dst, const T* src, bool pred) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src), "r"(pred ? 16 : 0));
+}
+RHO_DEVICE void rho_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> RHO_DEVICE void rho_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+#else
+#include "../emu/emu.h"
+#endif
+
+// Online log-sum-exp state (m, s) meaning s * exp(m); merging two is associative.
+RHO_DEVICE void rho_lse_merge(float& m, float& s, float m2, float s2) {
+    float mx = m > m2 ? m : m2;
+    if (mx == -INFINITY) return;  // both empty
+    s = s * rho_exp2((m - mx) * 1.4426950408889634f) + s2 * rho_exp2((m2 - mx) * 1.4426950408889634f);
+    m = mx;
+}

@@ -1,0 +1,308 @@
+//! rho's own GPU kernels (issue 7) and their CPU references.
+//!
+//! | kernel (src/cuda/kernels)       | what                                                    | CPU reference |
+//! |---------------------------------|---------------------------------------------------------|---------------|
+//! | `attention.cu` flash_attn_fwd   | causal grouped-query attention, bf16/f16, head dim 64/128, never [s, s] | [`reference::causal_attention`] |
+//! | `token_ce.cu` token_ce_fwd      | per-token f32 cross-entropy streamed over the vocabulary | [`reference::token_ce`], `model::loss::FusedTokenLoss` |
+//! | `token_ce.cu` token_ce_bwd      | its gradient with respect to the logits                 | [`reference::token_ce_backward`] |
+//!
+//! The same kernel source is compiled twice: to PTX by nvcc with `--features cuda`
+//! (build.rs; loaded by [`flash_attention`] and the loss on CUDA tensors) and, always, for a
+//! CPU emulator ([`emu`]) so that `cargo test` runs every kernel against its reference on a
+//! machine without a GPU. `rho bench kernels --device cuda:0` runs the same comparisons on
+//! the GPU.
+
+pub mod check;
+pub mod emu;
+pub mod reference;
+#[cfg(feature = "cuda")]
+pub(crate) mod ops;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use reference::{AttnShape, Rows, Strides};
+
+/// Whether rho's fused kernels may be used on a GPU (default yes). `RHO_FUSED_KERNELS=0`
+/// turns them off (plain candle ops instead), for A/B benchmarks and bisecting.
+pub fn fused_kernels_enabled() -> bool {
+    !matches!(std::env::var("RHO_FUSED_KERNELS").as_deref(), Ok("0") | Ok("off") | Ok("false"))
+}
+
+/// Head dims the flash attention kernel is compiled for.
+pub const FLASH_HEAD_DIMS: [usize; 2] = [64, 128];
+
+/// Causal grouped-query attention without the [s, s] matrix.
+///
+/// q: [b, s, n_heads, d], k and v: [b, s, n_kv_heads, d] (any strides; the head dim
+/// contiguous), d in [`FLASH_HEAD_DIMS`] on CUDA. Returns [b, s, n_heads, d] contiguous,
+/// out[b,i,h] = softmax_j<=i(scale q[b,i,h].k[b,j,h/G]) . v[b,j,h/G], G = n_heads / n_kv_heads.
+/// CUDA: the flash kernel (bf16 / f16). CPU: the f64 reference (slow; for tests).
+/// No backward pass.
+pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    flash_attention_variant(q, k, v, scale, FlashVariant::from_env())
+}
+
+/// The compiled variants of the flash attention kernel (attention.cu's RHO_FLASH lines).
+/// They differ in speed only; which is fastest is measured by `rho bench kernels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashVariant {
+    /// 4 warps, 64 query rows per block, registers for 3 blocks per SM (the default).
+    W4,
+    /// 4 warps, registers capped for 4 blocks per SM (head dim 64; W4 otherwise).
+    W4M4,
+    /// 8 warps, 128 query rows per block (head dim 64; W4 otherwise).
+    W8,
+}
+
+impl FlashVariant {
+    pub const ALL: [FlashVariant; 3] = [FlashVariant::W4, FlashVariant::W4M4, FlashVariant::W8];
+
+    /// `RHO_FLASH_VARIANT=w4|w4m4|w8` (default w4).
+    pub fn from_env() -> Self {
+        match std::env::var("RHO_FLASH_VARIANT").as_deref() {
+            Ok("w8") => FlashVariant::W8,
+            Ok("w4m4") => FlashVariant::W4M4,
+            _ => FlashVariant::W4,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            FlashVariant::W4 => "w4",
+            FlashVariant::W4M4 => "w4m4",
+            FlashVariant::W8 => "w8",
+        }
+    }
+    /// Warps per block for this head dim.
+    pub fn warps(self, head_dim: usize) -> usize {
+        if self == FlashVariant::W8 && head_dim == 64 {
+            8
+        } else {
+            4
+        }
+    }
+    /// The kernel's name suffix for this head dim (`flash_attn_fwd_bf16_d64` + suffix).
+    pub fn suffix(self, head_dim: usize) -> &'static str {
+        match (self, head_dim) {
+            (FlashVariant::W8, 64) => "_w8",
+            (FlashVariant::W4M4, 64) => "_m4",
+            _ => "",
+        }
+    }
+}
+
+/// [`flash_attention`] with the kernel variant chosen. K and V whose rows are not 16-byte
+/// aligned are copied first (the kernel loads them 16 bytes at a time).
+pub fn flash_attention_variant(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, variant: FlashVariant) -> Result<Tensor> {
+    let aligned = |t: &Tensor| t.layout().start_offset() % 8 == 0 && t.stride().iter().take(3).all(|s| s % 8 == 0);
+    let k = if aligned(k) { k.clone() } else { k.contiguous()? };
+    let v = if aligned(v) { v.clone() } else { v.contiguous()? };
+    q.apply_op3_no_bwd(&k, &v, &FlashAttn { scale, variant })
+}
+
+pub(crate) struct FlashAttn {
+    pub scale: f32,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub variant: FlashVariant,
+}
+
+/// Shape and strides of the three inputs, checked: q [b, s, nh, d], k/v [b, s, nkv, d].
+pub(crate) fn attn_layouts(l1: &Layout, l2: &Layout, l3: &Layout) -> Result<(AttnShape, [Strides; 3])> {
+    let dims = |l: &Layout, name: &str| -> Result<([usize; 4], Strides)> {
+        match (l.dims(), l.stride()) {
+            (&[b, s, h, d], &[sb, ss, sh, sd]) => {
+                if sd != 1 && d > 1 {
+                    candle_core::bail!("flash attention: {name}'s head dim must be contiguous (strides {:?})", l.stride());
+                }
+                Ok(([b, s, h, d], Strides { batch: sb, seq: ss, head: sh }))
+            }
+            (d, _) => candle_core::bail!("flash attention: {name} must be [batch, seq, heads, head_dim], got {d:?}"),
+        }
+    };
+    let (qd, qs) = dims(l1, "q")?;
+    let (kd, ks) = dims(l2, "k")?;
+    let (vd, vs) = dims(l3, "v")?;
+    if kd != vd || qd[0] != kd[0] || qd[1] != kd[1] || qd[3] != kd[3] {
+        candle_core::bail!("flash attention: q {qd:?}, k {kd:?} and v {vd:?} do not match (k and v [b, s, n_kv_heads, d] like q)");
+    }
+    let shape = AttnShape { batch: qd[0], seq: qd[1], n_heads: qd[2], n_kv_heads: kd[2], head_dim: qd[3] };
+    if shape.n_kv_heads == 0 || shape.n_heads % shape.n_kv_heads != 0 {
+        candle_core::bail!("flash attention: {} query heads are not a multiple of {} key/value heads", shape.n_heads, shape.n_kv_heads);
+    }
+    Ok((shape, [qs, ks, vs]))
+}
+
+fn cpu_f32(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
+    let o = l.start_offset();
+    Ok(match s {
+        CpuStorage::F32(v) => v[o..].to_vec(),
+        CpuStorage::BF16(v) => v[o..].iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::F16(v) => v[o..].iter().map(|x| x.to_f32()).collect(),
+        _ => candle_core::bail!("rho kernels: inputs must be f32, bf16 or f16, got {:?}", s.dtype()),
+    })
+}
+
+impl CustomOp3 for FlashAttn {
+    fn name(&self) -> &'static str {
+        "rho-flash-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (shape, [qs, ks, vs]) = attn_layouts(l1, l2, l3)?;
+        if s1.dtype() != s2.dtype() || s1.dtype() != s3.dtype() {
+            candle_core::bail!("flash attention: q, k, v dtypes differ");
+        }
+        let (q, k, v) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?);
+        shape
+            .check(&[("q", q.len(), qs, shape.n_heads), ("k", k.len(), ks, shape.n_kv_heads), ("v", v.len(), vs, shape.n_kv_heads)])
+            .map_err(|e| candle_core::Error::Msg(format!("flash attention: {e}")))?;
+        let o = reference::causal_attention(shape, &q, qs, &k, ks, &v, vs, self.scale);
+        let out = match s1.dtype() {
+            DType::BF16 => CpuStorage::BF16(o.into_iter().map(half::bf16::from_f32).collect()),
+            DType::F16 => CpuStorage::F16(o.into_iter().map(half::f16::from_f32).collect()),
+            _ => CpuStorage::F32(o),
+        };
+        Ok((out, Shape::from((shape.batch, shape.seq, shape.n_heads, shape.head_dim))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        ops::flash_attn_fwd(self.scale, self.variant, s1, l1, s2, l2, s3, l3)
+    }
+}
+
+/// Per-token cross-entropy with a backward pass, for training: logits [b, s, vocab]
+/// (f32 / bf16 / f16, the vocab dim contiguous), targets [b, s] u32 -> [b, s] f32.
+/// CUDA: `token_ce_fwd`, and for the gradient `token_ce_bwd` (the gradient with respect to
+/// the logits in their own dtype: no f32 copy of [b, s, vocab] is ever made). CPU: the
+/// f64 references. Targets must lie in the vocabulary (checked).
+pub fn token_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (b, s, v) = logits.dims3()?;
+    if targets.dims() != [b, s] {
+        candle_core::bail!("token_cross_entropy: logits are [{b}, {s}, {v}] but targets are {:?}", targets.dims());
+    }
+    let logits = if logits.stride()[2] == 1 { logits.clone() } else { logits.contiguous()? };
+    let targets = targets.to_dtype(DType::U32)?.contiguous()?;
+    if b * s > 0 {
+        let max = targets.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+        if max as usize >= v {
+            candle_core::bail!("token_cross_entropy: target id {max} is outside the vocabulary of {v}");
+        }
+    }
+    logits.apply_op2(&targets, TokenCe)
+}
+
+/// Layout of [b, s, vocab] logits as rows, checked.
+pub(crate) fn ce_rows(l: &Layout) -> Result<(usize, usize, usize, Rows)> {
+    match (l.dims(), l.stride()) {
+        (&[b, s, v], &[sb, ss, sv]) => {
+            if sv != 1 && v > 1 {
+                candle_core::bail!("token cross-entropy: the vocabulary dim must be contiguous (strides {:?})", l.stride());
+            }
+            Ok((b, s, v, Rows { seq: s.max(1), stride_b: sb, stride_s: ss }))
+        }
+        (d, _) => candle_core::bail!("token cross-entropy: logits must be [b, s, vocab], got {d:?}"),
+    }
+}
+
+fn cpu_targets<'a>(s: &'a CpuStorage, l: &Layout, n: usize) -> Result<&'a [u32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::U32(t), Some((a, z))) if z - a == n => Ok(&t[a..z]),
+        _ => candle_core::bail!("token cross-entropy: targets must be {n} contiguous u32"),
+    }
+}
+
+struct TokenCe;
+
+impl CustomOp2 for TokenCe {
+    fn name(&self) -> &'static str {
+        "rho-token-ce"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, s, v, rows) = ce_rows(l1)?;
+        let t = cpu_targets(s2, l2, b * s)?;
+        let x = cpu_f32(s1, l1)?;
+        let (loss, _) = reference::token_ce(&x, rows, t, v);
+        Ok((CpuStorage::F32(loss), Shape::from((b, s))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        ops::token_ce_fwd(s1, l1, s2, l2)
+    }
+
+    fn bwd(&self, logits: &Tensor, targets: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = logits.apply_op3_no_bwd(targets, &grad.to_dtype(DType::F32)?.contiguous()?, &TokenCeGrad)?;
+        Ok((Some(g), None))
+    }
+}
+
+/// (logits [b, s, vocab], targets [b, s], dloss [b, s] f32) -> dlogits [b, s, vocab] contiguous,
+/// in the logits' dtype.
+struct TokenCeGrad;
+
+impl CustomOp3 for TokenCeGrad {
+    fn name(&self) -> &'static str {
+        "rho-token-ce-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, s, v, rows) = ce_rows(l1)?;
+        let t = cpu_targets(s2, l2, b * s)?;
+        let g = match (s3, l3.contiguous_offsets()) {
+            (CpuStorage::F32(g), Some((a, z))) if z - a == b * s => &g[a..z],
+            _ => candle_core::bail!("token cross-entropy: the loss gradient must be {} contiguous f32", b * s),
+        };
+        let x = cpu_f32(s1, l1)?;
+        let d = reference::token_ce_backward(&x, rows, t, g, v);
+        let out = match s1.dtype() {
+            DType::BF16 => CpuStorage::BF16(d.into_iter().map(half::bf16::from_f32).collect()),
+            DType::F16 => CpuStorage::F16(d.into_iter().map(half::f16::from_f32).collect()),
+            _ => CpuStorage::F32(d),
+        };
+        Ok((out, Shape::from((b, s, v))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        ops::token_ce_bwd(s1, l1, s2, l2, s3, l3)
+    }
+}

@@ -1,0 +1,208 @@
+//! Launchers for the PTX kernels (`--features cuda`). Grid and block shapes are the ones the
+//! emulator harness (src/cuda/emu/harness.cpp) uses.
+
+use super::reference::Strides;
+use super::FLASH_HEAD_DIMS;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
+
+const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+const TOKEN_CE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/token_ce.ptx"));
+
+/// q [b, s, nh, d], k/v [b, s, nkv, d] (bf16 or f16, 4-byte aligned rows) -> o [b, s, nh, d].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn flash_attn_fwd(
+    scale: f32,
+    variant: super::FlashVariant,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let (shape, st) = super::attn_layouts(l1, l2, l3)?;
+    if !FLASH_HEAD_DIMS.contains(&shape.head_dim) {
+        candle_core::bail!("flash attention: no kernel for head_dim {} (have {FLASH_HEAD_DIMS:?})", shape.head_dim);
+    }
+    // q rows 4-byte aligned (32-bit loads), k and v rows 16-byte aligned (cp.async)
+    for (l, s, a) in [(l1, st[0], 2), (l2, st[1], 8), (l3, st[2], 8)] {
+        if l.start_offset() % a != 0 || s.batch % a != 0 || s.seq % a != 0 || s.head % a != 0 {
+            candle_core::bail!("flash attention: rows must be {}-byte aligned (offset {}, strides {s:?})", 2 * a, l.start_offset());
+        }
+    }
+    let (suffix, nw) = (variant.suffix(shape.head_dim), variant.warps(shape.head_dim));
+    let offs = [l1.start_offset(), l2.start_offset(), l3.start_offset()];
+    let dev = &s1.device;
+    let slice = match (&s1.slice, &s2.slice, &s3.slice) {
+        (CudaStorageSlice::BF16(q), CudaStorageSlice::BF16(k), CudaStorageSlice::BF16(v)) => {
+            CudaStorageSlice::BF16(launch_flash(dev, &format!("bf16_d{}{suffix}", shape.head_dim), nw, [q, k, v], offs, &st, shape, scale)?)
+        }
+        (CudaStorageSlice::F16(q), CudaStorageSlice::F16(k), CudaStorageSlice::F16(v)) => {
+            CudaStorageSlice::F16(launch_flash(dev, &format!("f16_d{}{suffix}", shape.head_dim), nw, [q, k, v], offs, &st, shape, scale)?)
+        }
+        _ => candle_core::bail!("flash attention: q, k, v must all be bf16 or all f16 on CUDA"),
+    };
+    let out = Shape::from((shape.batch, shape.seq, shape.n_heads, shape.head_dim));
+    Ok((CudaStorage { slice, device: dev.clone() }, out))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_flash<T: DeviceRepr>(
+    dev: &CudaDevice,
+    variant: &str,
+    warps: usize,
+    qkv: [&CudaSlice<T>; 3],
+    offs: [usize; 3],
+    st: &[Strides; 3],
+    shape: super::AttnShape,
+    scale: f32,
+) -> Result<CudaSlice<T>> {
+    let n = shape.batch * shape.seq * shape.n_heads * shape.head_dim;
+    // SAFETY: every element is written by the kernel (each (row, head) of the output).
+    let o = unsafe { dev.alloc::<T>(n)? };
+    if n == 0 {
+        return Ok(o);
+    }
+    let func = dev.get_or_load_custom_func(&format!("flash_attn_fwd_{variant}"), "rho_attention", ATTENTION_PTX)?;
+    let q = qkv[0].slice(offs[0]..);
+    let k = qkv[1].slice(offs[1]..);
+    let v = qkv[2].slice(offs[2]..);
+    let os = Strides::contiguous(shape.seq, shape.n_heads, shape.head_dim);
+    // (batch, head, seq) strides of q, k, v and o, in the kernel's argument order
+    let strides: Vec<i64> = [st[0], st[1], st[2], os].iter().flat_map(|s| [s.batch as i64, s.head as i64, s.seq as i64]).collect();
+    let mut b = func.builder();
+    b.arg(&q);
+    b.arg(&k);
+    b.arg(&v);
+    b.arg(&o);
+    for x in &strides {
+        b.arg(x);
+    }
+    candle_core::builder_arg!(
+        b,
+        shape.n_heads as i32,
+        shape.n_kv_heads as i32,
+        shape.seq as i32,
+        scale * std::f32::consts::LOG2_E
+    );
+    let cfg = LaunchConfig {
+        grid_dim: (shape.seq.div_ceil(16 * warps) as u32, shape.n_heads as u32, shape.batch as u32),
+        block_dim: (32 * warps as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: argument list and types match flash_attn_fwd_* in attention.cu; every row read
+    // lies in the inputs (layouts checked by attn_layouts and candle's shapes).
+    unsafe { b.launch(cfg) }.w()?;
+    Ok(o)
+}
+
+/// logits [b, s, vocab] (f32/bf16/f16, vocab contiguous, any batch/position strides), targets [b, s]
+/// u32 contiguous -> per-token loss [b, s] f32. Targets outside the vocabulary give NaN
+/// (`token_loss_eval` and `token_cross_entropy` check them first).
+pub(crate) fn token_ce_fwd(s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+    let (b, s, _, _) = super::ce_rows(l1)?;
+    let (loss, _lse) = ce_forward(s1, l1, s2, l2)?;
+    Ok((CudaStorage { slice: CudaStorageSlice::F32(loss), device: s1.device.clone() }, Shape::from((b, s))))
+}
+
+/// (logits, targets, dloss [b, s] f32) -> dlogits [b, s, vocab] contiguous in the logits'
+/// dtype: `token_ce_fwd` again for the log-sum-exp of each row, then `token_ce_bwd`.
+pub(crate) fn token_ce_bwd(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let (b, s, v, rows) = super::ce_rows(l1)?;
+    let n = b * s;
+    let g = match (&s3.slice, l3.contiguous_offsets()) {
+        (CudaStorageSlice::F32(g), Some((a, z))) if z - a == n => g.slice(a..z),
+        _ => candle_core::bail!("token cross-entropy: the loss gradient must be {n} contiguous f32"),
+    };
+    let (_, lse) = ce_forward(s1, l1, s2, l2)?;
+    let tg = targets_view(s2, l2, n)?;
+    let dev = &s1.device;
+    let off = l1.start_offset();
+    macro_rules! launch {
+        ($x:expr, $t:ty, $name:expr) => {{
+            // SAFETY: the kernel writes every element of the n x v gradient.
+            let out = unsafe { dev.alloc::<$t>(n * v)? };
+            if n > 0 && v > 0 {
+                let x = $x.slice(off..);
+                let func = dev.get_or_load_custom_func($name, "rho_token_ce", TOKEN_CE_PTX)?;
+                let mut bld = func.builder();
+                bld.arg(&x);
+                candle_core::builder_arg!(bld, rows.stride_b as i64, rows.stride_s as i64, rows.seq as i64);
+                bld.arg(&tg);
+                bld.arg(&lse);
+                bld.arg(&g);
+                bld.arg(&out);
+                candle_core::builder_arg!(bld, v as i64, v as i64);
+                let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                // SAFETY: arguments match token_ce_bwd_* in token_ce.cu.
+                unsafe { bld.launch(cfg) }.w()?;
+            }
+            out
+        }};
+    }
+    let slice = match &s1.slice {
+        CudaStorageSlice::BF16(x) => CudaStorageSlice::BF16(launch!(x, half::bf16, "token_ce_bwd_bf16")),
+        CudaStorageSlice::F16(x) => CudaStorageSlice::F16(launch!(x, half::f16, "token_ce_bwd_f16")),
+        CudaStorageSlice::F32(x) => CudaStorageSlice::F32(launch!(x, f32, "token_ce_bwd_f32")),
+        _ => candle_core::bail!("token cross-entropy: logits must be f32, bf16 or f16"),
+    };
+    Ok((CudaStorage { slice, device: dev.clone() }, Shape::from((b, s, v))))
+}
+
+fn targets_view<'a>(
+    s2: &'a CudaStorage,
+    l2: &Layout,
+    n: usize,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, u32>> {
+    match (&s2.slice, l2.contiguous_offsets()) {
+        (CudaStorageSlice::U32(t), Some((a, z))) if z - a == n => Ok(t.slice(a..z)),
+        _ => candle_core::bail!("token cross-entropy: targets must be {n} contiguous u32"),
+    }
+}
+
+/// (loss, lse) per row, f32 on the device.
+fn ce_forward(s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+    let (b, s, v, rows) = super::ce_rows(l1)?;
+    let n = b * s;
+    let tg = targets_view(s2, l2, n)?;
+    let dev = &s1.device;
+    // SAFETY: the kernel writes one loss and one lse per row.
+    let loss = unsafe { dev.alloc::<f32>(n)? };
+    let lse = unsafe { dev.alloc::<f32>(n)? };
+    if n == 0 {
+        return Ok((loss, lse));
+    }
+    let off = l1.start_offset();
+    macro_rules! launch {
+        ($x:expr, $name:expr) => {{
+            let x = $x.slice(off..);
+            let func = dev.get_or_load_custom_func($name, "rho_token_ce", TOKEN_CE_PTX)?;
+            let mut bld = func.builder();
+            bld.arg(&x);
+            candle_core::builder_arg!(bld, rows.stride_b as i64, rows.stride_s as i64, rows.seq as i64);
+            bld.arg(&tg);
+            bld.arg(&loss);
+            bld.arg(&lse);
+            candle_core::builder_arg!(bld, v as i64);
+            let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: arguments match token_ce_fwd_* in token_ce.cu; rows lie in the logits.
+            unsafe { bld.launch(cfg) }.w()?;
+        }};
+    }
+    match &s1.slice {
+        CudaStorageSlice::BF16(x) => launch!(x, "token_ce_fwd_bf16"),
+        CudaStorageSlice::F16(x) => launch!(x, "token_ce_fwd_f16"),
+        CudaStorageSlice::F32(x) => launch!(x, "token_ce_fwd_f32"),
+        _ => candle_core::bail!("token cross-entropy: logits must be f32, bf16 or f16"),
+    }
+    Ok((loss, lse))
+}
