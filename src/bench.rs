@@ -77,6 +77,23 @@ pub struct BenchResult {
 }
 
 impl BenchResult {
+    /// From the seconds of the timed iterations of a b x s batch: tokens/s of the median.
+    pub fn from_times(b: usize, s: usize, times: &[f64], loss_mean: f64) -> Self {
+        let mut t = times.to_vec();
+        t.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        let n = t.len();
+        let med = if n % 2 == 1 { t[n / 2] } else { (t[n / 2 - 1] + t[n / 2]) / 2.0 };
+        BenchResult {
+            b,
+            s,
+            tokens_per_s: (b * s) as f64 / med,
+            median_ms: med * 1e3,
+            min_ms: t[0] * 1e3,
+            max_ms: t[n - 1] * 1e3,
+            loss_mean,
+        }
+    }
+
     /// The peer's `RESULT` line format.
     pub fn line(&self, system: &str, flops: f64, peak_gib: f64) -> String {
         format!(
@@ -244,22 +261,11 @@ pub fn run_bench_eval(a: &BenchEvalArgs) -> Result<Vec<BenchResult>> {
                 times.push(t.elapsed().as_secs_f64());
             }
         }
-        let mut sorted = times.clone();
-        sorted.sort_by(|x, y| x.partial_cmp(y).unwrap());
-        let med = if sorted.len() % 2 == 1 { sorted[sorted.len() / 2] } else { (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0 };
         let loss_mean = loss.iter().map(|&x| x as f64).sum::<f64>() / loss.len() as f64;
         if !loss_mean.is_finite() {
             return Err(Error::msg(format!("non-finite loss at shape {b}x{s}")));
         }
-        let r = BenchResult {
-            b,
-            s,
-            tokens_per_s: (b * s) as f64 / med,
-            median_ms: med * 1e3,
-            min_ms: sorted[0] * 1e3,
-            max_ms: sorted[sorted.len() - 1] * 1e3,
-            loss_mean,
-        };
+        let r = BenchResult::from_times(b, s, &times, loss_mean);
         let peak = if device.is_cpu() { peak_rss_gib() } else { f64::NAN };
         println!("{}", r.line("rho", flops(b, s), peak));
         if a.dump.is_some() {
@@ -378,20 +384,10 @@ pub fn run_bench_train(a: &BenchTrainArgs) -> Result<Vec<BenchResult>> {
                 times.push(t.elapsed().as_secs_f64());
             }
         }
-        times.sort_by(|x, y| x.partial_cmp(y).unwrap());
-        let med = times[times.len() / 2];
         if !last.is_finite() {
             return Err(Error::msg(format!("non-finite training loss at shape {b}x{s}")));
         }
-        let r = BenchResult {
-            b,
-            s,
-            tokens_per_s: (b * s) as f64 / med,
-            median_ms: med * 1e3,
-            min_ms: times[0] * 1e3,
-            max_ms: times[times.len() - 1] * 1e3,
-            loss_mean: last,
-        };
+        let r = BenchResult::from_times(b, s, &times, last);
         let peak = if device.is_cpu() { peak_rss_gib() } else { f64::NAN };
         println!(
             "RESULT system=rho-train kind=train select={} shape={b}x{s} tokens_per_s={:.0} median_ms={:.2} min_ms={:.2} max_ms={:.2} loss={:.4} peak_mem_gib={:.2}",

@@ -172,8 +172,9 @@ pub struct EvalArgs {
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// f32, bf16 or f16 (losses are always computed in f32).
-    #[arg(long, default_value = "f32")]
+    /// f32, bf16, f16, or auto: f32 on CPU, bf16 on CUDA (rho's fused kernels need bf16 or
+    /// f16). Losses are always computed in f32.
+    #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// Upper bound on (padded) tokens per forward pass.
     #[arg(long, default_value_t = 4096)]
@@ -280,7 +281,8 @@ pub fn run(cli: Cli) -> Result<()> {
             if a.max_tokens == Some(0) {
                 return Err(Error::flag("--max-tokens", "must be positive"));
             }
-            let dtype = parse_dtype(&a.dtype)?;
+            let auto = a.dtype == "auto";
+            let dtype = if auto { DType::F32 } else { parse_dtype(&a.dtype)? };
             let shard = a.shard.as_deref().map(str::parse::<eval::Shard>).transpose()?;
             if let Some(list) = &a.devices {
                 let devices: Vec<String> = list.split(',').map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect();
@@ -308,6 +310,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let device = parse_device(&a.device)?;
+            let dtype = if auto && device.is_cuda() { DType::BF16 } else { dtype };
             if device.is_cpu() && dtype != DType::F32 && !a.quiet {
                 eprintln!("warning: {} on CPU accumulates in low precision; f32 is recommended", a.dtype);
             }

@@ -19,7 +19,7 @@ pub mod reference;
 pub(crate) mod ops;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use reference::{AttnShape, Rows, Strides};
 
 /// Whether rho's fused kernels may be used on a GPU (default yes). `RHO_FUSED_KERNELS=0`
@@ -204,7 +204,13 @@ pub fn token_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> 
             candle_core::bail!("token_cross_entropy: target id {max} is outside the vocabulary of {v}");
         }
     }
-    logits.apply_op2(&targets, TokenCe)
+    // the same op as evaluation's loss (`token_loss_eval`), with its backward
+    logits.apply_op2(&targets, crate::model::loss::FusedTokenLoss)
+}
+
+/// The backward of `FusedTokenLoss`: d loss / d logits for the loss gradient `grad`.
+pub(crate) fn token_ce_grad(logits: &Tensor, targets: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    logits.apply_op3_no_bwd(targets, &grad.to_dtype(DType::F32)?.contiguous()?, &TokenCeGrad)
 }
 
 /// Layout of [b, s, vocab] logits as rows, checked.
@@ -220,42 +226,10 @@ pub(crate) fn ce_rows(l: &Layout) -> Result<(usize, usize, usize, Rows)> {
     }
 }
 
-fn cpu_targets<'a>(s: &'a CpuStorage, l: &Layout, n: usize) -> Result<&'a [u32]> {
+pub(crate) fn cpu_targets<'a>(s: &'a CpuStorage, l: &Layout, n: usize) -> Result<&'a [u32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::U32(t), Some((a, z))) if z - a == n => Ok(&t[a..z]),
         _ => candle_core::bail!("token cross-entropy: targets must be {n} contiguous u32"),
-    }
-}
-
-struct TokenCe;
-
-impl CustomOp2 for TokenCe {
-    fn name(&self) -> &'static str {
-        "rho-token-ce"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, s, v, rows) = ce_rows(l1)?;
-        let t = cpu_targets(s2, l2, b * s)?;
-        let x = cpu_f32(s1, l1)?;
-        let (loss, _) = reference::token_ce(&x, rows, t, v);
-        Ok((CpuStorage::F32(loss), Shape::from((b, s))))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        ops::token_ce_fwd(s1, l1, s2, l2)
-    }
-
-    fn bwd(&self, logits: &Tensor, targets: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = logits.apply_op3_no_bwd(targets, &grad.to_dtype(DType::F32)?.contiguous()?, &TokenCeGrad)?;
-        Ok((Some(g), None))
     }
 }
 

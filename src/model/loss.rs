@@ -64,8 +64,9 @@ pub fn token_loss_eval(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 /// One pass per row over the logits: loss = log(sum exp(x - max)) - (x[target] - max),
-/// the exponentials in f32 and their sum in f64. CPU only (`token_loss_eval`
-/// dispatches); on CUDA the kernel `token_ce_fwd` of src/cuda/kernels/token_ce.cu, same contract.
+/// the exponentials in f32 and their sum in f64 (CPU, rows in parallel); on CUDA the
+/// kernel `token_ce_fwd` of src/cuda/kernels/token_ce.cu, same contract. Evaluation applies
+/// it without a backward (`token_loss_eval`), training with (`cuda::token_cross_entropy`).
 pub struct FusedTokenLoss;
 
 impl FusedTokenLoss {
@@ -139,6 +140,12 @@ impl CustomOp2 for FusedTokenLoss {
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         crate::cuda::ops::token_ce_fwd(s1, l1, s2, l2)
+    }
+
+    /// d loss / d logits = (softmax - onehot) * grad: `token_ce_bwd` on CUDA, the f64
+    /// reference on CPU; in the logits' dtype. Used through `cuda::token_cross_entropy`.
+    fn bwd(&self, logits: &Tensor, targets: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(crate::cuda::token_ce_grad(logits, targets, grad)?), None))
     }
 }
 
