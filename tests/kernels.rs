@@ -316,3 +316,128 @@ fn every_family_gives_the_same_logits_through_the_flash_attention_path() {
         assert!(diff < 1e-4, "{family}: max logit diff {diff}");
     }
 }
+
+#[test]
+fn reference_attention_backward_matches_autograd() -> candle_core::Result<()> {
+    // The f64 reference gradients against candle's autograd of softmax attention (f32).
+    let dev = Device::Cpu;
+    let (b, s, nh, nkv, d) = (2, 7, 4, 2, 8);
+    let shape = AttnShape { batch: b, seq: s, n_heads: nh, n_kv_heads: nkv, head_dim: d };
+    let mut rng = StdRng::seed_from_u64(5);
+    let (q, k, v, g) = (normal(&mut rng, b * s * nh * d, 1.0), normal(&mut rng, b * s * nkv * d, 1.0), normal(&mut rng, b * s * nkv * d, 1.0), normal(&mut rng, b * s * nh * d, 1.0));
+    let scale = 0.4f32;
+    let (qs, ks) = (Strides::contiguous(s, nh, d), Strides::contiguous(s, nkv, d));
+    let (dq, dk, dv) = reference::causal_attention_backward(shape, &q, qs, &k, ks, &v, ks, &g, qs, scale);
+    let var = |x: &[f32], h: usize| candle_core::Var::from_tensor(&Tensor::from_vec(x.to_vec(), (b, s, h, d), &dev).unwrap()).unwrap();
+    let (qv, kv, vv) = (var(&q, nh), var(&k, nkv), var(&v, nkv));
+    let rep = |x: &Tensor| -> candle_core::Result<Tensor> {
+        x.transpose(1, 2)?.contiguous()?.unsqueeze(2)?.expand((b, nkv, nh / nkv, s, d))?.reshape((b, nh, s, d))
+    };
+    let mask: Vec<f32> = (0..s).flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let mask = Tensor::from_vec(mask, (s, s), &dev)?;
+    let qt = qv.as_tensor().transpose(1, 2)?.contiguous()?;
+    let scores = (qt.matmul(&rep(kv.as_tensor())?.t()?)? * scale as f64)?.broadcast_add(&mask)?;
+    let o = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&rep(vv.as_tensor())?)?.transpose(1, 2)?;
+    let gt = Tensor::from_vec(g.clone(), (b, s, nh, d), &dev)?;
+    let grads = (o * gt)?.sum_all()?.backward()?;
+    for (name, v, want) in [("dq", &qv, &dq), ("dk", &kv, &dk), ("dv", &vv, &dv)] {
+        let got = grads.get(v.as_tensor()).unwrap().flatten_all()?.to_vec1::<f32>()?;
+        let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-4, "{name}: max diff {err}");
+        assert!(want.iter().any(|x| x.abs() > 0.1), "{name}: degenerate");
+    }
+    Ok(())
+}
+
+#[test]
+fn flash_attention_backward_kernel_matches_the_reference() {
+    let gqa = |batch, seq, n_heads, n_kv_heads| AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: 64 };
+    // (dtype, shape, fused layout): one partial key tile with grouped-query heads; several key
+    // and query tiles; exactly one tile; views of one fused projection
+    let cases = [
+        (KDType::BF16, gqa(1, 77, 2, 1), false),
+        (KDType::BF16, gqa(2, 150, 2, 2), false),
+        (KDType::F16, gqa(1, 64, 4, 2), false),
+        (KDType::F16, gqa(1, 100, 2, 2), true),
+    ];
+    for (ci, (dt, shape, fused)) in cases.into_iter().enumerate() {
+        let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
+        let mut rng = StdRng::seed_from_u64(40 + ci as u64);
+        let (qb, kb, vb, qs, ks, vs);
+        if fused {
+            let (bits, _) = quantize(dt, &normal(&mut rng, batch * seq * n_heads * 3 * d, 1.0));
+            let st = Strides { batch: seq * n_heads * 3 * d, seq: n_heads * 3 * d, head: 3 * d };
+            (qb, kb, vb) = (bits.clone(), bits[d..].to_vec(), bits[2 * d..].to_vec());
+            (qs, ks, vs) = (st, st, st);
+        } else {
+            qb = quantize(dt, &normal(&mut rng, batch * seq * n_heads * d, 1.5)).0;
+            kb = quantize(dt, &normal(&mut rng, batch * seq * n_kv_heads * d, 1.0)).0;
+            vb = quantize(dt, &normal(&mut rng, batch * seq * n_kv_heads * d, 1.0)).0;
+            (qs, ks, vs) = (Strides::contiguous(seq, n_heads, d), Strides::contiguous(seq, n_kv_heads, d), Strides::contiguous(seq, n_kv_heads, d));
+        }
+        let (gb, gv) = quantize(dt, &normal(&mut rng, batch * seq * n_heads * d, 1.0));
+        let gs = Strides::contiguous(seq, n_heads, d);
+        let f = |x: &[u16]| x.iter().map(|&b| emu::bits_to_f32(dt, b)).collect::<Vec<f32>>();
+        let (qf, kf, vf) = (f(&qb), f(&kb), f(&vb));
+        let scale = 1.0 / 8.0;
+        // forward with the normalisers, against the reference's
+        let (o, lse) = emu::flash_attn_fwd_lse(dt, 4, shape, &qb, qs, &kb, ks, &vb, vs, scale).unwrap();
+        let (_, want_lse) = reference::causal_attention_lse(shape, &qf, qs, &kf, ks, &vf, vs, scale);
+        let lse_err = lse.iter().zip(&want_lse).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(lse_err < 1e-3, "case {ci}: lse2 max diff {lse_err}");
+        // D = rowsum(dout * o) from the kernel's own output, as the GPU path computes it
+        let of = f(&o);
+        let dsum: Vec<f32> = (0..batch * seq * n_heads).map(|r| (0..d).map(|c| gv[r * d + c] * of[r * d + c]).sum()).collect();
+        let (dq, dk, dv) = emu::flash_attn_bwd(dt, shape, &qb, qs, &kb, ks, &vb, vs, &gb, gs, &lse, &dsum, scale).unwrap();
+        let (wq, wk, wv) = reference::causal_attention_backward(shape, &qf, qs, &kf, ks, &vf, vs, &gv, gs, scale);
+        let tol = if dt == KDType::BF16 { 3e-2 } else { 6e-3 };
+        for (name, got, want) in [("dq", dq, wq), ("dk", f(&dk), wk), ("dv", f(&dv), wv)] {
+            let mag = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            eprintln!("case {ci} {name}: max |kernel - reference| {err:.2e}, max |ref| {mag:.2}");
+            assert!(mag > 0.1, "case {ci} {name}: degenerate reference");
+            assert!(got.iter().all(|x| x.is_finite()) && err <= tol * mag, "case {ci} ({dt:?} {shape:?} fused={fused}) {name}: max diff {err} vs max {mag}");
+        }
+    }
+}
+
+#[test]
+fn every_family_trains_with_the_same_gradients_through_the_flash_attention_path() {
+    // Mode::Train through the op with its backward (CPU: the f64 references) against the
+    // plain differentiable attention: every parameter's gradient, and each one non-zero
+    // (the differentiable RoPE of the [b, s, h, d] layout included).
+    use candle_nn::VarBuilder;
+    use rho::model::{Transformer, Weights};
+    use rho::train::params::ParamSource;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let ids: Vec<u32> = (0..2 * 17).map(|i| (i * 29 + 5) % 250).collect();
+    for family in ["llama/step-100", "neox/step2000", "gpt2/checkpoint-20", "qwen2/step-1"] {
+        let dir = root.join(family);
+        let ck = Checkpoint::open(&dir).unwrap();
+        let src = ParamSource::new(Some(Weights::open(&dir).unwrap()), 0, 0.02);
+        let varmap = src.varmap.clone();
+        let vb = VarBuilder::from_backend(Box::new(src), DType::F32, Device::Cpu);
+        let plain = Transformer::new(&ck.config, vb, Mode::Train).unwrap();
+        let flash = plain.clone().with_flash_attention(true);
+        assert!(flash.uses_flash_attention());
+        let vocab = ck.config.vocab_size as u32;
+        let x = Tensor::from_vec(ids.iter().map(|i| i % vocab).collect::<Vec<_>>(), (2, 17), &Device::Cpu).unwrap();
+        let targets = x.narrow(1, 1, 16).unwrap().contiguous().unwrap();
+        let grads_of = |m: &Transformer| {
+            let logits = m.forward(&x).unwrap();
+            let l = rho::model::loss::per_token_loss(&logits.narrow(1, 0, 16).unwrap(), &targets).unwrap();
+            l.mean_all().unwrap().backward().unwrap()
+        };
+        let (ga, gb) = (grads_of(&plain), grads_of(&flash));
+        let vars = varmap.data().lock().unwrap();
+        assert!(vars.len() > 5);
+        for (name, var) in vars.iter() {
+            let a = ga.get(var.as_tensor()).unwrap_or_else(|| panic!("{family}: no gradient for {name} (plain)"));
+            let b = gb.get(var.as_tensor()).unwrap_or_else(|| panic!("{family}: no gradient for {name} (flash)"));
+            let scale = a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(scale > 0.0, "{family}: zero gradient for {name}");
+            assert!(diff <= 1e-4 * scale.max(1e-3), "{family} {name}: max grad diff {diff} (max {scale})");
+        }
+    }
+}

@@ -147,6 +147,52 @@ fn check_flash(dev: &Device, dt: DType, shape: AttnShape, fused: bool, q_std: f3
     Ok(Check { kernel: "flash_attn_fwd", what, max_err: max_abs_diff(&got, &want), tol })
 }
 
+/// The attention backward (head dim 64) on `dev` (GPU: `flash_attention_train` and candle's
+/// autograd, so the forward's saved normalisers and D = rowsum(dO o) are part of the check;
+/// CPU: the emulated forward and backward kernels) against the f64 reference gradients.
+/// One check per gradient: max |kernel - reference| / max |reference|.
+fn check_flash_bwd(dev: &Device, dt: DType, shape: AttnShape, seed: u64) -> Result<[Check; 3]> {
+    let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let q = round_to(dt, &normal(&mut rng, batch * seq * n_heads * d, 1.5));
+    let k = round_to(dt, &normal(&mut rng, batch * seq * n_kv_heads * d, 1.0));
+    let v = round_to(dt, &normal(&mut rng, batch * seq * n_kv_heads * d, 1.0));
+    let g = round_to(dt, &normal(&mut rng, batch * seq * n_heads * d, 1.0));
+    let (qs, ks) = (Strides::contiguous(seq, n_heads, d), Strides::contiguous(seq, n_kv_heads, d));
+    let scale = 1.0 / (d as f32).sqrt();
+    let (wq, wk, wv) = reference::causal_attention_backward(shape, &q, qs, &k, ks, &v, ks, &g, qs, scale);
+    let (gq, gk, gv): (Vec<f32>, Vec<f32>, Vec<f32>) = if dev.is_cpu() {
+        let kd = kdtype(dt);
+        let (qb, kb, vb, gb) = (bits(dt, &q), bits(dt, &k), bits(dt, &v), bits(dt, &g));
+        let (o, lse) = emu::flash_attn_fwd_lse(kd, 4, shape, &qb, qs, &kb, ks, &vb, ks, scale).map_err(Error::msg)?;
+        let dsum: Vec<f32> = (0..batch * seq * n_heads).map(|r| (0..d).map(|c| g[r * d + c] * emu::bits_to_f32(kd, o[r * d + c])).sum()).collect();
+        let (dq, dk, dv) = emu::flash_attn_bwd(kd, shape, &qb, qs, &kb, ks, &vb, ks, &gb, qs, &lse, &dsum, scale).map_err(Error::msg)?;
+        let f = |x: Vec<u16>| x.into_iter().map(|b| emu::bits_to_f32(kd, b)).collect();
+        (dq, f(dk), f(dv))
+    } else {
+        let run = || -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+            let var = |x: &[f32], h: usize| -> candle_core::Result<candle_core::Var> {
+                candle_core::Var::from_tensor(&Tensor::from_vec(x.to_vec(), (batch, seq, h, d), &Device::Cpu)?.to_dtype(dt)?.to_device(dev)?)
+            };
+            let (qv, kv, vv) = (var(&q, n_heads)?, var(&k, n_kv_heads)?, var(&v, n_kv_heads)?);
+            let o = super::flash_attention_train(qv.as_tensor(), kv.as_tensor(), vv.as_tensor(), scale)?;
+            let gt = Tensor::from_vec(g.clone(), (batch, seq, n_heads, d), dev)?;
+            let grads = (o.to_dtype(DType::F32)? * gt)?.sum_all()?.backward()?;
+            let get = |x: &candle_core::Var| grads.get(x.as_tensor()).unwrap().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+            Ok((get(&qv)?, get(&kv)?, get(&vv)?))
+        };
+        run().map_err(cerr)?
+    };
+    let what = format!("dtype={} shape={batch}x{seq}x{n_heads}x{n_kv_heads}x{d}", dt.as_str());
+    let tol = if dt == DType::BF16 { 3e-2 } else { 6e-3 };
+    let rel = |got: &[f32], want: &[f32]| max_abs_diff(got, want) / want.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+    Ok([
+        Check { kernel: "flash_attn_bwd", what: format!("{what} grad=dq (relative to max)"), max_err: rel(&gq, &wq), tol },
+        Check { kernel: "flash_attn_bwd", what: format!("{what} grad=dk (relative to max)"), max_err: rel(&gk, &wk), tol },
+        Check { kernel: "flash_attn_bwd", what: format!("{what} grad=dv (relative to max)"), max_err: rel(&gv, &wv), tol },
+    ])
+}
+
 /// token_ce_fwd and token_ce_bwd on the rows of a narrowed [b, s - 1, vocab] view of
 /// [b, s, vocab] logits, against the references.
 fn check_ce(dev: &Device, dt: DType, b: usize, s: usize, vocab: usize, seed: u64) -> Result<[Check; 2]> {
@@ -231,6 +277,19 @@ fn plain_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64
     p.matmul(&rep(v)?)?.transpose(1, 2)?.contiguous()
 }
 
+/// The model's plain attention in training (differentiable softmax).
+fn plain_attention_train(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    let (b, s, nh, d) = q.dims4()?;
+    let nkv = k.dim(2)?;
+    let rep = |x: &Tensor| -> candle_core::Result<Tensor> {
+        let x = x.transpose(1, 2)?.contiguous()?;
+        x.unsqueeze(2)?.expand((b, nkv, nh / nkv, s, d))?.reshape((b, nh, s, d))
+    };
+    let q = q.transpose(1, 2)?.contiguous()?;
+    let scores = (q.matmul(&rep(k)?.t()?)? * scale)?.broadcast_add(mask)?;
+    candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&rep(v)?)?.transpose(1, 2)?.contiguous()
+}
+
 fn timings(dev: &Device, a: &BenchKernelsArgs) -> candle_core::Result<()> {
     let (nh, nkv, d) = (32, 4, 64); // TinyLlama-1.1B
     for (b, s) in [(8usize, 2048usize), (4, 1024)] {
@@ -253,6 +312,27 @@ fn timings(dev: &Device, a: &BenchKernelsArgs) -> candle_core::Result<()> {
         let mask = Tensor::from_vec(mask, (s, s), dev)?.to_dtype(DType::BF16)?;
         let t = time(dev, a.warmup, a.iters.min(5), || plain_attention(&q, &k, &v, &mask, scale).map(|_| ()))?;
         println!("RESULT kernel=attention impl=plain shape={b}x{s}x{nh}x{nkv}x{d} dtype=bf16 median_ms={:.3} tflops={:.1}", t * 1e3, flops / t / 1e12);
+    }
+    // training: forward + backward of attention, flash against plain (4x2048, TinyLlama heads)
+    for (b, s) in [(4usize, 2048usize)] {
+        let mk = |h: usize| -> candle_core::Result<candle_core::Var> { candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, s, h, d), dev)?.to_dtype(DType::BF16)?) };
+        let (q, k, v) = (mk(nh)?, mk(nkv)?, mk(nkv)?);
+        let g = Tensor::randn(0f32, 1.0, (b, s, nh, d), dev)?.to_dtype(DType::BF16)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let mask: Vec<f32> = (0..s).flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let mask = Tensor::from_vec(mask, (s, s), dev)?.to_dtype(DType::BF16)?;
+        let flops = 2.5 * 2.0 * (b * nh * s * s * d) as f64; // backward ~2.5x the forward's matmuls
+        let tf = time(dev, a.warmup, a.iters, || {
+            let o = super::flash_attention_train(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale as f32)?;
+            (o * &g)?.sum_all()?.backward().map(|_| ())
+        })?;
+        let tp = time(dev, a.warmup, a.iters.min(5), || {
+            let o = plain_attention_train(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, scale)?;
+            (o * &g)?.sum_all()?.backward().map(|_| ())
+        })?;
+        for (name, t) in [("flash", tf), ("plain", tp)] {
+            println!("RESULT kernel=attention_fwd_bwd impl={name} shape={b}x{s}x{nh}x{nkv}x{d} dtype=bf16 median_ms={:.3} tflops={:.1}", t * 1e3, (flops + 2.0 * (b * nh * s * s * d) as f64) / t / 1e12);
+        }
     }
     for (b, s, vocab) in [(8usize, 2048usize, 32000usize), (4, 1024, 128256)] {
         let logits = Tensor::randn(0f32, 3.0, (b, s, vocab), dev)?.to_dtype(DType::BF16)?;
@@ -278,7 +358,6 @@ fn timings(dev: &Device, a: &BenchKernelsArgs) -> candle_core::Result<()> {
             println!("RESULT kernel=token_ce_fwd_bwd impl={name} logits={b}x{}x{vocab} dtype=bf16 median_ms={:.3}", s - 1, x * 1e3);
         }
     }
-    let _ = D::Minus1;
     Ok(())
 }
 
@@ -309,12 +388,23 @@ pub fn run_bench_kernels(a: &BenchKernelsArgs) -> Result<Vec<Check>> {
             (DType::F16, gqa(1, 333, 4, 2, 128), true, 2.0, W4),
         ]
     };
+    let bwd_cases: Vec<(DType, AttnShape)> = if dev.is_cpu() {
+        vec![(DType::BF16, gqa(1, 77, 2, 1, 64)), (DType::F16, gqa(1, 130, 2, 2, 64))]
+    } else {
+        vec![(DType::BF16, gqa(1, 700, 4, 2, 64)), (DType::F16, gqa(2, 300, 2, 2, 64))]
+    };
     let (cb, cs, cv) = if dev.is_cpu() { (2, 6, 1000) } else { (4, 257, 32000) };
     let mut checks = Vec::new();
     for (i, &(dt, shape, fused, q_std, variant)) in flash_cases.iter().enumerate() {
         let c = check_flash(&dev, dt, shape, fused, q_std, variant, a.seed + i as u64)?;
         println!("{}", c.line());
         checks.push(c);
+    }
+    for (i, &(dt, shape)) in bwd_cases.iter().enumerate() {
+        for c in check_flash_bwd(&dev, dt, shape, a.seed + 50 + i as u64)? {
+            println!("{}", c.line());
+            checks.push(c);
+        }
     }
     for (i, dt) in [DType::BF16, DType::F16, DType::F32].into_iter().enumerate() {
         for c in check_ce(&dev, dt, cb, cs, cv, a.seed + 100 + i as u64)? {

@@ -32,6 +32,27 @@ extern "C" {
         n_kv_heads: i32,
         seq: i32,
         scale_log2: f32,
+        lse2: *mut f32,
+    ) -> i32;
+    fn rho_emu_flash_attn_bwd(
+        dtype: i32,
+        head_dim: i32,
+        q: *const u16,
+        k: *const u16,
+        v: *const u16,
+        dout: *const u16,
+        lse2: *const f32,
+        dsum: *const f32,
+        dq_acc: *mut f32,
+        dk: *mut u16,
+        dv: *mut u16,
+        strides12: *const i64,
+        batch: i32,
+        n_heads: i32,
+        n_kv_heads: i32,
+        seq: i32,
+        scale_log2: f32,
+        scale: f32,
     ) -> i32;
     fn rho_emu_token_ce_fwd(
         dtype: i32,
@@ -84,6 +105,43 @@ pub fn flash_attn_fwd(
     vs: Strides,
     scale: f32,
 ) -> Result<Vec<u16>, String> {
+    flash_fwd(dtype, warps, shape, q, qs, k, ks, v, vs, scale, None)
+}
+
+/// [`flash_attn_fwd`] that also returns each row's log2 normaliser lse2 [b, s, n_heads]
+/// (the training forward, for the backward).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attn_fwd_lse(
+    dtype: KDType,
+    warps: usize,
+    shape: AttnShape,
+    q: &[u16],
+    qs: Strides,
+    k: &[u16],
+    ks: Strides,
+    v: &[u16],
+    vs: Strides,
+    scale: f32,
+) -> Result<(Vec<u16>, Vec<f32>), String> {
+    let mut lse = vec![0f32; shape.batch * shape.seq * shape.n_heads];
+    let o = flash_fwd(dtype, warps, shape, q, qs, k, ks, v, vs, scale, Some(&mut lse))?;
+    Ok((o, lse))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn flash_fwd(
+    dtype: KDType,
+    warps: usize,
+    shape: AttnShape,
+    q: &[u16],
+    qs: Strides,
+    k: &[u16],
+    ks: Strides,
+    v: &[u16],
+    vs: Strides,
+    scale: f32,
+    lse: Option<&mut [f32]>,
+) -> Result<Vec<u16>, String> {
     shape.check(&[("q", q.len(), qs, shape.n_heads), ("k", k.len(), ks, shape.n_kv_heads), ("v", v.len(), vs, shape.n_kv_heads)])?;
     if dtype == KDType::F32 || !matches!((shape.head_dim, warps), (64, 4) | (64, 8) | (128, 4)) {
         return Err(format!("no flash attention kernel for {dtype:?} with head_dim {} and {warps} warps", shape.head_dim));
@@ -116,12 +174,84 @@ pub fn flash_attn_fwd(
             shape.n_kv_heads as i32,
             shape.seq as i32,
             scale * std::f32::consts::LOG2_E,
+            lse.map_or(std::ptr::null_mut(), |l| l.as_mut_ptr()),
         )
     };
     if rc != 0 {
         return Err("emulator refused the launch".into());
     }
     Ok(o)
+}
+
+/// Emulated `flash_attn_bwd_{bf16,f16}_d64`: q, k, v, dout (16-bit bits, rows 16-byte
+/// aligned), lse2 and dsum ([b, s, n_heads] f32: the forward's log2 normalisers and
+/// rowsum(dout * o)) -> (dq f32 [b, s, n_heads, 64], dk and dv bits [b, s, n_kv_heads, 64]).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attn_bwd(
+    dtype: KDType,
+    shape: AttnShape,
+    q: &[u16],
+    qs: Strides,
+    k: &[u16],
+    ks: Strides,
+    v: &[u16],
+    vs: Strides,
+    dout: &[u16],
+    gs: Strides,
+    lse2: &[f32],
+    dsum: &[f32],
+    scale: f32,
+) -> Result<(Vec<f32>, Vec<u16>, Vec<u16>), String> {
+    shape.check(&[
+        ("q", q.len(), qs, shape.n_heads),
+        ("k", k.len(), ks, shape.n_kv_heads),
+        ("v", v.len(), vs, shape.n_kv_heads),
+        ("dout", dout.len(), gs, shape.n_heads),
+    ])?;
+    if dtype == KDType::F32 || shape.head_dim != 64 {
+        return Err(format!("no flash attention backward for {dtype:?} with head_dim {}", shape.head_dim));
+    }
+    for (name, st) in [("q", qs), ("k", ks), ("v", vs), ("dout", gs)] {
+        if st.batch % 8 != 0 || st.seq % 8 != 0 || st.head % 8 != 0 {
+            return Err(format!("{name}: rows must be 16-byte aligned (strides {st:?})"));
+        }
+    }
+    let rows = shape.batch * shape.seq * shape.n_heads;
+    if lse2.len() != rows || dsum.len() != rows {
+        return Err(format!("lse2 and dsum need {rows} values, got {} and {}", lse2.len(), dsum.len()));
+    }
+    let mut dq = vec![0f32; rows * 64];
+    let mut dk = vec![0u16; shape.batch * shape.seq * shape.n_kv_heads * 64];
+    let mut dv = dk.clone();
+    let st: Vec<i64> = [qs, ks, vs, gs].iter().flat_map(|s| [s.batch as i64, s.head as i64, s.seq as i64]).collect();
+    let _g = lock();
+    // SAFETY: inputs checked to hold every row; outputs sized for the shape.
+    let rc = unsafe {
+        rho_emu_flash_attn_bwd(
+            dtype as i32,
+            64,
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            dout.as_ptr(),
+            lse2.as_ptr(),
+            dsum.as_ptr(),
+            dq.as_mut_ptr(),
+            dk.as_mut_ptr(),
+            dv.as_mut_ptr(),
+            st.as_ptr(),
+            shape.batch as i32,
+            shape.n_heads as i32,
+            shape.n_kv_heads as i32,
+            shape.seq as i32,
+            scale * std::f32::consts::LOG2_E,
+            scale,
+        )
+    };
+    if rc != 0 {
+        return Err("emulator refused the launch".into());
+    }
+    Ok((dq, dk, dv))
 }
 
 /// Raw bytes of logits: 16-bit bits or f32 values.

@@ -37,9 +37,25 @@ pub const FLASH_HEAD_DIMS: [usize; 2] = [64, 128];
 /// contiguous), d in [`FLASH_HEAD_DIMS`] on CUDA. Returns [b, s, n_heads, d] contiguous,
 /// out[b,i,h] = softmax_j<=i(scale q[b,i,h].k[b,j,h/G]) . v[b,j,h/G], G = n_heads / n_kv_heads.
 /// CUDA: the flash kernel (bf16 / f16). CPU: the f64 reference (slow; for tests).
-/// No backward pass.
+/// No backward pass (evaluation); [`flash_attention_train`] has one.
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
     flash_attention_variant(q, k, v, scale, FlashVariant::from_env())
+}
+
+/// [`flash_attention`] with a backward pass (training): the forward also keeps each row's
+/// log-sum-exp, the backward is `flash_attn_bwd` on CUDA (head dim 64 only) and the f64
+/// reference on CPU. Gradients in the inputs' dtype.
+pub fn flash_attention_train(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    let aligned = |t: &Tensor| if aligned16(t) { Ok(t.clone()) } else { t.contiguous() };
+    // the backward loads q and k, v 16 bytes at a time
+    let (q, k, v) = (aligned(q)?, aligned(k)?, aligned(v)?);
+    let op = FlashAttn { scale, variant: FlashVariant::from_env(), train: true, lse: std::sync::Mutex::new(None) };
+    q.apply_op3(&k, &v, op)
+}
+
+/// Rows of a [b, s, h, d] tensor start on 16-byte boundaries (16-bit elements).
+fn aligned16(t: &Tensor) -> bool {
+    t.layout().start_offset() % 8 == 0 && t.stride().iter().take(3).all(|s| s % 8 == 0)
 }
 
 /// The compiled variants of the flash attention kernel (attention.cu's RHO_FLASH lines).
@@ -93,16 +109,19 @@ impl FlashVariant {
 /// [`flash_attention`] with the kernel variant chosen. K and V whose rows are not 16-byte
 /// aligned are copied first (the kernel loads them 16 bytes at a time).
 pub fn flash_attention_variant(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, variant: FlashVariant) -> Result<Tensor> {
-    let aligned = |t: &Tensor| t.layout().start_offset() % 8 == 0 && t.stride().iter().take(3).all(|s| s % 8 == 0);
-    let k = if aligned(k) { k.clone() } else { k.contiguous()? };
-    let v = if aligned(v) { v.clone() } else { v.contiguous()? };
-    q.apply_op3_no_bwd(&k, &v, &FlashAttn { scale, variant })
+    let k = if aligned16(k) { k.clone() } else { k.contiguous()? };
+    let v = if aligned16(v) { v.clone() } else { v.contiguous()? };
+    q.apply_op3_no_bwd(&k, &v, &FlashAttn { scale, variant, train: false, lse: std::sync::Mutex::new(None) })
 }
 
 pub(crate) struct FlashAttn {
     pub scale: f32,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub variant: FlashVariant,
+    /// Keep each row's log2 normaliser for the backward (training).
+    pub train: bool,
+    /// That normaliser, [b, s, n_heads] f32, set by the forward.
+    pub lse: std::sync::Mutex<Option<Tensor>>,
 }
 
 /// Shape and strides of the three inputs, checked: q [b, s, nh, d], k/v [b, s, nkv, d].
@@ -163,7 +182,11 @@ impl CustomOp3 for FlashAttn {
         shape
             .check(&[("q", q.len(), qs, shape.n_heads), ("k", k.len(), ks, shape.n_kv_heads), ("v", v.len(), vs, shape.n_kv_heads)])
             .map_err(|e| candle_core::Error::Msg(format!("flash attention: {e}")))?;
-        let o = reference::causal_attention(shape, &q, qs, &k, ks, &v, vs, self.scale);
+        let (o, lse) = reference::causal_attention_lse(shape, &q, qs, &k, ks, &v, vs, self.scale);
+        if self.train {
+            let t = Tensor::from_vec(lse, (shape.batch, shape.seq, shape.n_heads), &candle_core::Device::Cpu)?;
+            *self.lse.lock().unwrap() = Some(t);
+        }
         let out = match s1.dtype() {
             DType::BF16 => CpuStorage::BF16(o.into_iter().map(half::bf16::from_f32).collect()),
             DType::F16 => CpuStorage::F16(o.into_iter().map(half::f16::from_f32).collect()),
@@ -182,8 +205,86 @@ impl CustomOp3 for FlashAttn {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        ops::flash_attn_fwd(self.scale, self.variant, s1, l1, s2, l2, s3, l3)
+        let (o, shape, lse) = ops::flash_attn_fwd(self.scale, self.variant, self.train, s1, l1, s2, l2, s3, l3)?;
+        if let Some(lse) = lse {
+            let d = shape.dims();
+            let t = Tensor::from_storage(candle_core::Storage::Cuda(lse), (d[0], d[1], d[2]), candle_core::op::BackpropOp::none(), false);
+            *self.lse.lock().unwrap() = Some(t);
+        }
+        Ok((o, shape))
     }
+
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, dout: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let lse = self.lse.lock().unwrap().take();
+        let Some(lse) = lse else { candle_core::bail!("flash attention backward: the forward kept no normalisers (not a training call)") };
+        let (dq, dk, dv) = if q.device().is_cpu() {
+            flash_backward_cpu(self.scale, q, k, v, dout)?
+        } else {
+            flash_backward_gpu(self.scale, q, k, v, o, dout, &lse)?
+        };
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// The backward on CPU: the f64 reference, gradients in the inputs' dtype.
+fn flash_backward_cpu(scale: f32, q: &Tensor, k: &Tensor, v: &Tensor, dout: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let f32_of = |t: &Tensor| -> Result<(Vec<f32>, Strides)> {
+        let t = t.to_dtype(DType::F32)?.contiguous()?;
+        let (_, s, h, d) = t.dims4()?;
+        Ok((t.flatten_all()?.to_vec1::<f32>()?, Strides::contiguous(s, h, d)))
+    };
+    let (b, s, nh, d) = q.dims4()?;
+    let nkv = k.dim(2)?;
+    let shape = AttnShape { batch: b, seq: s, n_heads: nh, n_kv_heads: nkv, head_dim: d };
+    let ((qf, qs), (kf, ks), (vf, vs), (gf, gs)) = (f32_of(q)?, f32_of(k)?, f32_of(v)?, f32_of(dout)?);
+    let (dq, dk, dv) = reference::causal_attention_backward(shape, &qf, qs, &kf, ks, &vf, vs, &gf, gs, scale);
+    let dev = q.device();
+    Ok((
+        Tensor::from_vec(dq, (b, s, nh, d), dev)?.to_dtype(q.dtype())?,
+        Tensor::from_vec(dk, (b, s, nkv, d), dev)?.to_dtype(k.dtype())?,
+        Tensor::from_vec(dv, (b, s, nkv, d), dev)?.to_dtype(v.dtype())?,
+    ))
+}
+
+/// The backward on CUDA: D = rowsum(dout * o) in f32, then `flash_attn_bwd`.
+#[cfg(feature = "cuda")]
+fn flash_backward_gpu(scale: f32, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, dout: &Tensor, lse: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    use candle_core::op::BackpropOp;
+    use candle_core::Storage;
+    let dout = if aligned16(dout) { dout.clone() } else { dout.contiguous()? };
+    let dsum = (dout.to_dtype(DType::F32)? * o.to_dtype(DType::F32)?)?.sum(3)?.contiguous()?; // [b, s, nh]
+    let (b, s, nh, d) = q.dims4()?;
+    let nkv = k.dim(2)?;
+    let cuda = |t: &Tensor| -> Result<()> {
+        match &*t.storage_and_layout().0 {
+            Storage::Cuda(_) => Ok(()),
+            _ => candle_core::bail!("flash attention backward: every input must be on the GPU"),
+        }
+    };
+    for t in [q, k, v, &dout, lse, &dsum] {
+        cuda(t)?;
+    }
+    let (dq, dk, dv) = {
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (gs, gl) = dout.storage_and_layout();
+        let (ls, ll) = lse.storage_and_layout();
+        let (ds, dl) = dsum.storage_and_layout();
+        let (Storage::Cuda(qs), Storage::Cuda(ks), Storage::Cuda(vs), Storage::Cuda(gs), Storage::Cuda(ls), Storage::Cuda(ds)) = (&*qs, &*ks, &*vs, &*gs, &*ls, &*ds) else {
+            unreachable!("checked above")
+        };
+        ops::flash_attn_bwd(scale, (qs, ql), (ks, kl), (vs, vl), (gs, gl), (ls, ll), (ds, dl))?
+    };
+    let dq = Tensor::from_storage(Storage::Cuda(dq), (b, s, nh, d), BackpropOp::none(), false);
+    let dk = Tensor::from_storage(Storage::Cuda(dk), (b, s, nkv, d), BackpropOp::none(), false);
+    let dv = Tensor::from_storage(Storage::Cuda(dv), (b, s, nkv, d), BackpropOp::none(), false);
+    Ok((dq.to_dtype(q.dtype())?, dk, dv))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn flash_backward_gpu(_: f32, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    candle_core::bail!("flash attention backward: this build has no CUDA (--features cuda)")
 }
 
 /// Per-token cross-entropy with a backward pass, for training: logits [b, s, vocab]

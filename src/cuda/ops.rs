@@ -10,18 +10,20 @@ use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
 const TOKEN_CE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/token_ce.ptx"));
 
-/// q [b, s, nh, d], k/v [b, s, nkv, d] (bf16 or f16, 4-byte aligned rows) -> o [b, s, nh, d].
+/// q [b, s, nh, d], k/v [b, s, nkv, d] (bf16 or f16, 4-byte aligned rows) -> o [b, s, nh, d],
+/// and with `lse` each row's log2 normaliser [b, s, nh] f32 (training).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn flash_attn_fwd(
     scale: f32,
     variant: super::FlashVariant,
+    lse: bool,
     s1: &CudaStorage,
     l1: &Layout,
     s2: &CudaStorage,
     l2: &Layout,
     s3: &CudaStorage,
     l3: &Layout,
-) -> Result<(CudaStorage, Shape)> {
+) -> Result<(CudaStorage, Shape, Option<CudaStorage>)> {
     let (shape, st) = super::attn_layouts(l1, l2, l3)?;
     if !FLASH_HEAD_DIMS.contains(&shape.head_dim) {
         candle_core::bail!("flash attention: no kernel for head_dim {} (have {FLASH_HEAD_DIMS:?})", shape.head_dim);
@@ -35,17 +37,111 @@ pub(crate) fn flash_attn_fwd(
     let (suffix, nw) = (variant.suffix(shape.head_dim), variant.warps(shape.head_dim));
     let offs = [l1.start_offset(), l2.start_offset(), l3.start_offset()];
     let dev = &s1.device;
+    let lse = if lse { Some(dev.alloc_zeros::<f32>(shape.batch * shape.seq * shape.n_heads)?) } else { None };
     let slice = match (&s1.slice, &s2.slice, &s3.slice) {
         (CudaStorageSlice::BF16(q), CudaStorageSlice::BF16(k), CudaStorageSlice::BF16(v)) => {
-            CudaStorageSlice::BF16(launch_flash(dev, &format!("bf16_d{}{suffix}", shape.head_dim), nw, [q, k, v], offs, &st, shape, scale)?)
+            let name = format!("bf16_d{}{suffix}", shape.head_dim);
+            CudaStorageSlice::BF16(launch_flash(dev, &name, nw, [q, k, v], offs, &st, shape, scale, lse.as_ref())?)
         }
         (CudaStorageSlice::F16(q), CudaStorageSlice::F16(k), CudaStorageSlice::F16(v)) => {
-            CudaStorageSlice::F16(launch_flash(dev, &format!("f16_d{}{suffix}", shape.head_dim), nw, [q, k, v], offs, &st, shape, scale)?)
+            let name = format!("f16_d{}{suffix}", shape.head_dim);
+            CudaStorageSlice::F16(launch_flash(dev, &name, nw, [q, k, v], offs, &st, shape, scale, lse.as_ref())?)
         }
         _ => candle_core::bail!("flash attention: q, k, v must all be bf16 or all f16 on CUDA"),
     };
     let out = Shape::from((shape.batch, shape.seq, shape.n_heads, shape.head_dim));
-    Ok((CudaStorage { slice, device: dev.clone() }, out))
+    let lse = lse.map(|l| CudaStorage { slice: CudaStorageSlice::F32(l), device: dev.clone() });
+    Ok((CudaStorage { slice, device: dev.clone() }, out, lse))
+}
+
+/// The f32 values of a contiguous input of `n` elements.
+fn f32_view<'a>(x: In<'a>, n: usize, what: &str) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, f32>> {
+    match (&x.0.slice, x.1.contiguous_offsets()) {
+        (CudaStorageSlice::F32(s), Some((a, z))) if z - a == n => Ok(s.slice(a..z)),
+        _ => candle_core::bail!("flash attention backward: {what} must be {n} contiguous f32"),
+    }
+}
+
+/// One input of the backward: storage, layout.
+pub(crate) type In<'a> = (&'a CudaStorage, &'a Layout);
+
+/// Gradients of flash attention (head dim 64): q, k, v, dout [b, s, heads, 64] (rows 16-byte
+/// aligned), lse2 and dsum [b, s, nh] f32 contiguous -> (dq [b, s, nh, 64] f32, dk and dv
+/// [b, s, nkv, 64] in the inputs' dtype), contiguous.
+pub(crate) fn flash_attn_bwd(
+    scale: f32,
+    q: In,
+    k: In,
+    v: In,
+    dout: In,
+    lse2: In,
+    dsum: In,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    let (shape, st) = super::attn_layouts(q.1, k.1, v.1)?;
+    let (gshape, gst) = super::attn_layouts(dout.1, k.1, v.1)?;
+    if gshape != shape {
+        candle_core::bail!("flash attention backward: dout {:?} does not match q {:?}", dout.1.dims(), q.1.dims());
+    }
+    if shape.head_dim != 64 {
+        candle_core::bail!("flash attention backward: no kernel for head_dim {} (have 64)", shape.head_dim);
+    }
+    let all = [(q.1, st[0]), (k.1, st[1]), (v.1, st[2]), (dout.1, gst[0])];
+    for (l, s) in all {
+        if l.start_offset() % 8 != 0 || s.batch % 8 != 0 || s.seq % 8 != 0 || s.head % 8 != 0 {
+            candle_core::bail!("flash attention backward: rows must be 16-byte aligned (offset {}, strides {s:?})", l.start_offset());
+        }
+    }
+    let rows = shape.batch * shape.seq * shape.n_heads;
+    let lse = f32_view(lse2, rows, "lse2")?;
+    let ds = f32_view(dsum, rows, "dsum")?;
+    let dev = q.0.device.clone();
+    // every key block adds its share of dq: zeros first
+    let mut dq = dev.alloc_zeros::<f32>(rows * 64)?;
+    let n_kv = shape.batch * shape.seq * shape.n_kv_heads * 64;
+    let strides: Vec<i64> = [st[0], st[1], st[2], gst[0]].iter().flat_map(|s| [s.batch as i64, s.head as i64, s.seq as i64]).collect();
+    let cfg = LaunchConfig {
+        grid_dim: (shape.seq.div_ceil(64) as u32, shape.n_kv_heads as u32, shape.batch as u32),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    macro_rules! run {
+        ($qs:expr, $ks:expr, $vs:expr, $gs:expr, $t:ty, $name:expr, $wrap:path) => {{
+            // SAFETY: dk and dv: every row of every key is written (rows past the end are not part of them).
+            let dk = unsafe { dev.alloc::<$t>(n_kv)? };
+            let dv = unsafe { dev.alloc::<$t>(n_kv)? };
+            if rows > 0 {
+                let (qv, kv, vv, gv) = ($qs.slice(q.1.start_offset()..), $ks.slice(k.1.start_offset()..), $vs.slice(v.1.start_offset()..), $gs.slice(dout.1.start_offset()..));
+                let func = dev.get_or_load_custom_func($name, "rho_attention", ATTENTION_PTX)?;
+                let mut b = func.builder();
+                b.arg(&qv);
+                b.arg(&kv);
+                b.arg(&vv);
+                b.arg(&gv);
+                b.arg(&lse);
+                b.arg(&ds);
+                b.arg(&mut dq);
+                b.arg(&dk);
+                b.arg(&dv);
+                for x in &strides {
+                    b.arg(x);
+                }
+                candle_core::builder_arg!(b, shape.n_heads as i32, shape.n_kv_heads as i32, shape.seq as i32, scale * std::f32::consts::LOG2_E, scale);
+                // SAFETY: arguments match flash_attn_bwd_* in attention.cu; rows checked above.
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            (CudaStorage { slice: $wrap(dk), device: dev.clone() }, CudaStorage { slice: $wrap(dv), device: dev.clone() })
+        }};
+    }
+    let (dk, dv) = match (&q.0.slice, &k.0.slice, &v.0.slice, &dout.0.slice) {
+        (CudaStorageSlice::BF16(a), CudaStorageSlice::BF16(b), CudaStorageSlice::BF16(c), CudaStorageSlice::BF16(d)) => {
+            run!(a, b, c, d, half::bf16, "flash_attn_bwd_bf16_d64", CudaStorageSlice::BF16)
+        }
+        (CudaStorageSlice::F16(a), CudaStorageSlice::F16(b), CudaStorageSlice::F16(c), CudaStorageSlice::F16(d)) => {
+            run!(a, b, c, d, half::f16, "flash_attn_bwd_f16_d64", CudaStorageSlice::F16)
+        }
+        _ => candle_core::bail!("flash attention backward: q, k, v, dout must all be bf16 or all f16"),
+    };
+    Ok((CudaStorage { slice: CudaStorageSlice::F32(dq), device: dev.clone() }, dk, dv))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -58,6 +154,7 @@ fn launch_flash<T: DeviceRepr>(
     st: &[Strides; 3],
     shape: super::AttnShape,
     scale: f32,
+    lse: Option<&CudaSlice<f32>>,
 ) -> Result<CudaSlice<T>> {
     let n = shape.batch * shape.seq * shape.n_heads * shape.head_dim;
     // SAFETY: every element is written by the kernel (each (row, head) of the output).
@@ -87,6 +184,11 @@ fn launch_flash<T: DeviceRepr>(
         shape.seq as i32,
         scale * std::f32::consts::LOG2_E
     );
+    let null = 0u64; // no lse output (evaluation)
+    match lse {
+        Some(l) => b.arg(l),
+        None => b.arg(&null),
+    };
     let cfg = LaunchConfig {
         grid_dim: (shape.seq.div_ceil(16 * warps) as u32, shape.n_heads as u32, shape.batch as u32),
         block_dim: (32 * warps as u32, 1, 1),

@@ -53,7 +53,15 @@ impl AttnShape {
 /// Causal attention: out[b, i, h, :] = sum_{j <= i} softmax_j(scale * q[b,i,h].k[b,j,h/G]) v[b,j,h/G],
 /// G = n_heads / n_kv_heads. q: [b, s, n_heads, d], k and v: [b, s, n_kv_heads, d] (strided),
 /// out: contiguous [b, s, n_heads, d] f32. Dot products and sums in f64.
-pub fn causal_attention(
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention(shape: AttnShape, q: &[f32], qs: Strides, k: &[f32], ks: Strides, v: &[f32], vs: Strides, scale: f32) -> Vec<f32> {
+    causal_attention_lse(shape, q, qs, k, ks, v, vs, scale).0
+}
+
+/// [`causal_attention`] and each row's log2 normaliser lse2[b, i, h] = log2 sum_{j <= i}
+/// exp(scale q.k) ([b, s, n_heads], what the forward kernel saves for the backward).
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention_lse(
     shape: AttnShape,
     q: &[f32],
     qs: Strides,
@@ -62,29 +70,24 @@ pub fn causal_attention(
     v: &[f32],
     vs: Strides,
     scale: f32,
-) -> Vec<f32> {
+) -> (Vec<f32>, Vec<f32>) {
     let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
     let group = n_heads / n_kv_heads;
     let os = Strides::contiguous(seq, n_heads, d);
     let mut out = vec![0f32; batch * seq * n_heads * d];
+    let mut lse2 = vec![0f32; batch * seq * n_heads];
     let mut w = vec![0f64; seq];
     for b in 0..batch {
         for h in 0..n_heads {
             let kvh = h / group;
             for i in 0..seq {
-                let qi = &q[qs.at(b, i, h)..qs.at(b, i, h) + d];
-                let mut mx = f64::NEG_INFINITY;
-                for (j, wj) in w.iter_mut().enumerate().take(i + 1) {
-                    let kj = &k[ks.at(b, j, kvh)..ks.at(b, j, kvh) + d];
-                    let dot: f64 = qi.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum();
-                    *wj = dot * scale as f64;
-                    mx = mx.max(*wj);
-                }
+                let mx = scores(q, qs, k, ks, (b, i, h, kvh), d, scale, &mut w);
                 let mut sum = 0f64;
                 for wj in w.iter_mut().take(i + 1) {
                     *wj = (*wj - mx).exp();
                     sum += *wj;
                 }
+                lse2[(b * seq + i) * n_heads + h] = ((mx + sum.ln()) * std::f64::consts::LOG2_E) as f32;
                 let o = &mut out[os.at(b, i, h)..os.at(b, i, h) + d];
                 for (c, oc) in o.iter_mut().enumerate() {
                     let mut acc = 0f64;
@@ -96,7 +99,80 @@ pub fn causal_attention(
             }
         }
     }
-    out
+    (out, lse2)
+}
+
+/// scale * q[b,i,h] . k[b,j,kvh] for j <= i into w[..=i]; returns their max.
+fn scores(q: &[f32], qs: Strides, k: &[f32], ks: Strides, (b, i, h, kvh): (usize, usize, usize, usize), d: usize, scale: f32, w: &mut [f64]) -> f64 {
+    let qi = &q[qs.at(b, i, h)..qs.at(b, i, h) + d];
+    let mut mx = f64::NEG_INFINITY;
+    for (j, wj) in w.iter_mut().enumerate().take(i + 1) {
+        let kj = &k[ks.at(b, j, kvh)..ks.at(b, j, kvh) + d];
+        let dot: f64 = qi.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum();
+        *wj = dot * scale as f64;
+        mx = mx.max(*wj);
+    }
+    mx
+}
+
+/// Gradients of causal attention for the output gradient `dout` (strides `gs`):
+/// (dq [b, s, n_heads, d], dk and dv [b, s, n_kv_heads, d]), contiguous f32, in f64 inside:
+/// P = softmax(scale q k^T) (causal), dv = P^T dout, dP = dout v^T, dS = P (dP - rowsum(dP P)),
+/// dq = scale dS k, dk = scale dS^T q; the query heads of a group add into their kv head.
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention_backward(
+    shape: AttnShape,
+    q: &[f32],
+    qs: Strides,
+    k: &[f32],
+    ks: Strides,
+    v: &[f32],
+    vs: Strides,
+    dout: &[f32],
+    gs: Strides,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
+    let group = n_heads / n_kv_heads;
+    let (qo, ko) = (Strides::contiguous(seq, n_heads, d), Strides::contiguous(seq, n_kv_heads, d));
+    let mut dq = vec![0f64; batch * seq * n_heads * d];
+    let mut dk = vec![0f64; batch * seq * n_kv_heads * d];
+    let mut dv = vec![0f64; batch * seq * n_kv_heads * d];
+    let mut p = vec![0f64; seq];
+    let mut dp = vec![0f64; seq];
+    for b in 0..batch {
+        for h in 0..n_heads {
+            let kvh = h / group;
+            for i in 0..seq {
+                let mx = scores(q, qs, k, ks, (b, i, h, kvh), d, scale, &mut p);
+                let mut sum = 0f64;
+                for pj in p.iter_mut().take(i + 1) {
+                    *pj = (*pj - mx).exp();
+                    sum += *pj;
+                }
+                let g = &dout[gs.at(b, i, h)..gs.at(b, i, h) + d];
+                let mut dsum = 0f64;
+                for j in 0..=i {
+                    p[j] /= sum;
+                    let vj = &v[vs.at(b, j, kvh)..vs.at(b, j, kvh) + d];
+                    dp[j] = g.iter().zip(vj).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    dsum += p[j] * dp[j];
+                    for c in 0..d {
+                        dv[ko.at(b, j, kvh) + c] += p[j] * g[c] as f64;
+                    }
+                }
+                for j in 0..=i {
+                    let ds = p[j] * (dp[j] - dsum) * scale as f64;
+                    for c in 0..d {
+                        dq[qo.at(b, i, h) + c] += ds * k[ks.at(b, j, kvh) + c] as f64;
+                        dk[ko.at(b, j, kvh) + c] += ds * q[qs.at(b, i, h) + c] as f64;
+                    }
+                }
+            }
+        }
+    }
+    let f = |x: Vec<f64>| x.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+    (f(dq), f(dk), f(dv))
 }
 
 /// Where the rows of a [b, s, vocab] logits tensor start: row r = (r / seq, r % seq) at

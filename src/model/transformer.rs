@@ -110,10 +110,10 @@ pub struct Transformer {
     /// [max_ctx, rotary_dim / 2] tables (None for GPT-2).
     rope: Option<(Tensor, Tensor)>,
     pub mode: Mode,
-    /// Attention through `cuda::flash_attention` (no [s, s] scores) in `Mode::Eval`: on by
-    /// default on CUDA for bf16/f16 with a head dim the kernel has (`RHO_FUSED_KERNELS=0`
-    /// turns it off); on CPU only when asked (`with_flash_attention`, tests: the CPU
-    /// implementation is the slow f64 reference).
+    /// Attention through `cuda::flash_attention` (no [s, s] scores): on by default on CUDA
+    /// for bf16/f16 with a head dim the kernel has (`RHO_FUSED_KERNELS=0` turns it off), in
+    /// `Mode::Train` only for head dim 64 (the backward kernel's); on CPU only when asked
+    /// (`with_flash_attention`, tests: the CPU implementation is the slow f64 reference).
     flash: bool,
 }
 
@@ -264,9 +264,9 @@ impl Transformer {
         self
     }
 
-    /// Whether evaluation goes through the flash attention op.
+    /// Whether the forward goes through the flash attention op.
     pub fn uses_flash_attention(&self) -> bool {
-        self.flash && self.mode == Mode::Eval
+        self.flash && (self.mode == Mode::Eval || self.device().is_cpu() || self.cfg.head_dim == 64)
     }
 
     pub fn device(&self) -> &Device {
@@ -401,23 +401,39 @@ impl Transformer {
                 let cos = cos.narrow(0, 0, s)?;
                 let sin = sin.narrow(0, 0, s)?;
                 let rd = self.cfg.rotary_dim;
-                (rope_bshd(&q, &cos, &sin, rd)?, rope_bshd(&k, &cos, &sin, rd)?)
+                (rope_bshd(&q, &cos, &sin, rd, self.mode)?, rope_bshd(&k, &cos, &sin, rd, self.mode)?)
             }
             None => (q, k),
         };
         let scale = 1.0 / (hd as f32).sqrt();
-        let out = crate::cuda::flash_attention(&q, &k, &v, scale)?; // [b, s, nh, hd]
+        let out = match self.mode {
+            Mode::Eval => crate::cuda::flash_attention(&q, &k, &v, scale)?, // [b, s, nh, hd]
+            Mode::Train => crate::cuda::flash_attention_train(&q, &k, &v, scale)?,
+        };
         blk.o.forward(&out.reshape((b, s, nh * hd))?)
     }
 }
 
-/// RoPE (rotate-half) on the first `rotary_dim` dims of x: [b, s, h, hd] (eval only).
-fn rope_bshd(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: usize) -> Result<Tensor> {
+/// RoPE (rotate-half) on the first `rotary_dim` dims of x: [b, s, h, hd]; cos, sin [s, rotary_dim / 2].
+/// Eval: candle-nn's fused kernel; Train: basic ops (they have a backward).
+fn rope_bshd(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: usize, mode: Mode) -> Result<Tensor> {
+    let rope = |t: &Tensor| -> Result<Tensor> {
+        match mode {
+            Mode::Eval => candle_nn::rotary_emb::rope_thd(&t.contiguous()?, cos, sin),
+            Mode::Train => {
+                let (s, half) = cos.dims2()?;
+                let cos = Tensor::cat(&[cos, cos], 1)?.reshape((s, 1, 2 * half))?;
+                let sin = Tensor::cat(&[sin, sin], 1)?.reshape((s, 1, 2 * half))?;
+                let rotated = Tensor::cat(&[&t.narrow(3, half, half)?.neg()?, &t.narrow(3, 0, half)?], 3)?;
+                t.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+            }
+        }
+    };
     let hd = x.dim(3)?;
     if rotary_dim == hd {
-        candle_nn::rotary_emb::rope_thd(&x.contiguous()?, cos, sin)
+        rope(x)
     } else {
-        let rot = candle_nn::rotary_emb::rope_thd(&x.narrow(3, 0, rotary_dim)?.contiguous()?, cos, sin)?;
+        let rot = rope(&x.narrow(3, 0, rotary_dim)?)?;
         Tensor::cat(&[&rot, &x.narrow(3, rotary_dim, hd - rotary_dim)?], 3)
     }
 }

@@ -6,12 +6,12 @@
 
 template <typename T, int D, int BC, int NW>
 static void flash(const void* q, const void* k, const void* v, void* o, const long long* st, int batch,
-                  int n_heads, int n_kv_heads, int seq, float scale_log2) {
+                  int n_heads, int n_kv_heads, int seq, float scale_log2, float* lse2) {
     const unsigned tiles = (unsigned)((seq + 16 * NW - 1) / (16 * NW));
     emu::launch(tiles, (unsigned)n_heads, (unsigned)batch, 32 * NW, [&] {
         flash_attn_fwd_impl<T, D, BC, NW>((const T*)q, (const T*)k, (const T*)v, (T*)o, st[0], st[1], st[2], st[3],
                                   st[4], st[5], st[6], st[7], st[8], st[9], st[10], st[11], n_heads,
-                                  n_kv_heads, seq, scale_log2);
+                                  n_kv_heads, seq, scale_log2, lse2);
     });
 }
 
@@ -19,11 +19,11 @@ static void flash(const void* q, const void* k, const void* v, void* o, const lo
 // 64-key tiles and 4 or 8 warps, head dim 128 with 32-key tiles and 4 warps.
 extern "C" int rho_emu_flash_attn_fwd(int dtype, int head_dim, int warps, const void* q, const void* k,
                                       const void* v, void* o, const long long* strides12, int batch,
-                                      int n_heads, int n_kv_heads, int seq, float scale_log2) {
+                                      int n_heads, int n_kv_heads, int seq, float scale_log2, float* lse2) {
     if (seq <= 0) return 0;
 #define RHO_EMU_FLASH(DT, T, D, BC, NW)                                                                      \
     if (dtype == DT && head_dim == D && warps == NW) {                                                   \
-        flash<T, D, BC, NW>(q, k, v, o, strides12, batch, n_heads, n_kv_heads, seq, scale_log2);           \
+        flash<T, D, BC, NW>(q, k, v, o, strides12, batch, n_heads, n_kv_heads, seq, scale_log2, lse2);    \
         return 0;                                                                                        \
     }
     RHO_EMU_FLASH(0, rho_bf16, 64, 64, 4)
@@ -67,6 +67,30 @@ extern "C" int rho_emu_token_ce_bwd(int dtype, const void* logits, long long sb,
     if (dtype == 0) ce_bwd<rho_bf16>(logits, sb, ss, seq, targets, lse, dloss, dlogits, d_row_stride, n, vocab);
     else if (dtype == 1) ce_bwd<rho_f16>(logits, sb, ss, seq, targets, lse, dloss, dlogits, d_row_stride, n, vocab);
     else if (dtype == 2) ce_bwd<float>(logits, sb, ss, seq, targets, lse, dloss, dlogits, d_row_stride, n, vocab);
+    else return 1;
+    return 0;
+}
+
+template <typename T>
+static void flash_bwd(const void* q, const void* k, const void* v, const void* g, const float* lse2,
+                      const float* dsum, float* dq_acc, void* dk, void* dv, const long long* st, int batch,
+                      int n_heads, int n_kv_heads, int seq, float scale_log2, float scale) {
+    emu::launch((unsigned)((seq + 63) / 64), (unsigned)n_kv_heads, (unsigned)batch, 128, [&] {
+        flash_attn_bwd_impl<T, 64>((const T*)q, (const T*)k, (const T*)v, (const T*)g, lse2, dsum, dq_acc, (T*)dk,
+                                   (T*)dv, st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7], st[8], st[9],
+                                   st[10], st[11], n_heads, n_kv_heads, seq, scale_log2, scale);
+    });
+}
+
+// strides12: (batch, head, seq) of q, k, v and dout.
+extern "C" int rho_emu_flash_attn_bwd(int dtype, int head_dim, const void* q, const void* k, const void* v,
+                                      const void* dout, const float* lse2, const float* dsum, float* dq_acc,
+                                      void* dk, void* dv, const long long* strides12, int batch, int n_heads,
+                                      int n_kv_heads, int seq, float scale_log2, float scale) {
+    if (seq <= 0) return 0;
+    if (head_dim != 64) return 1;
+    if (dtype == 0) flash_bwd<rho_bf16>(q, k, v, dout, lse2, dsum, dq_acc, dk, dv, strides12, batch, n_heads, n_kv_heads, seq, scale_log2, scale);
+    else if (dtype == 1) flash_bwd<rho_f16>(q, k, v, dout, lse2, dsum, dq_acc, dk, dv, strides12, batch, n_heads, n_kv_heads, seq, scale_log2, scale);
     else return 1;
     return 0;
 }

@@ -21,7 +21,8 @@ RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict
                                     T* __restrict__ o, long long q_sb, long long q_sh, long long q_ss,
                                     long long k_sb, long long k_sh, long long k_ss, long long v_sb,
                                     long long v_sh, long long v_ss, long long o_sb, long long o_sh,
-                                    long long o_ss, int n_heads, int n_kv_heads, int seq, float scale_log2) {
+                                    long long o_ss, int n_heads, int n_kv_heads, int seq, float scale_log2,
+                                    float* __restrict__ lse2) {
     constexpr int BR = 16 * NW;         // query rows per block, 16 per warp
     constexpr int LD = D + 8;           // smem row pitch: 8 rows of an ldmatrix hit 32 distinct banks
     constexpr int CH = D / 8;           // 16-byte chunks per row
@@ -165,6 +166,224 @@ RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict
             T* op = o + b * o_sb + h * o_sh + row * o_ss + 2 * t;
             for (int dt = 0; dt < D / 8; ++dt)
                 rho_store_u32(op + dt * 8, rho_pack2<T>(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv));
+            // training: log2 of each row's normaliser (scores in the exp2 domain), [b, s, n_heads]
+            if (lse2 != nullptr && t == 0) lse2[((long long)b * seq + row) * n_heads + h] = row_max[r] + rho_log2(l);
+        }
+    }
+}
+
+
+// Backward of the causal attention above (training), FlashAttention-2's algorithm, head dim 64.
+//
+// Inputs: q, k, v, dout (= dL/do) with the forward's layouts (any batch/head/position strides,
+// rows 16-byte aligned), lse2 and dsum [b, s, n_heads] f32: the forward's log2 normaliser
+// per row (scores in the exp2 domain) and D_i = sum_d dout[i, d] o[i, d].
+// Outputs: dq_acc [b, s, n_heads, D] f32, zeroed by the caller, to which every key block adds
+// its share (atomically); dk, dv [b, s, n_kv_heads, D] contiguous, written once.
+//
+// One block of 4 warps per (64 keys, kv head, batch); each warp owns 16 keys, whose K and V
+// rows it keeps as A fragments. For each query head of the group and each 64-query tile at
+// or after the keys (causal), with Q, dO, lse2 and D of the tile in shared memory:
+//   S^T = K Q^T, P^T = exp2(S^T scale_log2 - lse2) (masked), dV += P^T dO,
+//   dP^T = V dO^T, dS^T = P^T (dP^T - D), dK += dS^T Q;
+// dS^T goes through shared memory so that the block can compute dQ = dS K for the tile's
+// queries (warp w: queries 16w..16w+15) and add it to dq_acc. dK and dV are scaled and
+// stored at the end. CPU reference: reference::causal_attention_backward.
+template <typename T, int D>
+RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                    const T* __restrict__ dout, const float* __restrict__ lse2,
+                                    const float* __restrict__ dsum, float* __restrict__ dq_acc,
+                                    T* __restrict__ dk, T* __restrict__ dv, long long q_sb, long long q_sh,
+                                    long long q_ss, long long k_sb, long long k_sh, long long k_ss,
+                                    long long v_sb, long long v_sh, long long v_ss, long long g_sb,
+                                    long long g_sh, long long g_ss, int n_heads, int n_kv_heads, int seq,
+                                    float scale_log2, float scale) {
+    constexpr int BC = 64, BR = 64, NW = 4, LD = D + 8, LS = BR + 8, CH = D / 8;
+    RHO_SHARED T kt[BC * LD];
+    RHO_SHARED T vt[BC * LD];
+    RHO_SHARED T qt[BR * LD];
+    RHO_SHARED T gt[BR * LD];   // dO tile
+    RHO_SHARED T dst[BC * LS];  // dS^T tile: [key][query]
+    RHO_SHARED float lse_s[BR];
+    RHO_SHARED float dsum_s[BR];
+    const int tid = rho_thread_x(), warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const int k0 = rho_block_x() * BC, kvh = rho_block_y(), b = rho_block_z();
+    const int group = n_heads / n_kv_heads;
+    const int kw0 = k0 + warp * 16;  // the warp's first key
+
+    // K and V tiles, then each warp's 16 keys as A fragments (ldmatrix: matrices rows 0-7 /
+    // 8-15 x columns 0-7 / 8-15 of a 16x16 block give a0..a3).
+    {
+        const T* kp = k + b * k_sb + kvh * k_sh;
+        const T* vp = v + b * v_sb + kvh * v_sh;
+        for (int w = tid; w < BC * CH; w += 32 * NW) {
+            const int row = w / CH, col = (w % CH) * 8;
+            const bool in = k0 + row < seq;
+            const long long r = in ? k0 + row : 0;
+            rho_cp_async16(&kt[row * LD + col], kp + r * k_ss + col, in);
+            rho_cp_async16(&vt[row * LD + col], vp + r * v_ss + col, in);
+        }
+        rho_cp_async_commit();
+        rho_cp_async_wait<0>();
+        rho_sync_threads();
+    }
+    uint32_t ka[D / 16][4], va[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const int off = (warp * 16 + (lane / 8 % 2) * 8 + lane % 8) * LD + kk * 16 + (lane / 16) * 8;
+        rho_ldmatrix_x4(ka[kk], kt + off);
+        rho_ldmatrix_x4(va[kk], vt + off);
+    }
+    float dk_acc[D / 8][4], dv_acc[D / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+        for (int i = 0; i < 4; ++i) dk_acc[dt][i] = dv_acc[dt][i] = 0.f;
+
+    const int n_qt = (seq + BR - 1) / BR;
+    for (int gi = 0; gi < group; ++gi) {
+        const int h = kvh * group + gi;
+        const T* qp = q + b * q_sb + h * q_sh;
+        const T* gp = dout + b * g_sb + h * g_sh;
+        for (int qi = k0 / BR; qi < n_qt; ++qi) {
+            const int q0 = qi * BR;
+            rho_sync_threads();  // the previous tile's readers are done
+            for (int w = tid; w < BR * CH; w += 32 * NW) {
+                const int row = w / CH, col = (w % CH) * 8;
+                const bool in = q0 + row < seq;
+                const long long r = in ? q0 + row : 0;
+                rho_cp_async16(&qt[row * LD + col], qp + r * q_ss + col, in);
+                rho_cp_async16(&gt[row * LD + col], gp + r * g_ss + col, in);
+            }
+            rho_cp_async_commit();
+            for (int i = tid; i < BR; i += 32 * NW) {
+                const bool in = q0 + i < seq;
+                const long long at = ((long long)b * seq + (in ? q0 + i : 0)) * n_heads + h;
+                lse_s[i] = in ? lse2[at] : INFINITY;  // rows past the end: P = 0
+                dsum_s[i] = in ? dsum[at] : 0.f;
+            }
+            rho_cp_async_wait<0>();
+            rho_sync_threads();
+
+            if (kw0 < seq) {
+                // S^T = K Q^T: the warp's 16 keys x BR queries.
+                float st[BR / 8][4];
+#pragma unroll
+                for (int nt = 0; nt < BR / 8; ++nt) {
+                    for (int i = 0; i < 4; ++i) st[nt][i] = 0.f;
+#pragma unroll
+                    for (int kk = 0; kk < D / 16; kk += 2) {
+                        uint32_t bf[4];
+                        rho_ldmatrix_x4(bf, qt + (nt * 8 + lane % 8) * LD + kk * 16 + (lane / 8) * 8);
+                        rho_mma16816<T>(st[nt], ka[kk], bf);
+                        rho_mma16816<T>(st[nt], ka[kk + 1], bf + 2);
+                    }
+                }
+                // P^T; masked where the query is before the key or past the end (the
+                // diagonal tile and the last tiles only), keys past the end.
+                const bool edge = q0 < kw0 + 16 || q0 + BR > seq || k0 + BC > seq;
+#pragma unroll
+                for (int nt = 0; nt < BR / 8; ++nt)
+                    for (int i = 0; i < 4; ++i) {
+                        const int key = kw0 + g + 8 * (i >> 1), ql = nt * 8 + 2 * t + (i & 1);
+                        const bool masked = edge && (q0 + ql < key || q0 + ql >= seq || key >= seq);
+                        st[nt][i] = masked ? 0.f : rho_exp2(st[nt][i] * scale_log2 - lse_s[ql]);
+                    }
+                // dV += P^T dO (A: P^T from C fragments; B: dO by transposing ldmatrix).
+#pragma unroll
+                for (int kq = 0; kq < BR / 16; ++kq) {
+                    const uint32_t pa[4] = {
+                        rho_pack2<T>(st[2 * kq][0], st[2 * kq][1]),
+                        rho_pack2<T>(st[2 * kq][2], st[2 * kq][3]),
+                        rho_pack2<T>(st[2 * kq + 1][0], st[2 * kq + 1][1]),
+                        rho_pack2<T>(st[2 * kq + 1][2], st[2 * kq + 1][3]),
+                    };
+#pragma unroll
+                    for (int dt = 0; dt < D / 8; dt += 2) {
+                        uint32_t bf[4];
+                        rho_ldmatrix_x4_trans(bf, gt + (kq * 16 + (lane / 8 % 2) * 8 + lane % 8) * LD + (dt + lane / 16) * 8);
+                        rho_mma16816<T>(dv_acc[dt], pa, bf);
+                        rho_mma16816<T>(dv_acc[dt + 1], pa, bf + 2);
+                    }
+                }
+                // dP^T = V dO^T, then dS^T = P^T (dP^T - D) in place of P^T.
+#pragma unroll
+                for (int nt = 0; nt < BR / 8; ++nt) {
+                    float dp[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+                    for (int kk = 0; kk < D / 16; kk += 2) {
+                        uint32_t bf[4];
+                        rho_ldmatrix_x4(bf, gt + (nt * 8 + lane % 8) * LD + kk * 16 + (lane / 8) * 8);
+                        rho_mma16816<T>(dp, va[kk], bf);
+                        rho_mma16816<T>(dp, va[kk + 1], bf + 2);
+                    }
+                    for (int i = 0; i < 4; ++i) st[nt][i] *= dp[i] - dsum_s[nt * 8 + 2 * t + (i & 1)];
+                }
+                // dK += dS^T Q; and dS^T to shared memory for dQ.
+#pragma unroll
+                for (int kq = 0; kq < BR / 16; ++kq) {
+                    const uint32_t pa[4] = {
+                        rho_pack2<T>(st[2 * kq][0], st[2 * kq][1]),
+                        rho_pack2<T>(st[2 * kq][2], st[2 * kq][3]),
+                        rho_pack2<T>(st[2 * kq + 1][0], st[2 * kq + 1][1]),
+                        rho_pack2<T>(st[2 * kq + 1][2], st[2 * kq + 1][3]),
+                    };
+                    T* row0 = dst + (warp * 16 + g) * LS + kq * 16 + 2 * t;
+                    rho_store_u32(row0, pa[0]);
+                    rho_store_u32(row0 + 8 * LS, pa[1]);
+                    rho_store_u32(row0 + 8, pa[2]);
+                    rho_store_u32(row0 + 8 * LS + 8, pa[3]);
+#pragma unroll
+                    for (int dt = 0; dt < D / 8; dt += 2) {
+                        uint32_t bf[4];
+                        rho_ldmatrix_x4_trans(bf, qt + (kq * 16 + (lane / 8 % 2) * 8 + lane % 8) * LD + (dt + lane / 16) * 8);
+                        rho_mma16816<T>(dk_acc[dt], pa, bf);
+                        rho_mma16816<T>(dk_acc[dt + 1], pa, bf + 2);
+                    }
+                }
+            } else {
+                // keys past the end: dS^T = 0 for the dQ step
+                for (int r = 0; r < 16; ++r)
+                    for (int c = lane; c < BR; c += 32) dst[(warp * 16 + r) * LS + c] = rho_from_f32<T>(0.f);
+            }
+            rho_sync_threads();
+            // dQ = dS K for queries q0 + 16 warp .. + 15 (A: dS by transposing ldmatrix of dS^T;
+            // B: K by transposing ldmatrix), added to dq_acc.
+            float dq[D / 8][4];
+#pragma unroll
+            for (int dt = 0; dt < D / 8; ++dt)
+                for (int i = 0; i < 4; ++i) dq[dt][i] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; ++kk) {
+                uint32_t a[4];
+                rho_ldmatrix_x4_trans(a, dst + (kk * 16 + (lane / 16) * 8 + lane % 8) * LS + warp * 16 + (lane / 8 % 2) * 8);
+#pragma unroll
+                for (int dt = 0; dt < D / 8; dt += 2) {
+                    uint32_t bf[4];
+                    rho_ldmatrix_x4_trans(bf, kt + (kk * 16 + (lane / 8 % 2) * 8 + lane % 8) * LD + (dt + lane / 16) * 8);
+                    rho_mma16816<T>(dq[dt], a, bf);
+                    rho_mma16816<T>(dq[dt + 1], a, bf + 2);
+                }
+            }
+#pragma unroll
+            for (int dt = 0; dt < D / 8; ++dt)
+                for (int i = 0; i < 4; ++i) {
+                    const int qr = q0 + warp * 16 + g + 8 * (i >> 1);
+                    if (qr < seq)
+                        rho_atomic_add(dq_acc + (((long long)b * seq + qr) * n_heads + h) * D + dt * 8 + 2 * t + (i & 1),
+                                       dq[dt][i] * scale);
+                }
+        }
+    }
+    // dK (scaled) and dV for the warp's keys: rows g and g + 8, two columns per register pair.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int key = kw0 + g + 8 * r;
+        if (key < seq) {
+            const long long at = (((long long)b * seq + key) * n_kv_heads + kvh) * D + 2 * t;
+            for (int dt = 0; dt < D / 8; ++dt) {
+                rho_store_u32(dk + at + dt * 8, rho_pack2<T>(dk_acc[dt][2 * r] * scale, dk_acc[dt][2 * r + 1] * scale));
+                rho_store_u32(dv + at + dt * 8, rho_pack2<T>(dv_acc[dt][2 * r], dv_acc[dt][2 * r + 1]));
+            }
         }
     }
 }
@@ -176,9 +395,9 @@ RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict
         NAME(const T* q, const T* k, const T* v, T* o, long long q_sb, long long q_sh, long long q_ss,  \
              long long k_sb, long long k_sh, long long k_ss, long long v_sb, long long v_sh,              \
              long long v_ss, long long o_sb, long long o_sh, long long o_ss, int n_heads,                 \
-             int n_kv_heads, int seq, float scale_log2) {                                                \
+             int n_kv_heads, int seq, float scale_log2, float* lse2) {                                   \
         flash_attn_fwd_impl<T, D, BC, NW>(q, k, v, o, q_sb, q_sh, q_ss, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, o_sb, \
-                                  o_sh, o_ss, n_heads, n_kv_heads, seq, scale_log2);                     \
+                                  o_sh, o_ss, n_heads, n_kv_heads, seq, scale_log2, lse2);               \
     }
 // (head dim, keys per tile, warps, min blocks per SM): the variants of cuda::FlashVariant
 RHO_FLASH(flash_attn_fwd_bf16_d64, rho_bf16, 64, 64, 4, 3)
@@ -189,4 +408,20 @@ RHO_FLASH(flash_attn_fwd_f16_d64, rho_f16, 64, 64, 4, 3)
 RHO_FLASH(flash_attn_fwd_f16_d64_m4, rho_f16, 64, 64, 4, 4)
 RHO_FLASH(flash_attn_fwd_f16_d64_w8, rho_f16, 64, 64, 8, 2)
 RHO_FLASH(flash_attn_fwd_f16_d128, rho_f16, 128, 32, 4, 3)
+#endif
+
+#ifdef __CUDACC__
+#define RHO_FLASH_BWD(NAME, T)                                                                           \
+    RHO_GLOBAL void __launch_bounds__(128)                                                               \
+        NAME(const T* q, const T* k, const T* v, const T* dout, const float* lse2, const float* dsum,    \
+             float* dq_acc, T* dk, T* dv, long long q_sb, long long q_sh, long long q_ss, long long k_sb, \
+             long long k_sh, long long k_ss, long long v_sb, long long v_sh, long long v_ss,             \
+             long long g_sb, long long g_sh, long long g_ss, int n_heads, int n_kv_heads, int seq,       \
+             float scale_log2, float scale) {                                                            \
+        flash_attn_bwd_impl<T, 64>(q, k, v, dout, lse2, dsum, dq_acc, dk, dv, q_sb, q_sh, q_ss, k_sb,     \
+                                   k_sh, k_ss, v_sb, v_sh, v_ss, g_sb, g_sh, g_ss, n_heads, n_kv_heads,  \
+                                   seq, scale_log2, scale);                                              \
+    }
+RHO_FLASH_BWD(flash_attn_bwd_bf16_d64, rho_bf16)
+RHO_FLASH_BWD(flash_attn_bwd_f16_d64, rho_f16)
 #endif

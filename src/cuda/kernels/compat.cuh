@@ -56,6 +56,8 @@ RHO_DEVICE int rho_block_dim_x() { return blockDim.x; }
 RHO_DEVICE int rho_grid_dim_x() { return gridDim.x; }
 RHO_DEVICE float rho_exp2(float x) { return exp2f(x); }
 RHO_DEVICE float rho_log(float x) { return logf(x); }
+RHO_DEVICE float rho_log2(float x) { return log2f(x); }
+RHO_DEVICE void rho_atomic_add(float* p, float x) { atomicAdd(p, x); }
 RHO_DEVICE float rho_nan() { return __int_as_float(0x7fc00000); }
 
 // D[16x8] += A[16x16] * B[16x8], A row-major, B column-major, f32 accumulators.
