@@ -191,6 +191,7 @@ pub(crate) fn train_cfg(cfg: &DemoConfig, data: PathBuf, out: PathBuf, steps: u6
         init_std: 0.02,
         log_every: (steps / 4).max(1),
         device: "cpu".into(),
+        dtype: "f32".into(),
         quiet: cfg.quiet,
     }
 }

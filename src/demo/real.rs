@@ -204,6 +204,7 @@ fn base_train(cfg: &RealConfig, data: &Path, out: PathBuf, steps: u64, mcfg: &Pa
         init_std: 0.02,
         log_every: (steps / 10).max(1),
         device: "cpu".into(),
+        dtype: "f32".into(),
         quiet: true,
     }
 }

@@ -112,6 +112,11 @@ pub struct TrainArgs {
     /// cpu or cuda:N [default: cpu].
     #[arg(long)]
     pub device: Option<String>,
+    /// Compute dtype: f32, or bf16 / f16 for mixed precision (f32 master weights and AdamW
+    /// state; each step's forward and backward in this dtype, on CUDA through rho's fused
+    /// kernels; checkpoints stay f32) [default: f32].
+    #[arg(long)]
+    pub dtype: Option<String>,
     /// No progress output.
     #[arg(long)]
     #[serde(default)]
@@ -147,7 +152,14 @@ pub struct TrainConfig {
     pub init_std: f64,
     pub log_every: u64,
     pub device: String,
+    /// f32, bf16 or f16 (runs saved before this option existed are f32).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
     pub quiet: bool,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
 }
 
 macro_rules! merge {
@@ -164,7 +176,7 @@ impl TrainArgs {
         let file: TrainArgs = toml::from_str(&text).map_err(|e| Error::file(&path, format!("invalid config: {}", e.message())))?;
         merge!(self, file, data, out, steps, init, model_config, tokenizer, text_field, mode, ratio, reference,
             ref_scores, select, save_every, seed, lr, min_lr, warmup, batch_tokens, seq_len, weight_decay,
-            grad_clip, mask_every, init_std, log_every, device);
+            grad_clip, mask_every, init_std, log_every, device, dtype);
         self.quiet |= file.quiet;
         Ok(self)
     }
@@ -199,6 +211,7 @@ impl TrainArgs {
             init_std: self.init_std.unwrap_or(0.02),
             log_every: self.log_every.unwrap_or(1),
             device: self.device.unwrap_or_else(|| "cpu".into()),
+            dtype: self.dtype.unwrap_or_else(default_dtype),
             quiet: self.quiet,
         };
         cfg.validate()?;
@@ -242,7 +255,13 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.weight_decay) {
             return bad("--weight-decay", format!("must be in [0, 1), got {}", self.weight_decay));
         }
+        self.compute_dtype()?;
         Ok(())
+    }
+
+    /// The `dtype` setting as a candle dtype (an error names `--dtype`).
+    pub fn compute_dtype(&self) -> Result<candle_core::DType> {
+        crate::cli::parse_dtype(&self.dtype)
     }
 
     pub fn min_lr(&self) -> f64 {

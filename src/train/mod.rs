@@ -129,7 +129,9 @@ pub fn run_train_cancellable(cfg: &TrainConfig, resume: Option<&Path>, cancel: O
         (None, Some(dir)) => {
             let ck = Checkpoint::open(dir)?;
             reference::check_compatible(&ck, &stream)?;
-            Reference::Model(ck.load(DType::F32, &device, Mode::Eval)?)
+            // on a GPU in the run's compute dtype (rho's kernels); f32 otherwise
+            let dt = if device.is_cuda() { cfg.compute_dtype()? } else { DType::F32 };
+            Reference::Model(ck.load(dt, &device, Mode::Eval)?)
         }
         (None, None) if needs_ref => {
             return Err(Error::flag("--reference", "--mode slm needs reference losses: give --reference CKPT or --ref-scores FILE (or --select random|loss)"))
@@ -143,6 +145,15 @@ pub fn run_train_cancellable(cfg: &TrainConfig, resume: Option<&Path>, cancel: O
     let vb = VarBuilder::from_backend(Box::new(src), DType::F32, device.clone());
     let model = Transformer::new(&model_cfg, vb, Mode::Train).map_err(|e| Error::msg(crate::error::candle_msg(&e)))?;
     let mut opt = AdamW::new(varmap.data().lock().unwrap().clone(), cfg.adamw())?;
+    // Mixed precision: the Vars (and AdamW) stay f32; each step's model casts them.
+    let compute = cfg.compute_dtype()?;
+    if compute != DType::F32 && device.is_cpu() && !cfg.quiet {
+        eprintln!("warning: --dtype {} on CPU accumulates in low precision; f32 is recommended there", cfg.dtype);
+    }
+    let step_model = || -> Result<Transformer> {
+        let vb = VarBuilder::from_backend(Box::new(params::CastView(varmap.clone())), compute, device.clone());
+        Transformer::new(&model_cfg, vb, Mode::Train).map_err(|e| Error::msg(crate::error::candle_msg(&e)))
+    };
     let mut step = 0u64;
     let mut tokens_seen = 0u64;
     if let (Some(st), Some(dir)) = (&state, &init_dir) {
@@ -194,7 +205,14 @@ pub fn run_train_cancellable(cfg: &TrainConfig, resume: Option<&Path>, cancel: O
         let t = Instant::now();
         let windows = stream.batch_windows(step, batch_size, cfg.seed);
         let batch = Batch::new(&stream, &windows, &device)?;
-        let logits = model.forward(&batch.input)?;
+        let cast;
+        let m = if compute == DType::F32 {
+            &model
+        } else {
+            cast = step_model()?;
+            &cast
+        };
+        let logits = m.forward(&batch.input)?;
         let losses = train_token_loss(&logits.narrow(1, 0, batch.s - 1)?, &batch.targets)?; // [b, s-1]
         let loss_vals = losses.flatten_all()?.to_vec1::<f32>()?;
         let ref_vals = batch.reference(&reference)?;

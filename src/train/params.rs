@@ -76,3 +76,29 @@ impl SimpleBackend for ParamSource {
         }
     }
 }
+
+/// The parameters of a `VarMap` cast to another dtype, through candle's differentiable
+/// `to_dtype`: a model built from it each step computes in that dtype while the gradients
+/// flow back to the f32 `Var`s (mixed precision: `rho train --dtype bf16`).
+pub struct CastView(pub VarMap);
+
+impl SimpleBackend for CastView {
+    fn get(&self, s: Shape, name: &str, _h: candle_nn::Init, dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        let data = self.0.data().lock().unwrap();
+        let Some(v) = data.get(name) else { candle_core::bail!("no parameter `{name}`") };
+        if v.shape() != &s {
+            candle_core::bail!("parameter `{name}` is {:?}, the model expects {s:?}", v.shape());
+        }
+        v.as_tensor().to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        let data = self.0.data().lock().unwrap();
+        let Some(v) = data.get(name) else { candle_core::bail!("no parameter `{name}`") };
+        v.as_tensor().to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.data().lock().unwrap().contains_key(name)
+    }
+}
