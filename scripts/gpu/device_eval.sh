@@ -42,8 +42,9 @@ peak() { # name, timeout, command...
     echo "   $name: peak memory.used $(sort -n "$OUT/$name.mem" | tail -1) MiB (whole GPU)" | tee -a "$OUT/summary.txt"
 }
 
-# 1. Kernels against their CPU references on the GPU, then kernel timings
-#    (flash variants w4 / w4m4 / w8 vs plain attention; fused vs plain CE, fwd and fwd+bwd).
+# 1. Kernels against their CPU references on the GPU (attention forward in 3 variants and
+#    backward, CE forward and backward), then kernel timings (flash variants w4 / w4m4 / w8
+#    vs plain attention; attention forward+backward flash vs plain; fused vs plain CE).
 step kernels 200 $RHO bench kernels --device cuda:0
 # 2. Per-token losses: tiny f32 (peer tolerance 2e-3), then the real shape in bf16 (0.15),
 #    with the fused kernels (default) and without (RHO_FUSED_KERNELS=0) for comparison.
@@ -53,12 +54,16 @@ step full-dump 120 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 1x2048 
 step full-check 180 python3 $PEER --dtype bf16 --shapes 1x2048 --check-against /tmp/full.safetensors
 rm -f /tmp/full.safetensors
 # 3. Eval throughput and memory, one after the other on the same GPU.
+#    rho twice (before and after torch): the spread between the two is the noise.
 peak rho-bf16 150 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048,4x1024
 peak torch-eager 200 python3 $PEER --shapes 8x2048,4x1024 --matmul-n 0
+step rho-bf16-again 120 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048,4x1024
 RHO_FLASH_VARIANT=w8 step rho-bf16-w8 120 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048 --iters 5
-# 4. Training steps (CLM, SLM 60%): rho (fused CE + backward; attention without a flash
-#    backward yet) against the torch training peer.
+# 4. Training steps (CLM, SLM 60%), bf16 weights like the peer: rho (flash attention
+#    forward + backward, fused CE + backward) against the torch training peer; and rho
+#    with its kernels off for 4x1024.
 peak rho-train 200 $RHO bench train --device cuda:0 --shapes 4x1024,4x2048 --iters 5
 peak torch-train 200 python3 $TPEER --shapes 4x1024,4x2048 --iters 5
 step rho-train-slm 120 $RHO bench train --device cuda:0 --shapes 4x2048 --select 0.6 --iters 5
+RHO_FUSED_KERNELS=0 step rho-train-plain 150 $RHO bench train --device cuda:0 --shapes 4x1024 --iters 3
 echo "== done" | tee -a "$OUT/summary.txt"
