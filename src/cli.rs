@@ -176,9 +176,9 @@ pub struct EvalArgs {
     /// f16). Losses are always computed in f32.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
-    /// Upper bound on (padded) tokens per forward pass.
-    #[arg(long, default_value_t = 4096)]
-    pub batch_tokens: usize,
+    /// Upper bound on (padded) tokens per forward pass [default: 4096 on CPU, 32768 on CUDA].
+    #[arg(long)]
+    pub batch_tokens: Option<usize>,
     /// Score at most this many tokens.
     #[arg(long)]
     pub max_tokens: Option<usize>,
@@ -275,7 +275,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Train(a)) => crate::bench::run_bench_train(&a).map(|_| ()),
         Command::Bench(BenchCommand::Kernels(a)) => crate::cuda::check::run_bench_kernels(&a).map(|_| ()),
         Command::Eval(a) => {
-            if a.batch_tokens == 0 {
+            if a.batch_tokens == Some(0) {
                 return Err(Error::flag("--batch-tokens", "must be positive"));
             }
             if a.max_tokens == Some(0) {
@@ -311,6 +311,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             let device = parse_device(&a.device)?;
             let dtype = if auto && device.is_cuda() { DType::BF16 } else { dtype };
+            let batch_tokens = a.batch_tokens.unwrap_or(if device.is_cuda() { 32768 } else { 4096 });
             if device.is_cpu() && dtype != DType::F32 && !a.quiet {
                 eprintln!("warning: {} on CPU accumulates in low precision; f32 is recommended", a.dtype);
             }
@@ -322,7 +323,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 text_field: a.text_field,
                 device,
                 dtype,
-                batch_tokens: a.batch_tokens,
+                batch_tokens,
                 max_tokens: a.max_tokens,
                 pack: a.pack,
                 context: a.context,
