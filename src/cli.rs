@@ -148,6 +148,9 @@ pub struct ScoreArgs {
     pub batch_tokens: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// f32, bf16, f16, or auto: f32 on CPU, bf16 on CUDA (losses in f32 either way).
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
     #[arg(long)]
     pub quiet: bool,
 }
@@ -455,6 +458,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 return Err(Error::flag("--batch-tokens", "must be positive"));
             }
             let device = parse_device(&a.device)?;
+            let dtype = match a.dtype.as_str() {
+                "auto" if device.is_cuda() => DType::BF16,
+                "auto" => DType::F32,
+                d => parse_dtype(d)?,
+            };
             let ck = crate::model::Checkpoint::open(&a.model)?;
             let tok_path = a.tokenizer.clone().unwrap_or_else(|| a.model.join("tokenizer.json"));
             let tok = crate::data::Tok::from_file(&tok_path)?;
@@ -465,7 +473,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let stream = crate::train::stream::Stream::build(
                 &a.data, &a.text_field, &tok, tok.eos_id(ck.config.eos_token_id), seq_len, ck.config.vocab_size,
             )?;
-            crate::train::reference::score_stream(&ck, &stream, &a.out, &device, a.batch_tokens, a.quiet)
+            crate::train::reference::score_stream(&ck, &stream, &a.out, &device, dtype, a.batch_tokens, a.quiet)
         }
     }
 }

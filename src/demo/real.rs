@@ -325,7 +325,7 @@ pub fn run_real(dir: &Path, cfg: &RealConfig) -> Result<RealResults> {
     if ref_trained || !scores.exists() {
         say(cfg, &t0, &format!("scoring the corpus ({} tokens) with the reference model", stream.rows.len()));
         let ck = crate::model::Checkpoint::open(&ref_ck)?;
-        crate::train::reference::score_stream(&ck, &stream, &scores, &candle_core::Device::Cpu, 8192, true)?;
+        crate::train::reference::score_stream(&ck, &stream, &scores, &candle_core::Device::Cpu, candle_core::DType::F32, 8192, true)?;
     }
     let ref_losses = crate::train::reference::load_ref_scores(&scores, &stream)?;
     let mut points = Vec::new();

@@ -14,9 +14,9 @@ use polars::prelude::*;
 use std::path::Path;
 
 /// Score the stream with a model and write the reference-loss Parquet atomically.
-pub fn score_stream(model: &Checkpoint, stream: &Stream, out: &Path, device: &Device, batch_tokens: usize, quiet: bool) -> Result<()> {
+pub fn score_stream(model: &Checkpoint, stream: &Stream, out: &Path, device: &Device, dtype: DType, batch_tokens: usize, quiet: bool) -> Result<()> {
     check_compatible(model, stream)?;
-    let m = model.load(DType::F32, device, Mode::Eval)?;
+    let m = model.load(dtype, device, Mode::Eval)?;
     let t = std::time::Instant::now();
     let n = stream.rows.len();
     let mut done = 0usize;
