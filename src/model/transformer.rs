@@ -293,15 +293,16 @@ impl Transformer {
             let pos = Tensor::arange(0u32, s as u32, x.device())?;
             x = x.broadcast_add(&pe.forward(&pos)?)?;
         }
-        let mask = causal_mask(s, x.dtype(), x.device())?;
+        // the flash path masks inside its kernel: no [s, s] mask built on the host and uploaded
+        let mask = if self.uses_flash_attention() { None } else { Some(causal_mask(s, x.dtype(), x.device())?) };
         for blk in &self.blocks {
-            x = self.block(blk, &x, &mask, b, s)?;
+            x = self.block(blk, &x, mask.as_ref(), b, s)?;
         }
         let x = self.norm.forward(&x, self.mode)?;
         self.lm_head.forward(&x)
     }
 
-    fn block(&self, blk: &Block, x: &Tensor, mask: &Tensor, b: usize, s: usize) -> Result<Tensor> {
+    fn block(&self, blk: &Block, x: &Tensor, mask: Option<&Tensor>, b: usize, s: usize) -> Result<Tensor> {
         let h1 = blk.ln1.forward(x, self.mode)?;
         let attn = self.attention(blk, &h1, mask, b, s)?;
         if self.cfg.parallel_residual {
@@ -327,10 +328,10 @@ impl Transformer {
     }
 
     /// x: [b, s, hidden] -> [b, s, hidden]
-    fn attention(&self, blk: &Block, x: &Tensor, mask: &Tensor, b: usize, s: usize) -> Result<Tensor> {
-        if self.uses_flash_attention() {
+    fn attention(&self, blk: &Block, x: &Tensor, mask: Option<&Tensor>, b: usize, s: usize) -> Result<Tensor> {
+        let Some(mask) = mask else {
             return self.attention_flash(blk, x, b, s);
-        }
+        };
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         // q: [b, nh, s, hd], k/v: [b, nkv, s, hd]
         let (q, k, v) = match &blk.qkv {
