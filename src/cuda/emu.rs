@@ -82,6 +82,37 @@ extern "C" {
     ) -> i32;
 }
 
+extern "C" {
+    fn rho_emu_f32_to_bf16(x: f32) -> u16;
+    fn rho_emu_bf16_to_f32(x: u16) -> f32;
+    fn rho_emu_f32_to_f16(x: f32) -> u16;
+    fn rho_emu_f16_to_f32(x: u16) -> f32;
+}
+
+/// The emulator's own conversions (what `rho_pack2` and `rho_to_f32` do in emulated kernels).
+pub fn emu_convert_to_bits(dt: KDType, x: f32) -> u16 {
+    // SAFETY: pure functions of their argument.
+    unsafe {
+        match dt {
+            KDType::BF16 => rho_emu_f32_to_bf16(x),
+            KDType::F16 => rho_emu_f32_to_f16(x),
+            KDType::F32 => panic!("f32 has no 16-bit bits"),
+        }
+    }
+}
+
+/// See [`emu_convert_to_bits`].
+pub fn emu_convert_to_f32(dt: KDType, b: u16) -> f32 {
+    // SAFETY: pure functions of their argument.
+    unsafe {
+        match dt {
+            KDType::BF16 => rho_emu_bf16_to_f32(b),
+            KDType::F16 => rho_emu_f16_to_f32(b),
+            KDType::F32 => panic!("f32 has no 16-bit bits"),
+        }
+    }
+}
+
 /// One launch at a time: the emulator's shared memory is static storage.
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -344,5 +375,53 @@ pub fn f32_to_bits(dt: KDType, x: f32) -> u16 {
         KDType::BF16 => half::bf16::from_f32(x).to_bits(),
         KDType::F16 => half::f16::from_f32(x).to_bits(),
         KDType::F32 => panic!("f32 has no 16-bit bits"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Same value, or both NaN.
+    fn same(a: f32, b: f32) -> bool {
+        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    #[test]
+    fn emulator_conversions_match_the_half_crate() {
+        // every 16-bit pattern to f32
+        for b in 0..=u16::MAX {
+            for dt in [KDType::BF16, KDType::F16] {
+                let (got, want) = (emu_convert_to_f32(dt, b), bits_to_f32(dt, b));
+                assert!(same(got, want), "{dt:?} {b:#06x}: {got} vs {want}");
+            }
+        }
+        // f32 to 16 bits, round to nearest even: every value that is exactly representable,
+        // the midpoints between neighbours (ties), values just around them, subnormals,
+        // overflow, infinities and NaN, and a sweep of exponents
+        let mut xs: Vec<f32> = vec![0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 65504.0, 65519.9, 65520.0, 1e-8, 2.98e-8, 5.96e-8, 6.1e-5, 1e30, 3.0e38];
+        for b in 0..=u16::MAX {
+            for dt in [KDType::BF16, KDType::F16] {
+                let v = bits_to_f32(dt, b);
+                let next = bits_to_f32(dt, b.wrapping_add(1));
+                if v.is_finite() && next.is_finite() {
+                    let mid = ((v as f64 + next as f64) / 2.0) as f32;
+                    xs.extend([v, mid, f32::from_bits(mid.to_bits() + 1), f32::from_bits(mid.to_bits().saturating_sub(1))]);
+                }
+            }
+        }
+        for e in -150..=128 {
+            for m in [1.0f64, 1.1, 1.5, 1.9999] {
+                xs.push((m * 2f64.powi(e)) as f32);
+                xs.push(-(m * 2f64.powi(e)) as f32);
+            }
+        }
+        for &x in &xs {
+            for dt in [KDType::BF16, KDType::F16] {
+                let (got, want) = (emu_convert_to_bits(dt, x), f32_to_bits(dt, x));
+                let ok = got == want || (bits_to_f32(dt, got).is_nan() && bits_to_f32(dt, want).is_nan());
+                assert!(ok, "{dt:?} {x:e} ({:#010x}): {got:#06x} vs {want:#06x}", x.to_bits());
+            }
+        }
     }
 }

@@ -203,3 +203,9 @@ void warp_ldmatrix_x4(uint32_t* r, const void* row, bool trans) {
 }
 
 }  // namespace emu
+
+// The emulator's element conversions, for tests against the `half` crate.
+extern "C" uint16_t rho_emu_f32_to_bf16(float x) { return emu::f32_to_bf16(x); }
+extern "C" float rho_emu_bf16_to_f32(uint16_t x) { return emu::bf16_to_f32(x); }
+extern "C" uint16_t rho_emu_f32_to_f16(float x) { return emu::f32_to_f16(x); }
+extern "C" float rho_emu_f16_to_f32(uint16_t x) { return emu::f16_to_f32(x); }

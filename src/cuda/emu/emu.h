@@ -51,16 +51,42 @@ inline uint16_t f32_to_bf16(float f) {  // round to nearest even, like __float2b
     x += 0x7fffu + ((x >> 16) & 1u);
     return (uint16_t)(x >> 16);
 }
+// IEEE binary16 by bit manipulation (no compiler support for _Float16 needed).
 inline float f16_to_f32(uint16_t h) {
-    _Float16 v;
-    std::memcpy(&v, &h, 2);
-    return (float)v;
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    uint32_t x;
+    if (e == 0) {  // zero or subnormal: m * 2^-24, exact in f32
+        float v = (float)m * (1.0f / 16777216.0f);
+        std::memcpy(&x, &v, 4);
+        x |= sign;
+    } else if (e == 31) {
+        x = sign | 0x7f800000u | (m << 13);  // inf, NaN (payload kept)
+    } else {
+        x = sign | ((e + 112) << 23) | (m << 13);
+    }
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
 }
-inline uint16_t f32_to_f16(float f) {  // _Float16 conversion rounds to nearest even
-    _Float16 v = (_Float16)f;
-    uint16_t h;
-    std::memcpy(&h, &v, 2);
-    return h;
+inline uint16_t f32_to_f16(float f) {  // round to nearest even, like __float2half_rn
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));  // NaN stays NaN
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  // >= 65520 rounds to inf
+    if (ax < 0x38800000u) {  // below 2^-14: a multiple of 2^-24, rounded half to even
+        float v;
+        std::memcpy(&v, &ax, 4);
+        const float r = v * 16777216.0f;  // exact: scaling by a power of two
+        const float fl = std::floor(r);
+        uint32_t m = (uint32_t)fl;
+        const float rest = r - fl;
+        if (rest > 0.5f || (rest == 0.5f && (m & 1u))) m++;
+        return (uint16_t)(sign | m);  // m = 1024 is the smallest normal, encoded right
+    }
+    uint32_t h = ax - 0x38000000u;  // rebias the exponent from 127 to 15
+    h += 0xfffu + ((h >> 13) & 1u);  // round the 13 dropped bits, ties to even
+    return (uint16_t)(sign | (h >> 13));
 }
 }  // namespace emu
 
