@@ -441,3 +441,37 @@ fn every_family_trains_with_the_same_gradients_through_the_flash_attention_path(
         }
     }
 }
+
+#[test]
+fn flash_kernels_are_right_at_every_tile_boundary() {
+    // Sequence lengths around the tile sizes of every compiled configuration: 32-key tiles
+    // (head dim 128), 64-key tiles, 64- and 128-row query blocks; forward and backward.
+    for (d, warps) in [(64usize, 4usize), (64, 8), (128, 4)] {
+        for seq in [1usize, 2, 31, 32, 33, 63, 64, 65, 127, 128, 129] {
+            let shape = AttnShape { batch: 1, seq, n_heads: 2, n_kv_heads: 1, head_dim: d };
+            let c = Case { dt: KDType::BF16, shape, fused: false, q_std: 2.0, warps };
+            let (err, mag) = run_flash(&c, 1000 + seq as u64);
+            assert!(err <= tol(KDType::BF16) && mag > 0.0, "d {d} warps {warps} seq {seq}: max diff {err}");
+        }
+    }
+    for seq in [1usize, 2, 63, 64, 65, 128, 129] {
+        let shape = AttnShape { batch: 1, seq, n_heads: 2, n_kv_heads: 1, head_dim: 64 };
+        let mut rng = StdRng::seed_from_u64(2000 + seq as u64);
+        let qs = Strides::contiguous(seq, 2, 64);
+        let ks = Strides::contiguous(seq, 1, 64);
+        let (qb, qf) = quantize(KDType::F16, &normal(&mut rng, seq * 2 * 64, 1.5));
+        let (kb, kf) = quantize(KDType::F16, &normal(&mut rng, seq * 64, 1.0));
+        let (vb, vf) = quantize(KDType::F16, &normal(&mut rng, seq * 64, 1.0));
+        let (gb, gf) = quantize(KDType::F16, &normal(&mut rng, seq * 2 * 64, 1.0));
+        let (o, lse) = emu::flash_attn_fwd_lse(KDType::F16, 4, shape, &qb, qs, &kb, ks, &vb, ks, 0.125).unwrap();
+        let dsum: Vec<f32> = (0..seq * 2).map(|r| (0..64).map(|c| gf[r * 64 + c] * emu::bits_to_f32(KDType::F16, o[r * 64 + c])).sum()).collect();
+        let (dq, dk, dv) = emu::flash_attn_bwd(KDType::F16, shape, &qb, qs, &kb, ks, &vb, ks, &gb, qs, &lse, &dsum, 0.125).unwrap();
+        let (wq, wk, wv) = reference::causal_attention_backward(shape, &qf, qs, &kf, ks, &vf, ks, &gf, qs, 0.125);
+        let f = |x: &[u16]| x.iter().map(|&b| emu::bits_to_f32(KDType::F16, b)).collect::<Vec<f32>>();
+        for (name, got, want) in [("dq", dq, wq), ("dk", f(&dk), wk), ("dv", f(&dv), wv)] {
+            let mag = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err <= 6e-3 * mag.max(1e-3), "seq {seq} {name}: max diff {err} vs max {mag}");
+        }
+    }
+}
