@@ -150,6 +150,15 @@ pub(crate) fn attn_layouts(l1: &Layout, l2: &Layout, l3: &Layout) -> Result<(Att
     Ok((shape, [qs, ks, vs]))
 }
 
+/// f32 values as CPU storage of `dtype` (bf16 / f16 rounded to nearest).
+fn cpu_storage(dtype: DType, x: Vec<f32>) -> CpuStorage {
+    match dtype {
+        DType::BF16 => CpuStorage::BF16(x.into_iter().map(half::bf16::from_f32).collect()),
+        DType::F16 => CpuStorage::F16(x.into_iter().map(half::f16::from_f32).collect()),
+        _ => CpuStorage::F32(x),
+    }
+}
+
 fn cpu_f32(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
     let o = l.start_offset();
     Ok(match s {
@@ -187,12 +196,7 @@ impl CustomOp3 for FlashAttn {
             let t = Tensor::from_vec(lse, (shape.batch, shape.seq, shape.n_heads), &candle_core::Device::Cpu)?;
             *self.lse.lock().unwrap() = Some(t);
         }
-        let out = match s1.dtype() {
-            DType::BF16 => CpuStorage::BF16(o.into_iter().map(half::bf16::from_f32).collect()),
-            DType::F16 => CpuStorage::F16(o.into_iter().map(half::f16::from_f32).collect()),
-            _ => CpuStorage::F32(o),
-        };
-        Ok((out, Shape::from((shape.batch, shape.seq, shape.n_heads, shape.head_dim))))
+        Ok((cpu_storage(s1.dtype(), o), Shape::from((shape.batch, shape.seq, shape.n_heads, shape.head_dim))))
     }
 
     #[cfg(feature = "cuda")]
@@ -255,15 +259,6 @@ fn flash_backward_gpu(scale: f32, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor
     let dsum = (dout.to_dtype(DType::F32)? * o.to_dtype(DType::F32)?)?.sum(3)?.contiguous()?; // [b, s, nh]
     let (b, s, nh, d) = q.dims4()?;
     let nkv = k.dim(2)?;
-    let cuda = |t: &Tensor| -> Result<()> {
-        match &*t.storage_and_layout().0 {
-            Storage::Cuda(_) => Ok(()),
-            _ => candle_core::bail!("flash attention backward: every input must be on the GPU"),
-        }
-    };
-    for t in [q, k, v, &dout, lse, &dsum] {
-        cuda(t)?;
-    }
     let (dq, dk, dv) = {
         let (qs, ql) = q.storage_and_layout();
         let (ks, kl) = k.storage_and_layout();
@@ -272,7 +267,7 @@ fn flash_backward_gpu(scale: f32, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor
         let (ls, ll) = lse.storage_and_layout();
         let (ds, dl) = dsum.storage_and_layout();
         let (Storage::Cuda(qs), Storage::Cuda(ks), Storage::Cuda(vs), Storage::Cuda(gs), Storage::Cuda(ls), Storage::Cuda(ds)) = (&*qs, &*ks, &*vs, &*gs, &*ls, &*ds) else {
-            unreachable!("checked above")
+            candle_core::bail!("flash attention backward: every input must be on the GPU")
         };
         ops::flash_attn_bwd(scale, (qs, ql), (ks, kl), (vs, vl), (gs, gl), (ls, ll), (ds, dl))?
     };
@@ -293,18 +288,7 @@ fn flash_backward_gpu(_: f32, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _:
 /// the logits in their own dtype: no f32 copy of [b, s, vocab] is ever made). CPU: the
 /// f64 references. Targets must lie in the vocabulary (checked).
 pub fn token_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let (b, s, v) = logits.dims3()?;
-    if targets.dims() != [b, s] {
-        candle_core::bail!("token_cross_entropy: logits are [{b}, {s}, {v}] but targets are {:?}", targets.dims());
-    }
-    let logits = if logits.stride()[2] == 1 { logits.clone() } else { logits.contiguous()? };
-    let targets = targets.to_dtype(DType::U32)?.contiguous()?;
-    if b * s > 0 {
-        let max = targets.flatten_all()?.max(0)?.to_scalar::<u32>()?;
-        if max as usize >= v {
-            candle_core::bail!("token_cross_entropy: target id {max} is outside the vocabulary of {v}");
-        }
-    }
+    let (logits, targets) = crate::model::loss::fused_inputs(logits, targets, "token_cross_entropy")?;
     // the same op as evaluation's loss (`token_loss_eval`), with its backward
     logits.apply_op2(&targets, crate::model::loss::FusedTokenLoss)
 }
@@ -360,12 +344,7 @@ impl CustomOp3 for TokenCeGrad {
         };
         let x = cpu_f32(s1, l1)?;
         let d = reference::token_ce_backward(&x, rows, t, g, v);
-        let out = match s1.dtype() {
-            DType::BF16 => CpuStorage::BF16(d.into_iter().map(half::bf16::from_f32).collect()),
-            DType::F16 => CpuStorage::F16(d.into_iter().map(half::f16::from_f32).collect()),
-            _ => CpuStorage::F32(d),
-        };
-        Ok((out, Shape::from((b, s, v))))
+        Ok((cpu_storage(s1.dtype(), d), Shape::from((b, s, v))))
     }
 
     #[cfg(feature = "cuda")]

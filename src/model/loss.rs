@@ -38,6 +38,26 @@ pub fn train_token_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Checked inputs of [`FusedTokenLoss`]: logits [b, s, vocab] with the vocab dim contiguous,
+/// targets [b, s] contiguous u32. On CUDA also that every target lies in the vocabulary (the
+/// kernel writes NaN for one that does not; the CPU op refuses it itself).
+pub(crate) fn fused_inputs(logits: &Tensor, targets: &Tensor, who: &str) -> Result<(Tensor, Tensor)> {
+    let (b, s, v) = logits.dims3()?;
+    let (tb, ts) = targets.dims2()?;
+    if (tb, ts) != (b, s) {
+        candle_core::bail!("{who}: logits are [{b}, {s}, {v}] but targets are [{tb}, {ts}]");
+    }
+    let logits = if logits.stride()[2] == 1 { logits.clone() } else { logits.contiguous()? };
+    let targets = targets.to_dtype(DType::U32)?.contiguous()?;
+    if logits.device().is_cuda() && b * s > 0 {
+        let max = targets.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+        if max as usize >= v {
+            candle_core::bail!("{who}: target id {max} is outside the vocabulary of {v}");
+        }
+    }
+    Ok((logits, targets))
+}
+
 /// Per-token loss for evaluation (no gradient). Same contract as [`per_token_loss`]:
 /// logits [b, s, vocab] (f32 / bf16 / f16, the last dim contiguous or not), targets
 /// [b, s] (u32) -> [b, s] f32.
@@ -46,20 +66,7 @@ pub fn token_loss_eval(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if !fused || !matches!(logits.dtype(), DType::F32 | DType::BF16 | DType::F16) {
         return per_token_loss(logits, targets);
     }
-    let (b, s, v) = logits.dims3()?;
-    let (tb, ts) = targets.dims2()?;
-    if (tb, ts) != (b, s) {
-        candle_core::bail!("token_loss_eval: logits are [{b}, {s}, {v}] but targets are [{tb}, {ts}]");
-    }
-    let logits = if logits.stride()[2] == 1 { logits.clone() } else { logits.contiguous()? };
-    let targets = targets.to_dtype(DType::U32)?.contiguous()?;
-    if logits.device().is_cuda() && b * s > 0 {
-        // The kernel writes NaN for a target outside the vocabulary; refuse like the CPU path.
-        let max = targets.flatten_all()?.max(0)?.to_scalar::<u32>()?;
-        if max as usize >= v {
-            candle_core::bail!("fused token loss: target id {max} is outside the vocabulary of {v}");
-        }
-    }
+    let (logits, targets) = fused_inputs(logits, targets, "token_loss_eval")?;
     logits.apply_op2_no_bwd(&targets, &FusedTokenLoss)
 }
 
