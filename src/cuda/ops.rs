@@ -34,17 +34,25 @@ pub(crate) fn flash_attn_fwd(
             candle_core::bail!("flash attention: rows must be {}-byte aligned (offset {}, strides {s:?})", 2 * a, l.start_offset());
         }
     }
-    let (suffix, nw) = (variant.suffix(shape.head_dim), variant.warps(shape.head_dim));
+    // training (lse): the 4-warp head-dim-64 kernel that also writes the normalisers
+    let (prefix, suffix, nw) = if lse {
+        if shape.head_dim != 64 {
+            candle_core::bail!("flash attention: the training forward has head dim 64 only, got {}", shape.head_dim);
+        }
+        ("lse_", "", 4)
+    } else {
+        ("", variant.suffix(shape.head_dim), variant.warps(shape.head_dim))
+    };
     let offs = [l1.start_offset(), l2.start_offset(), l3.start_offset()];
     let dev = &s1.device;
     let lse = if lse { Some(dev.alloc_zeros::<f32>(shape.batch * shape.seq * shape.n_heads)?) } else { None };
     let slice = match (&s1.slice, &s2.slice, &s3.slice) {
         (CudaStorageSlice::BF16(q), CudaStorageSlice::BF16(k), CudaStorageSlice::BF16(v)) => {
-            let name = format!("bf16_d{}{suffix}", shape.head_dim);
+            let name = format!("{prefix}bf16_d{}{suffix}", shape.head_dim);
             CudaStorageSlice::BF16(launch_flash(dev, &name, nw, [q, k, v], offs, &st, shape, scale, lse.as_ref())?)
         }
         (CudaStorageSlice::F16(q), CudaStorageSlice::F16(k), CudaStorageSlice::F16(v)) => {
-            let name = format!("f16_d{}{suffix}", shape.head_dim);
+            let name = format!("{prefix}f16_d{}{suffix}", shape.head_dim);
             CudaStorageSlice::F16(launch_flash(dev, &name, nw, [q, k, v], offs, &st, shape, scale, lse.as_ref())?)
         }
         _ => candle_core::bail!("flash attention: q, k, v must all be bf16 or all f16 on CUDA"),
@@ -184,7 +192,7 @@ fn launch_flash<T: DeviceRepr>(
         shape.seq as i32,
         scale * std::f32::consts::LOG2_E
     );
-    let null = 0u64; // no lse output (evaluation)
+    let null = 0u64; // no lse output (evaluation kernels do not read it)
     match lse {
         Some(l) => b.arg(l),
         None => b.arg(&null),

@@ -4,12 +4,12 @@
 #include "../kernels/attention.cu"
 #include "../kernels/token_ce.cu"
 
-template <typename T, int D, int BC, int NW>
+template <typename T, int D, int BC, int NW, bool LSE>
 static void flash(const void* q, const void* k, const void* v, void* o, const long long* st, int batch,
                   int n_heads, int n_kv_heads, int seq, float scale_log2, float* lse2) {
     const unsigned tiles = (unsigned)((seq + 16 * NW - 1) / (16 * NW));
     emu::launch(tiles, (unsigned)n_heads, (unsigned)batch, 32 * NW, [&] {
-        flash_attn_fwd_impl<T, D, BC, NW>((const T*)q, (const T*)k, (const T*)v, (T*)o, st[0], st[1], st[2], st[3],
+        flash_attn_fwd_impl<T, D, BC, NW, LSE>((const T*)q, (const T*)k, (const T*)v, (T*)o, st[0], st[1], st[2], st[3],
                                   st[4], st[5], st[6], st[7], st[8], st[9], st[10], st[11], n_heads,
                                   n_kv_heads, seq, scale_log2, lse2);
     });
@@ -23,7 +23,10 @@ extern "C" int rho_emu_flash_attn_fwd(int dtype, int head_dim, int warps, const 
     if (seq <= 0) return 0;
 #define RHO_EMU_FLASH(DT, T, D, BC, NW)                                                                      \
     if (dtype == DT && head_dim == D && warps == NW) {                                                   \
-        flash<T, D, BC, NW>(q, k, v, o, strides12, batch, n_heads, n_kv_heads, seq, scale_log2, lse2);    \
+        if (lse2 != nullptr)                                                                             \
+            flash<T, D, BC, NW, true>(q, k, v, o, strides12, batch, n_heads, n_kv_heads, seq, scale_log2, lse2); \
+        else                                                                                             \
+            flash<T, D, BC, NW, false>(q, k, v, o, strides12, batch, n_heads, n_kv_heads, seq, scale_log2, lse2); \
         return 0;                                                                                        \
     }
     RHO_EMU_FLASH(0, rho_bf16, 64, 64, 4)

@@ -16,7 +16,7 @@
 // CPU reference: src/cuda/reference.rs; CPU emulation of this source: src/cuda/emu.
 #include "compat.cuh"
 
-template <typename T, int D, int BC, int NW>
+template <typename T, int D, int BC, int NW, bool LSE>
 RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                     T* __restrict__ o, long long q_sb, long long q_sh, long long q_ss,
                                     long long k_sb, long long k_sh, long long k_ss, long long v_sb,
@@ -137,12 +137,8 @@ RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict
             // transposing ldmatrix gives V's B fragments for 16 keys and two 8-column steps.
 #pragma unroll
             for (int kk = 0; kk < BC / 16; ++kk) {
-                const uint32_t pa[4] = {
-                    rho_pack2<T>(s[2 * kk][0], s[2 * kk][1]),
-                    rho_pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                    rho_pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                    rho_pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]),
-                };
+                uint32_t pa[4];
+                rho_c_to_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
                 for (int dt = 0; dt < D / 8; dt += 2) {
                     uint32_t bf[4];
@@ -167,7 +163,10 @@ RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict
             for (int dt = 0; dt < D / 8; ++dt)
                 rho_store_u32(op + dt * 8, rho_pack2<T>(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv));
             // training: log2 of each row's normaliser (scores in the exp2 domain), [b, s, n_heads]
-            if (lse2 != nullptr && t == 0) lse2[((long long)b * seq + row) * n_heads + h] = row_max[r] + rho_log2(l);
+            // (a separate instantiation: keeping lse2 live costs the eval kernels a spill)
+            if constexpr (LSE) {
+                if (t == 0) lse2[((long long)b * seq + row) * n_heads + h] = row_max[r] + rho_log2(l);
+            }
         }
     }
 }
@@ -291,12 +290,8 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
                 // dV += P^T dO (A: P^T from C fragments; B: dO by transposing ldmatrix).
 #pragma unroll
                 for (int kq = 0; kq < BR / 16; ++kq) {
-                    const uint32_t pa[4] = {
-                        rho_pack2<T>(st[2 * kq][0], st[2 * kq][1]),
-                        rho_pack2<T>(st[2 * kq][2], st[2 * kq][3]),
-                        rho_pack2<T>(st[2 * kq + 1][0], st[2 * kq + 1][1]),
-                        rho_pack2<T>(st[2 * kq + 1][2], st[2 * kq + 1][3]),
-                    };
+                    uint32_t pa[4];
+                    rho_c_to_a<T>(pa, st[2 * kq], st[2 * kq + 1]);
 #pragma unroll
                     for (int dt = 0; dt < D / 8; dt += 2) {
                         uint32_t bf[4];
@@ -321,12 +316,8 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
                 // dK += dS^T Q; and dS^T to shared memory for dQ.
 #pragma unroll
                 for (int kq = 0; kq < BR / 16; ++kq) {
-                    const uint32_t pa[4] = {
-                        rho_pack2<T>(st[2 * kq][0], st[2 * kq][1]),
-                        rho_pack2<T>(st[2 * kq][2], st[2 * kq][3]),
-                        rho_pack2<T>(st[2 * kq + 1][0], st[2 * kq + 1][1]),
-                        rho_pack2<T>(st[2 * kq + 1][2], st[2 * kq + 1][3]),
-                    };
+                    uint32_t pa[4];
+                    rho_c_to_a<T>(pa, st[2 * kq], st[2 * kq + 1]);
                     T* row0 = dst + (warp * 16 + g) * LS + kq * 16 + 2 * t;
                     rho_store_u32(row0, pa[0]);
                     rho_store_u32(row0 + 8 * LS, pa[1]);
@@ -390,24 +381,28 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
 
 #ifdef __CUDACC__
 // MINB: blocks per SM the register allocation must allow (65536 / (32 NW MINB) registers per thread).
-#define RHO_FLASH(NAME, T, D, BC, NW, MINB)                                                              \
+#define RHO_FLASH(NAME, T, D, BC, NW, MINB, LSE)                                                         \
     RHO_GLOBAL void __launch_bounds__(32 * NW, MINB)                                                     \
         NAME(const T* q, const T* k, const T* v, T* o, long long q_sb, long long q_sh, long long q_ss,  \
              long long k_sb, long long k_sh, long long k_ss, long long v_sb, long long v_sh,              \
              long long v_ss, long long o_sb, long long o_sh, long long o_ss, int n_heads,                 \
              int n_kv_heads, int seq, float scale_log2, float* lse2) {                                   \
-        flash_attn_fwd_impl<T, D, BC, NW>(q, k, v, o, q_sb, q_sh, q_ss, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, o_sb, \
+        flash_attn_fwd_impl<T, D, BC, NW, LSE>(q, k, v, o, q_sb, q_sh, q_ss, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, o_sb, \
                                   o_sh, o_ss, n_heads, n_kv_heads, seq, scale_log2, lse2);               \
     }
 // (head dim, keys per tile, warps, min blocks per SM): the variants of cuda::FlashVariant
-RHO_FLASH(flash_attn_fwd_bf16_d64, rho_bf16, 64, 64, 4, 3)
-RHO_FLASH(flash_attn_fwd_bf16_d64_m4, rho_bf16, 64, 64, 4, 4)
-RHO_FLASH(flash_attn_fwd_bf16_d64_w8, rho_bf16, 64, 64, 8, 2)
-RHO_FLASH(flash_attn_fwd_bf16_d128, rho_bf16, 128, 32, 4, 3)
-RHO_FLASH(flash_attn_fwd_f16_d64, rho_f16, 64, 64, 4, 3)
-RHO_FLASH(flash_attn_fwd_f16_d64_m4, rho_f16, 64, 64, 4, 4)
-RHO_FLASH(flash_attn_fwd_f16_d64_w8, rho_f16, 64, 64, 8, 2)
-RHO_FLASH(flash_attn_fwd_f16_d128, rho_f16, 128, 32, 4, 3)
+RHO_FLASH(flash_attn_fwd_bf16_d64, rho_bf16, 64, 64, 4, 3, false)
+RHO_FLASH(flash_attn_fwd_bf16_d64_m4, rho_bf16, 64, 64, 4, 4, false)
+RHO_FLASH(flash_attn_fwd_bf16_d64_w8, rho_bf16, 64, 64, 8, 2, false)
+RHO_FLASH(flash_attn_fwd_bf16_d128, rho_bf16, 128, 32, 4, 3, false)
+RHO_FLASH(flash_attn_fwd_f16_d64, rho_f16, 64, 64, 4, 3, false)
+RHO_FLASH(flash_attn_fwd_f16_d64_m4, rho_f16, 64, 64, 4, 4, false)
+RHO_FLASH(flash_attn_fwd_f16_d64_w8, rho_f16, 64, 64, 8, 2, false)
+RHO_FLASH(flash_attn_fwd_f16_d128, rho_f16, 128, 32, 4, 3, false)
+// training forwards (write lse2 for the backward, head dim 64 like the backward); on CPU
+// the op's reference serves every head dim
+RHO_FLASH(flash_attn_fwd_lse_bf16_d64, rho_bf16, 64, 64, 4, 3, true)
+RHO_FLASH(flash_attn_fwd_lse_f16_d64, rho_f16, 64, 64, 4, 3, true)
 #endif
 
 #ifdef __CUDACC__

@@ -114,6 +114,15 @@ template <int N> RHO_DEVICE void rho_cp_async_wait() { asm volatile("cp.async.wa
 #include "../emu/emu.h"
 #endif
 
+// Two adjacent 16x8 C fragments (columns 0-7 and 8-15 of a 16x16 block, f32) as one A
+// fragment of the input type: the C layout of m16n8 is the A layout of m16n8k16 split in two.
+template <typename T> RHO_DEVICE void rho_c_to_a(uint32_t* a, const float* c0, const float* c1) {
+    a[0] = rho_pack2<T>(c0[0], c0[1]);
+    a[1] = rho_pack2<T>(c0[2], c0[3]);
+    a[2] = rho_pack2<T>(c1[0], c1[1]);
+    a[3] = rho_pack2<T>(c1[2], c1[3]);
+}
+
 // Online log-sum-exp state (m, s) meaning s * exp(m); merging two is associative.
 RHO_DEVICE void rho_lse_merge(float& m, float& s, float m2, float s2) {
     float mx = m > m2 ? m : m2;
