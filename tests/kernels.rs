@@ -104,6 +104,10 @@ fn flash_attention_kernel_matches_the_reference() {
         Case { dt: KDType::BF16, shape: gqa(3, 1, 2, 1, 64), fused: false, q_std: 1.0, warps: 4 },
         Case { dt: KDType::F16, shape: gqa(2, 70, 2, 2, 64), fused: true, q_std: 1.0, warps: 4 },
         Case { dt: KDType::F16, shape: gqa(1, 90, 2, 2, 128), fused: true, q_std: 1.0, warps: 4 },
+        // head dims 32 and 80 (Pythia 14m-31m, 2.8b) from a fused projection, 256 (Pythia-1b)
+        Case { dt: KDType::F16, shape: gqa(2, 70, 2, 2, 32), fused: true, q_std: 1.0, warps: 4 },
+        Case { dt: KDType::BF16, shape: gqa(1, 100, 2, 2, 80), fused: true, q_std: 1.5, warps: 4 },
+        Case { dt: KDType::BF16, shape: gqa(1, 50, 2, 1, 256), fused: false, q_std: 1.0, warps: 4 },
     ];
     for (i, c) in cases.iter().enumerate() {
         let (err, mag) = run_flash(c, 7 + i as u64);
@@ -115,11 +119,11 @@ fn flash_attention_kernel_matches_the_reference() {
 
 #[test]
 fn flash_attention_emulator_refuses_what_the_kernel_does_not_cover() {
-    let shape = AttnShape { batch: 1, seq: 4, n_heads: 2, n_kv_heads: 1, head_dim: 32 };
-    let st = Strides::contiguous(4, 2, 32);
-    let x = vec![0u16; 4 * 2 * 32];
+    let shape = AttnShape { batch: 1, seq: 4, n_heads: 2, n_kv_heads: 1, head_dim: 48 };
+    let st = Strides::contiguous(4, 2, 48);
+    let x = vec![0u16; 4 * 2 * 48];
     let e = emu::flash_attn_fwd(KDType::BF16, 4, shape, &x, st, &x, st, &x, st, 1.0).unwrap_err();
-    assert!(e.contains("head_dim 32"), "{e}");
+    assert!(e.contains("head_dim 48"), "{e}");
     // k too short for its strides
     let shape = AttnShape { head_dim: 64, ..shape };
     let st = Strides::contiguous(4, 2, 64);
@@ -444,10 +448,11 @@ fn every_family_trains_with_the_same_gradients_through_the_flash_attention_path(
 
 #[test]
 fn flash_kernels_are_right_at_every_tile_boundary() {
-    // Sequence lengths around the tile sizes of every compiled configuration: 32-key tiles
-    // (head dim 128), 64-key tiles, 64- and 128-row query blocks; forward and backward.
-    for (d, warps) in [(64usize, 4usize), (64, 8), (128, 4)] {
-        for seq in [1usize, 2, 31, 32, 33, 63, 64, 65, 127, 128, 129] {
+    // Sequence lengths around the tile sizes of every compiled configuration: 16-key tiles
+    // (head dim 256), 32-key tiles (128), 64-key tiles, 64- and 128-row query blocks; head
+    // dim 80 takes the odd last 16 columns alone; forward and backward.
+    for (d, warps) in [(64usize, 4usize), (64, 8), (128, 4), (32, 4), (80, 4), (256, 4)] {
+        for seq in [1usize, 2, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129] {
             let shape = AttnShape { batch: 1, seq, n_heads: 2, n_kv_heads: 1, head_dim: d };
             let c = Case { dt: KDType::BF16, shape, fused: false, q_std: 2.0, warps };
             let (err, mag) = run_flash(&c, 1000 + seq as u64);

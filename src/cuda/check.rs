@@ -386,6 +386,10 @@ pub fn run_bench_kernels(a: &BenchKernelsArgs) -> Result<Vec<Check>> {
             (DType::F16, gqa(1, 515, 4, 4, 64), true, 1.0, W4),
             (DType::BF16, gqa(1, 2048, 2, 2, 64), false, 5.0, W8),
             (DType::F16, gqa(1, 333, 4, 2, 128), true, 2.0, W4),
+            // head dims 32, 80 (Pythia-2.8b: fused projection), 256 (Pythia-1b)
+            (DType::F16, gqa(2, 200, 4, 4, 32), true, 1.0, W4),
+            (DType::BF16, gqa(1, 700, 4, 4, 80), true, 1.5, W4),
+            (DType::BF16, gqa(1, 333, 2, 1, 256), false, 1.0, W4),
         ]
     };
     let bwd_cases: Vec<(DType, AttnShape)> = if dev.is_cpu() {

@@ -122,7 +122,8 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 
 /// Emulated `flash_attn_fwd_{bf16,f16}_d{64,128}[_w8]`: q, k, v are 16-bit element bits in
 /// the layouts of [`Strides`] (q rows 4-byte, k and v rows 16-byte aligned), output
-/// contiguous [b, s, n_heads, d] bits. `warps`: 4, or 8 for head dim 64.
+/// contiguous [b, s, n_heads, d] bits. Head dims 32, 64, 80, 128, 256; `warps`: 4, or 8
+/// for head dim 64.
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attn_fwd(
     dtype: KDType,
@@ -174,7 +175,7 @@ fn flash_fwd(
     lse: Option<&mut [f32]>,
 ) -> Result<Vec<u16>, String> {
     shape.check(&[("q", q.len(), qs, shape.n_heads), ("k", k.len(), ks, shape.n_kv_heads), ("v", v.len(), vs, shape.n_kv_heads)])?;
-    if dtype == KDType::F32 || !matches!((shape.head_dim, warps), (64, 4) | (64, 8) | (128, 4)) {
+    if dtype == KDType::F32 || !matches!((shape.head_dim, warps), (64, 4) | (64, 8) | (32 | 80 | 128 | 256, 4)) {
         return Err(format!("no flash attention kernel for {dtype:?} with head_dim {} and {warps} warps", shape.head_dim));
     }
     // the slices start where the kernel's pointers do: 16-byte alignment of k and v rows

@@ -29,7 +29,7 @@ pub fn fused_kernels_enabled() -> bool {
 }
 
 /// Head dims the flash attention kernel is compiled for.
-pub const FLASH_HEAD_DIMS: [usize; 2] = [64, 128];
+pub const FLASH_HEAD_DIMS: [usize; 5] = [32, 64, 80, 128, 256];
 
 /// Causal grouped-query attention without the [s, s] matrix.
 ///

@@ -179,10 +179,10 @@ void warp_mma16816(float* d, const uint32_t* a, const uint32_t* b, bool bf16) {
     for (int i = 0; i < 4; i++) d[i] += out[i];
 }
 
-void warp_ldmatrix_x4(uint32_t* r, const void* row, bool trans) {
+void warp_ldmatrix(uint32_t* r, const void* row, bool trans, int n_matrices) {
     const int w = warp(), l = lane();
     const void** rows = &rt->rows[w * 32];
-    if ((reinterpret_cast<uintptr_t>(row) & 15) != 0) {
+    if (l < 8 * n_matrices && (reinterpret_cast<uintptr_t>(row) & 15) != 0) {
         std::fprintf(stderr, "emu: ldmatrix row address %p is not 16-byte aligned\n", row);
         std::abort();
     }
@@ -196,10 +196,10 @@ void warp_ldmatrix_x4(uint32_t* r, const void* row, bool trans) {
     };
     const int g = l / 4, t = l % 4;
     uint32_t out[4];
-    for (int m = 0; m < 4; m++)
+    for (int m = 0; m < n_matrices; m++)
         out[m] = trans ? (at(m, 2 * t, g) | at(m, 2 * t + 1, g) << 16) : (at(m, g, 2 * t) | at(m, g, 2 * t + 1) << 16);
     arrive(rt->warp_bar[w]);
-    for (int m = 0; m < 4; m++) r[m] = out[m];
+    for (int m = 0; m < n_matrices; m++) r[m] = out[m];
 }
 
 }  // namespace emu

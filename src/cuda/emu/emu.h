@@ -36,7 +36,7 @@ void sync_block();
 // Warp collectives: every lane of the warp must call them in the same order.
 uint32_t warp_exchange(uint32_t v, int src_lane);
 void warp_mma16816(float* d, const uint32_t* a, const uint32_t* b, bool bf16);
-void warp_ldmatrix_x4(uint32_t* r, const void* row, bool trans);
+void warp_ldmatrix(uint32_t* r, const void* row, bool trans, int n_matrices);
 
 inline float bf16_to_f32(uint16_t h) {
     uint32_t x = (uint32_t)h << 16;
@@ -140,8 +140,9 @@ template <> inline void rho_mma16816<rho_bf16>(float* d, const uint32_t* a, cons
 template <> inline void rho_mma16816<rho_f16>(float* d, const uint32_t* a, const uint32_t* b) {
     emu::warp_mma16816(d, a, b, false);
 }
-template <typename T> RHO_DEVICE void rho_ldmatrix_x4(uint32_t* r, const T* row) { emu::warp_ldmatrix_x4(r, row, false); }
-template <typename T> RHO_DEVICE void rho_ldmatrix_x4_trans(uint32_t* r, const T* row) { emu::warp_ldmatrix_x4(r, row, true); }
+template <typename T> RHO_DEVICE void rho_ldmatrix_x4(uint32_t* r, const T* row) { emu::warp_ldmatrix(r, row, false, 4); }
+template <typename T> RHO_DEVICE void rho_ldmatrix_x2(uint32_t* r, const T* row) { emu::warp_ldmatrix(r, row, false, 2); }
+template <typename T> RHO_DEVICE void rho_ldmatrix_x4_trans(uint32_t* r, const T* row) { emu::warp_ldmatrix(r, row, true, 4); }
 // cp.async: the emulator copies at once (the wait and barrier discipline is the kernel's).
 template <typename T> RHO_DEVICE void rho_cp_async16(T* dst, const T* src, bool pred) {
     if (pred) std::memcpy((void*)dst, (const void*)src, 16);

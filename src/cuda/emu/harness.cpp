@@ -16,7 +16,7 @@ static void flash(const void* q, const void* k, const void* v, void* o, const lo
 }
 
 // The configurations compiled for the GPU (attention.cu's RHO_FLASH lines): head dim 64 with
-// 64-key tiles and 4 or 8 warps, head dim 128 with 32-key tiles and 4 warps.
+// 64-key tiles and 4 or 8 warps; 32 and 80 with 64-key tiles, 128 with 32, 256 with 16; 4 warps.
 extern "C" int rho_emu_flash_attn_fwd(int dtype, int head_dim, int warps, const void* q, const void* k,
                                       const void* v, void* o, const long long* strides12, int batch,
                                       int n_heads, int n_kv_heads, int seq, float scale_log2, float* lse2) {
@@ -35,6 +35,12 @@ extern "C" int rho_emu_flash_attn_fwd(int dtype, int head_dim, int warps, const 
     RHO_EMU_FLASH(1, rho_f16, 64, 64, 4)
     RHO_EMU_FLASH(1, rho_f16, 64, 64, 8)
     RHO_EMU_FLASH(1, rho_f16, 128, 32, 4)
+    RHO_EMU_FLASH(0, rho_bf16, 32, 64, 4)
+    RHO_EMU_FLASH(1, rho_f16, 32, 64, 4)
+    RHO_EMU_FLASH(0, rho_bf16, 80, 64, 4)
+    RHO_EMU_FLASH(1, rho_f16, 80, 64, 4)
+    RHO_EMU_FLASH(0, rho_bf16, 256, 16, 4)
+    RHO_EMU_FLASH(1, rho_f16, 256, 16, 4)
     return 1;
 }
 

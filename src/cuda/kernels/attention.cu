@@ -92,11 +92,17 @@ RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict
             for (int nt = 0; nt < BC / 8; ++nt) {
                 for (int i = 0; i < 4; ++i) s[nt][i] = 0.f;
 #pragma unroll
-                for (int kk = 0; kk < D / 16; kk += 2) {
+                for (int kk = 0; kk + 1 < D / 16; kk += 2) {
                     uint32_t bf[4];
                     rho_ldmatrix_x4(bf, kt + (nt * 8 + lane % 8) * LD + kk * 16 + (lane / 8) * 8);
                     rho_mma16816<T>(s[nt], qa[kk], bf);
                     rho_mma16816<T>(s[nt], qa[kk + 1], bf + 2);
+                }
+                if constexpr ((D / 16) % 2 == 1) {  // head dims 80, 112, ...: the last 16 columns alone
+                    constexpr int kk = D / 16 - 1;
+                    uint32_t bf[2];
+                    rho_ldmatrix_x2(bf, kt + (nt * 8 + lane % 8) * LD + kk * 16 + (lane / 8 % 2) * 8);
+                    rho_mma16816<T>(s[nt], qa[kk], bf);
                 }
             }
             // Scale into the exp2 domain; mask keys after the query (only on tiles that
@@ -390,7 +396,9 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
         flash_attn_fwd_impl<T, D, BC, NW, LSE>(q, k, v, o, q_sb, q_sh, q_ss, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, o_sb, \
                                   o_sh, o_ss, n_heads, n_kv_heads, seq, scale_log2, lse2);               \
     }
-// (head dim, keys per tile, warps, min blocks per SM): the variants of cuda::FlashVariant
+// (head dim, keys per tile, warps, min blocks per SM): the variants of cuda::FlashVariant.
+// Head dims 32 and 80 (GPT-NeoX / Pythia 14m-31m and 2.8b, Phi-2) and 256 (Pythia-1b, GPT-J)
+// have one variant each; 256 uses 16-key tiles to stay within 48 KB of shared memory.
 RHO_FLASH(flash_attn_fwd_bf16_d64, rho_bf16, 64, 64, 4, 3, false)
 RHO_FLASH(flash_attn_fwd_bf16_d64_m4, rho_bf16, 64, 64, 4, 4, false)
 RHO_FLASH(flash_attn_fwd_bf16_d64_w8, rho_bf16, 64, 64, 8, 2, false)
@@ -399,6 +407,12 @@ RHO_FLASH(flash_attn_fwd_f16_d64, rho_f16, 64, 64, 4, 3, false)
 RHO_FLASH(flash_attn_fwd_f16_d64_m4, rho_f16, 64, 64, 4, 4, false)
 RHO_FLASH(flash_attn_fwd_f16_d64_w8, rho_f16, 64, 64, 8, 2, false)
 RHO_FLASH(flash_attn_fwd_f16_d128, rho_f16, 128, 32, 4, 3, false)
+RHO_FLASH(flash_attn_fwd_bf16_d32, rho_bf16, 32, 64, 4, 3, false)
+RHO_FLASH(flash_attn_fwd_f16_d32, rho_f16, 32, 64, 4, 3, false)
+RHO_FLASH(flash_attn_fwd_bf16_d80, rho_bf16, 80, 64, 4, 3, false)
+RHO_FLASH(flash_attn_fwd_f16_d80, rho_f16, 80, 64, 4, 3, false)
+RHO_FLASH(flash_attn_fwd_bf16_d256, rho_bf16, 256, 16, 4, 2, false)
+RHO_FLASH(flash_attn_fwd_f16_d256, rho_f16, 256, 16, 4, 2, false)
 // training forwards (write lse2 for the backward, head dim 64 like the backward); on CPU
 // the op's reference serves every head dim
 RHO_FLASH(flash_attn_fwd_lse_bf16_d64, rho_bf16, 64, 64, 4, 3, true)

@@ -94,6 +94,11 @@ template <typename T> RHO_DEVICE void rho_ldmatrix_x4(uint32_t* r, const T* row)
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
 }
+// Two matrices (lanes 0-15 give the rows; the other lanes' addresses are not read).
+template <typename T> RHO_DEVICE void rho_ldmatrix_x2(uint32_t* r, const T* row) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
 template <typename T> RHO_DEVICE void rho_ldmatrix_x4_trans(uint32_t* r, const T* row) {
     const uint32_t a = (uint32_t)__cvta_generic_to_shared(row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
