@@ -356,13 +356,17 @@ fn reference_attention_backward_matches_autograd() -> candle_core::Result<()> {
 #[test]
 fn flash_attention_backward_kernel_matches_the_reference() {
     let gqa = |batch, seq, n_heads, n_kv_heads| AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: 64 };
+    let gqa128 = |batch, seq, n_heads, n_kv_heads| AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: 128 };
     // (dtype, shape, fused layout): one partial key tile with grouped-query heads; several key
-    // and query tiles; exactly one tile; views of one fused projection
+    // and query tiles; exactly one tile; views of one fused projection; head dim 128
+    // (32-key blocks of 2 warps)
     let cases = [
         (KDType::BF16, gqa(1, 77, 2, 1), false),
         (KDType::BF16, gqa(2, 150, 2, 2), false),
         (KDType::F16, gqa(1, 64, 4, 2), false),
         (KDType::F16, gqa(1, 100, 2, 2), true),
+        (KDType::BF16, gqa128(1, 90, 4, 2), false),
+        (KDType::F16, gqa128(1, 65, 2, 2), true),
     ];
     for (ci, (dt, shape, fused)) in cases.into_iter().enumerate() {
         let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
@@ -459,24 +463,24 @@ fn flash_kernels_are_right_at_every_tile_boundary() {
             assert!(err <= tol(KDType::BF16) && mag > 0.0, "d {d} warps {warps} seq {seq}: max diff {err}");
         }
     }
-    for seq in [1usize, 2, 63, 64, 65, 128, 129] {
-        let shape = AttnShape { batch: 1, seq, n_heads: 2, n_kv_heads: 1, head_dim: 64 };
+    for (d, seq) in [1usize, 2, 63, 64, 65, 128, 129].map(|s| (64usize, s)).into_iter().chain([1usize, 31, 32, 33, 65].map(|s| (128, s))) {
+        let shape = AttnShape { batch: 1, seq, n_heads: 2, n_kv_heads: 1, head_dim: d };
         let mut rng = StdRng::seed_from_u64(2000 + seq as u64);
-        let qs = Strides::contiguous(seq, 2, 64);
-        let ks = Strides::contiguous(seq, 1, 64);
-        let (qb, qf) = quantize(KDType::F16, &normal(&mut rng, seq * 2 * 64, 1.5));
-        let (kb, kf) = quantize(KDType::F16, &normal(&mut rng, seq * 64, 1.0));
-        let (vb, vf) = quantize(KDType::F16, &normal(&mut rng, seq * 64, 1.0));
-        let (gb, gf) = quantize(KDType::F16, &normal(&mut rng, seq * 2 * 64, 1.0));
+        let qs = Strides::contiguous(seq, 2, d);
+        let ks = Strides::contiguous(seq, 1, d);
+        let (qb, qf) = quantize(KDType::F16, &normal(&mut rng, seq * 2 * d, 1.5));
+        let (kb, kf) = quantize(KDType::F16, &normal(&mut rng, seq * d, 1.0));
+        let (vb, vf) = quantize(KDType::F16, &normal(&mut rng, seq * d, 1.0));
+        let (gb, gf) = quantize(KDType::F16, &normal(&mut rng, seq * 2 * d, 1.0));
         let (o, lse) = emu::flash_attn_fwd_lse(KDType::F16, 4, shape, &qb, qs, &kb, ks, &vb, ks, 0.125).unwrap();
-        let dsum: Vec<f32> = (0..seq * 2).map(|r| (0..64).map(|c| gf[r * 64 + c] * emu::bits_to_f32(KDType::F16, o[r * 64 + c])).sum()).collect();
+        let dsum: Vec<f32> = (0..seq * 2).map(|r| (0..d).map(|c| gf[r * d + c] * emu::bits_to_f32(KDType::F16, o[r * d + c])).sum()).collect();
         let (dq, dk, dv) = emu::flash_attn_bwd(KDType::F16, shape, &qb, qs, &kb, ks, &vb, ks, &gb, qs, &lse, &dsum, 0.125).unwrap();
         let (wq, wk, wv) = reference::causal_attention_backward(shape, &qf, qs, &kf, ks, &vf, ks, &gf, qs, 0.125);
         let f = |x: &[u16]| x.iter().map(|&b| emu::bits_to_f32(KDType::F16, b)).collect::<Vec<f32>>();
         for (name, got, want) in [("dq", dq, wq), ("dk", f(&dk), wk), ("dv", f(&dv), wv)] {
             let mag = want.iter().fold(0f32, |m, x| m.max(x.abs()));
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(err <= 6e-3 * mag.max(1e-3), "seq {seq} {name}: max diff {err} vs max {mag}");
+            assert!(err <= 6e-3 * mag.max(1e-3), "d {d} seq {seq} {name}: max diff {err} vs max {mag}");
         }
     }
 }

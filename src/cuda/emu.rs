@@ -215,9 +215,9 @@ fn flash_fwd(
     Ok(o)
 }
 
-/// Emulated `flash_attn_bwd_{bf16,f16}_d64`: q, k, v, dout (16-bit bits, rows 16-byte
+/// Emulated `flash_attn_bwd_{bf16,f16}_d{64,128}`: q, k, v, dout (16-bit bits, rows 16-byte
 /// aligned), lse2 and dsum ([b, s, n_heads] f32: the forward's log2 normalisers and
-/// rowsum(dout * o)) -> (dq f32 [b, s, n_heads, 64], dk and dv bits [b, s, n_kv_heads, 64]).
+/// rowsum(dout * o)) -> (dq f32 [b, s, n_heads, d], dk and dv bits [b, s, n_kv_heads, d]).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attn_bwd(
     dtype: KDType,
@@ -240,7 +240,7 @@ pub fn flash_attn_bwd(
         ("v", v.len(), vs, shape.n_kv_heads),
         ("dout", dout.len(), gs, shape.n_heads),
     ])?;
-    if dtype == KDType::F32 || shape.head_dim != 64 {
+    if dtype == KDType::F32 || !matches!(shape.head_dim, 64 | 128) {
         return Err(format!("no flash attention backward for {dtype:?} with head_dim {}", shape.head_dim));
     }
     for (name, st) in [("q", qs), ("k", ks), ("v", vs), ("dout", gs)] {
@@ -252,8 +252,9 @@ pub fn flash_attn_bwd(
     if lse2.len() != rows || dsum.len() != rows {
         return Err(format!("lse2 and dsum need {rows} values, got {} and {}", lse2.len(), dsum.len()));
     }
-    let mut dq = vec![0f32; rows * 64];
-    let mut dk = vec![0u16; shape.batch * shape.seq * shape.n_kv_heads * 64];
+    let d = shape.head_dim;
+    let mut dq = vec![0f32; rows * d];
+    let mut dk = vec![0u16; shape.batch * shape.seq * shape.n_kv_heads * d];
     let mut dv = dk.clone();
     let st: Vec<i64> = [qs, ks, vs, gs].iter().flat_map(|s| [s.batch as i64, s.head as i64, s.seq as i64]).collect();
     let _g = lock();
@@ -261,7 +262,7 @@ pub fn flash_attn_bwd(
     let rc = unsafe {
         rho_emu_flash_attn_bwd(
             dtype as i32,
-            64,
+            d as i32,
             q.as_ptr(),
             k.as_ptr(),
             v.as_ptr(),

@@ -2,7 +2,8 @@
 //!
 //! | kernel (src/cuda/kernels)       | what                                                    | CPU reference |
 //! |---------------------------------|---------------------------------------------------------|---------------|
-//! | `attention.cu` flash_attn_fwd   | causal grouped-query attention, bf16/f16, head dim 64/128, never [s, s] | [`reference::causal_attention`] |
+//! | `attention.cu` flash_attn_fwd   | causal grouped-query attention, bf16/f16, head dim 32/64/80/128/256, never [s, s] | [`reference::causal_attention`] |
+//! | `attention.cu` flash_attn_bwd   | its gradients (training), head dim 64/128              | [`reference::causal_attention_backward`] |
 //! | `token_ce.cu` token_ce_fwd      | per-token f32 cross-entropy streamed over the vocabulary | [`reference::token_ce`], `model::loss::FusedTokenLoss` |
 //! | `token_ce.cu` token_ce_bwd      | its gradient with respect to the logits                 | [`reference::token_ce_backward`] |
 //!
@@ -31,6 +32,9 @@ pub fn fused_kernels_enabled() -> bool {
 /// Head dims the flash attention kernel is compiled for.
 pub const FLASH_HEAD_DIMS: [usize; 5] = [32, 64, 80, 128, 256];
 
+/// Head dims the flash attention backward (and the training forward) is compiled for.
+pub const FLASH_BWD_HEAD_DIMS: [usize; 2] = [64, 128];
+
 /// Causal grouped-query attention without the [s, s] matrix.
 ///
 /// q: [b, s, n_heads, d], k and v: [b, s, n_kv_heads, d] (any strides; the head dim
@@ -43,8 +47,8 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result
 }
 
 /// [`flash_attention`] with a backward pass (training): the forward also keeps each row's
-/// log-sum-exp, the backward is `flash_attn_bwd` on CUDA (head dim 64 only) and the f64
-/// reference on CPU. Gradients in the inputs' dtype.
+/// log-sum-exp, the backward is `flash_attn_bwd` on CUDA (head dims in
+/// [`FLASH_BWD_HEAD_DIMS`]) and the f64 reference on CPU. Gradients in the inputs' dtype.
 pub fn flash_attention_train(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
     let aligned = |t: &Tensor| if aligned16(t) { Ok(t.clone()) } else { t.contiguous() };
     // the backward loads q and k, v 16 bytes at a time

@@ -34,10 +34,10 @@ pub(crate) fn flash_attn_fwd(
             candle_core::bail!("flash attention: rows must be {}-byte aligned (offset {}, strides {s:?})", 2 * a, l.start_offset());
         }
     }
-    // training (lse): the 4-warp head-dim-64 kernel that also writes the normalisers
+    // training (lse): the 4-warp kernel that also writes the normalisers (head dims of the backward)
     let (prefix, suffix, nw) = if lse {
-        if shape.head_dim != 64 {
-            candle_core::bail!("flash attention: the training forward has head dim 64 only, got {}", shape.head_dim);
+        if !super::FLASH_BWD_HEAD_DIMS.contains(&shape.head_dim) {
+            candle_core::bail!("flash attention: no training forward for head dim {} (have {:?})", shape.head_dim, super::FLASH_BWD_HEAD_DIMS);
         }
         ("lse_", "", 4)
     } else {
@@ -73,9 +73,9 @@ fn f32_view<'a>(x: In<'a>, n: usize, what: &str) -> Result<candle_core::cuda_bac
 /// One input of the backward: storage, layout.
 pub(crate) type In<'a> = (&'a CudaStorage, &'a Layout);
 
-/// Gradients of flash attention (head dim 64): q, k, v, dout [b, s, heads, 64] (rows 16-byte
-/// aligned), lse2 and dsum [b, s, nh] f32 contiguous -> (dq [b, s, nh, 64] f32, dk and dv
-/// [b, s, nkv, 64] in the inputs' dtype), contiguous.
+/// Gradients of flash attention (head dim 64 or 128): q, k, v, dout [b, s, heads, d] (rows
+/// 16-byte aligned), lse2 and dsum [b, s, nh] f32 contiguous -> (dq [b, s, nh, d] f32, dk and
+/// dv [b, s, nkv, d] in the inputs' dtype), contiguous.
 pub(crate) fn flash_attn_bwd(
     scale: f32,
     q: In,
@@ -90,8 +90,9 @@ pub(crate) fn flash_attn_bwd(
     if gshape != shape {
         candle_core::bail!("flash attention backward: dout {:?} does not match q {:?}", dout.1.dims(), q.1.dims());
     }
-    if shape.head_dim != 64 {
-        candle_core::bail!("flash attention backward: no kernel for head_dim {} (have 64)", shape.head_dim);
+    let d = shape.head_dim;
+    if !super::FLASH_BWD_HEAD_DIMS.contains(&d) {
+        candle_core::bail!("flash attention backward: no kernel for head_dim {d} (have {:?})", super::FLASH_BWD_HEAD_DIMS);
     }
     let all = [(q.1, st[0]), (k.1, st[1]), (v.1, st[2]), (dout.1, gst[0])];
     for (l, s) in all {
@@ -104,12 +105,13 @@ pub(crate) fn flash_attn_bwd(
     let ds = f32_view(dsum, rows, "dsum")?;
     let dev = q.0.device.clone();
     // every key block adds its share of dq: zeros first
-    let mut dq = dev.alloc_zeros::<f32>(rows * 64)?;
-    let n_kv = shape.batch * shape.seq * shape.n_kv_heads * 64;
+    let mut dq = dev.alloc_zeros::<f32>(rows * d)?;
+    let n_kv = shape.batch * shape.seq * shape.n_kv_heads * d;
+    let bc = if d == 64 { 64 } else { 32 }; // keys per block, as attention.cu's RHO_FLASH_BWD lines
     let strides: Vec<i64> = [st[0], st[1], st[2], gst[0]].iter().flat_map(|s| [s.batch as i64, s.head as i64, s.seq as i64]).collect();
     let cfg = LaunchConfig {
-        grid_dim: (shape.seq.div_ceil(64) as u32, shape.n_kv_heads as u32, shape.batch as u32),
-        block_dim: (128, 1, 1),
+        grid_dim: (shape.seq.div_ceil(bc) as u32, shape.n_kv_heads as u32, shape.batch as u32),
+        block_dim: (2 * bc as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     macro_rules! run {
@@ -142,10 +144,10 @@ pub(crate) fn flash_attn_bwd(
     }
     let (dk, dv) = match (&q.0.slice, &k.0.slice, &v.0.slice, &dout.0.slice) {
         (CudaStorageSlice::BF16(a), CudaStorageSlice::BF16(b), CudaStorageSlice::BF16(c), CudaStorageSlice::BF16(d)) => {
-            run!(a, b, c, d, half::bf16, "flash_attn_bwd_bf16_d64", CudaStorageSlice::BF16)
+            run!(a, b, c, d, half::bf16, &format!("flash_attn_bwd_bf16_d{}", shape.head_dim), CudaStorageSlice::BF16)
         }
         (CudaStorageSlice::F16(a), CudaStorageSlice::F16(b), CudaStorageSlice::F16(c), CudaStorageSlice::F16(d)) => {
-            run!(a, b, c, d, half::f16, "flash_attn_bwd_f16_d64", CudaStorageSlice::F16)
+            run!(a, b, c, d, half::f16, &format!("flash_attn_bwd_f16_d{}", shape.head_dim), CudaStorageSlice::F16)
         }
         _ => candle_core::bail!("flash attention backward: q, k, v, dout must all be bf16 or all f16"),
     };

@@ -112,7 +112,7 @@ pub struct Transformer {
     pub mode: Mode,
     /// Attention through `cuda::flash_attention` (no [s, s] scores): on by default on CUDA
     /// for bf16/f16 with a head dim the kernel has (`RHO_FUSED_KERNELS=0` turns it off), in
-    /// `Mode::Train` only for head dim 64 (the backward kernel's); on CPU only when asked
+    /// `Mode::Train` only for the backward kernel's head dims (64, 128); on CPU only when asked
     /// (`with_flash_attention`, tests: the CPU implementation is the slow f64 reference).
     flash: bool,
 }
@@ -266,7 +266,8 @@ impl Transformer {
 
     /// Whether the forward goes through the flash attention op.
     pub fn uses_flash_attention(&self) -> bool {
-        self.flash && (self.mode == Mode::Eval || self.device().is_cpu() || self.cfg.head_dim == 64)
+        self.flash
+            && (self.mode == Mode::Eval || self.device().is_cpu() || crate::cuda::FLASH_BWD_HEAD_DIMS.contains(&self.cfg.head_dim))
     }
 
     pub fn device(&self) -> &Device {

@@ -80,12 +80,12 @@ extern "C" int rho_emu_token_ce_bwd(int dtype, const void* logits, long long sb,
     return 0;
 }
 
-template <typename T>
+template <typename T, int D, int BC>
 static void flash_bwd(const void* q, const void* k, const void* v, const void* g, const float* lse2,
                       const float* dsum, float* dq_acc, void* dk, void* dv, const long long* st, int batch,
                       int n_heads, int n_kv_heads, int seq, float scale_log2, float scale) {
-    emu::launch((unsigned)((seq + 63) / 64), (unsigned)n_kv_heads, (unsigned)batch, 128, [&] {
-        flash_attn_bwd_impl<T, 64>((const T*)q, (const T*)k, (const T*)v, (const T*)g, lse2, dsum, dq_acc, (T*)dk,
+    emu::launch((unsigned)((seq + BC - 1) / BC), (unsigned)n_kv_heads, (unsigned)batch, 2 * BC, [&] {
+        flash_attn_bwd_impl<T, D, BC>((const T*)q, (const T*)k, (const T*)v, (const T*)g, lse2, dsum, dq_acc, (T*)dk,
                                    (T*)dv, st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7], st[8], st[9],
                                    st[10], st[11], n_heads, n_kv_heads, seq, scale_log2, scale);
     });
@@ -97,9 +97,15 @@ extern "C" int rho_emu_flash_attn_bwd(int dtype, int head_dim, const void* q, co
                                       void* dk, void* dv, const long long* strides12, int batch, int n_heads,
                                       int n_kv_heads, int seq, float scale_log2, float scale) {
     if (seq <= 0) return 0;
-    if (head_dim != 64) return 1;
-    if (dtype == 0) flash_bwd<rho_bf16>(q, k, v, dout, lse2, dsum, dq_acc, dk, dv, strides12, batch, n_heads, n_kv_heads, seq, scale_log2, scale);
-    else if (dtype == 1) flash_bwd<rho_f16>(q, k, v, dout, lse2, dsum, dq_acc, dk, dv, strides12, batch, n_heads, n_kv_heads, seq, scale_log2, scale);
-    else return 1;
-    return 0;
+#define RHO_EMU_BWD(DT, T, D, BC)                                                                         \
+    if (dtype == DT && head_dim == D) {                                                                  \
+        flash_bwd<T, D, BC>(q, k, v, dout, lse2, dsum, dq_acc, dk, dv, strides12, batch, n_heads, n_kv_heads, \
+                            seq, scale_log2, scale);                                                     \
+        return 0;                                                                                        \
+    }
+    RHO_EMU_BWD(0, rho_bf16, 64, 64)
+    RHO_EMU_BWD(1, rho_f16, 64, 64)
+    RHO_EMU_BWD(0, rho_bf16, 128, 32)
+    RHO_EMU_BWD(1, rho_f16, 128, 32)
+    return 1;
 }

@@ -178,7 +178,8 @@ RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict
 }
 
 
-// Backward of the causal attention above (training), FlashAttention-2's algorithm, head dim 64.
+// Backward of the causal attention above (training), FlashAttention-2's algorithm, head dim
+// 64 (64-key blocks) or 128 (32-key blocks).
 //
 // Inputs: q, k, v, dout (= dL/do) with the forward's layouts (any batch/head/position strides,
 // rows 16-byte aligned), lse2 and dsum [b, s, n_heads] f32: the forward's log2 normaliser
@@ -186,15 +187,15 @@ RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict
 // Outputs: dq_acc [b, s, n_heads, D] f32, zeroed by the caller, to which every key block adds
 // its share (atomically); dk, dv [b, s, n_kv_heads, D] contiguous, written once.
 //
-// One block of 4 warps per (64 keys, kv head, batch); each warp owns 16 keys, whose K and V
-// rows it keeps as A fragments. For each query head of the group and each 64-query tile at
-// or after the keys (causal), with Q, dO, lse2 and D of the tile in shared memory:
+// One block of BC / 16 warps per (BC keys, kv head, batch); each warp owns 16 keys. For each
+// query head of the group and each BC-query tile at or after the keys (causal), with Q, dO,
+// lse2 and D of the tile in shared memory:
 //   S^T = K Q^T, P^T = exp2(S^T scale_log2 - lse2) (masked), dV += P^T dO,
 //   dP^T = V dO^T, dS^T = P^T (dP^T - D), dK += dS^T Q;
 // dS^T goes through shared memory so that the block can compute dQ = dS K for the tile's
 // queries (warp w: queries 16w..16w+15) and add it to dq_acc. dK and dV are scaled and
 // stored at the end. CPU reference: reference::causal_attention_backward.
-template <typename T, int D>
+template <typename T, int D, int BC>
 RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                     const T* __restrict__ dout, const float* __restrict__ lse2,
                                     const float* __restrict__ dsum, float* __restrict__ dq_acc,
@@ -203,7 +204,9 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
                                     long long v_sb, long long v_sh, long long v_ss, long long g_sb,
                                     long long g_sh, long long g_ss, int n_heads, int n_kv_heads, int seq,
                                     float scale_log2, float scale) {
-    constexpr int BC = 64, BR = 64, NW = 4, LD = D + 8, LS = BR + 8, CH = D / 8;
+    // BC keys per block, 16 per warp; query tiles of BR = BC rows (the dQ step gives each
+    // warp 16 of them). 64 for head dim 64, 32 for 128: within 48 KB of shared memory.
+    constexpr int BR = BC, NW = BC / 16, LD = D + 8, LS = BR + 8, CH = D / 8;
     RHO_SHARED T kt[BC * LD];
     RHO_SHARED T vt[BC * LD];
     RHO_SHARED T qt[BR * LD];
@@ -232,13 +235,10 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
         rho_cp_async_wait<0>();
         rho_sync_threads();
     }
-    uint32_t ka[D / 16][4], va[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const int off = (warp * 16 + (lane / 8 % 2) * 8 + lane % 8) * LD + kk * 16 + (lane / 16) * 8;
-        rho_ldmatrix_x4(ka[kk], kt + off);
-        rho_ldmatrix_x4(va[kk], vt + off);
-    }
+    // The warp's 16 keys of K or V as the A fragment of 16 columns kk (ldmatrix: matrices
+    // rows 0-7 / 8-15 x columns 0-7 / 8-15 of the 16x16 block give a0..a3); read from shared
+    // memory at each use, which leaves the registers to the dK and dV accumulators.
+    const int a_off = (warp * 16 + (lane / 8 % 2) * 8 + lane % 8) * LD + (lane / 16) * 8;
     float dk_acc[D / 8][4], dv_acc[D / 8][4];
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt)
@@ -273,14 +273,19 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
                 // S^T = K Q^T: the warp's 16 keys x BR queries.
                 float st[BR / 8][4];
 #pragma unroll
-                for (int nt = 0; nt < BR / 8; ++nt) {
+                for (int nt = 0; nt < BR / 8; ++nt)
                     for (int i = 0; i < 4; ++i) st[nt][i] = 0.f;
 #pragma unroll
-                    for (int kk = 0; kk < D / 16; kk += 2) {
+                for (int kk = 0; kk < D / 16; kk += 2) {
+                    uint32_t a0[4], a1[4];
+                    rho_ldmatrix_x4(a0, kt + a_off + kk * 16);
+                    rho_ldmatrix_x4(a1, kt + a_off + kk * 16 + 16);
+#pragma unroll
+                    for (int nt = 0; nt < BR / 8; ++nt) {
                         uint32_t bf[4];
                         rho_ldmatrix_x4(bf, qt + (nt * 8 + lane % 8) * LD + kk * 16 + (lane / 8) * 8);
-                        rho_mma16816<T>(st[nt], ka[kk], bf);
-                        rho_mma16816<T>(st[nt], ka[kk + 1], bf + 2);
+                        rho_mma16816<T>(st[nt], a0, bf);
+                        rho_mma16816<T>(st[nt], a1, bf + 2);
                     }
                 }
                 // P^T; masked where the query is before the key or past the end (the
@@ -307,18 +312,26 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
                     }
                 }
                 // dP^T = V dO^T, then dS^T = P^T (dP^T - D) in place of P^T.
+                float dp[BR / 8][4];
 #pragma unroll
-                for (int nt = 0; nt < BR / 8; ++nt) {
-                    float dp[4] = {0.f, 0.f, 0.f, 0.f};
+                for (int nt = 0; nt < BR / 8; ++nt)
+                    for (int i = 0; i < 4; ++i) dp[nt][i] = 0.f;
 #pragma unroll
-                    for (int kk = 0; kk < D / 16; kk += 2) {
+                for (int kk = 0; kk < D / 16; kk += 2) {
+                    uint32_t a0[4], a1[4];
+                    rho_ldmatrix_x4(a0, vt + a_off + kk * 16);
+                    rho_ldmatrix_x4(a1, vt + a_off + kk * 16 + 16);
+#pragma unroll
+                    for (int nt = 0; nt < BR / 8; ++nt) {
                         uint32_t bf[4];
                         rho_ldmatrix_x4(bf, gt + (nt * 8 + lane % 8) * LD + kk * 16 + (lane / 8) * 8);
-                        rho_mma16816<T>(dp, va[kk], bf);
-                        rho_mma16816<T>(dp, va[kk + 1], bf + 2);
+                        rho_mma16816<T>(dp[nt], a0, bf);
+                        rho_mma16816<T>(dp[nt], a1, bf + 2);
                     }
-                    for (int i = 0; i < 4; ++i) st[nt][i] *= dp[i] - dsum_s[nt * 8 + 2 * t + (i & 1)];
                 }
+#pragma unroll
+                for (int nt = 0; nt < BR / 8; ++nt)
+                    for (int i = 0; i < 4; ++i) st[nt][i] *= dp[nt][i] - dsum_s[nt * 8 + 2 * t + (i & 1)];
                 // dK += dS^T Q; and dS^T to shared memory for dQ.
 #pragma unroll
                 for (int kq = 0; kq < BR / 16; ++kq) {
@@ -413,24 +426,28 @@ RHO_FLASH(flash_attn_fwd_bf16_d80, rho_bf16, 80, 64, 4, 3, false)
 RHO_FLASH(flash_attn_fwd_f16_d80, rho_f16, 80, 64, 4, 3, false)
 RHO_FLASH(flash_attn_fwd_bf16_d256, rho_bf16, 256, 16, 4, 2, false)
 RHO_FLASH(flash_attn_fwd_f16_d256, rho_f16, 256, 16, 4, 2, false)
-// training forwards (write lse2 for the backward, head dim 64 like the backward); on CPU
+// training forwards (write lse2 for the backward, head dims 64 and 128 like the backward); on CPU
 // the op's reference serves every head dim
 RHO_FLASH(flash_attn_fwd_lse_bf16_d64, rho_bf16, 64, 64, 4, 3, true)
 RHO_FLASH(flash_attn_fwd_lse_f16_d64, rho_f16, 64, 64, 4, 3, true)
+RHO_FLASH(flash_attn_fwd_lse_bf16_d128, rho_bf16, 128, 32, 4, 3, true)
+RHO_FLASH(flash_attn_fwd_lse_f16_d128, rho_f16, 128, 32, 4, 3, true)
 #endif
 
 #ifdef __CUDACC__
-#define RHO_FLASH_BWD(NAME, T)                                                                           \
-    RHO_GLOBAL void __launch_bounds__(128)                                                               \
+#define RHO_FLASH_BWD(NAME, T, D, BC)                                                                    \
+    RHO_GLOBAL void __launch_bounds__(2 * BC)                                                            \
         NAME(const T* q, const T* k, const T* v, const T* dout, const float* lse2, const float* dsum,    \
              float* dq_acc, T* dk, T* dv, long long q_sb, long long q_sh, long long q_ss, long long k_sb, \
              long long k_sh, long long k_ss, long long v_sb, long long v_sh, long long v_ss,             \
              long long g_sb, long long g_sh, long long g_ss, int n_heads, int n_kv_heads, int seq,       \
              float scale_log2, float scale) {                                                            \
-        flash_attn_bwd_impl<T, 64>(q, k, v, dout, lse2, dsum, dq_acc, dk, dv, q_sb, q_sh, q_ss, k_sb,     \
+        flash_attn_bwd_impl<T, D, BC>(q, k, v, dout, lse2, dsum, dq_acc, dk, dv, q_sb, q_sh, q_ss, k_sb,  \
                                    k_sh, k_ss, v_sb, v_sh, v_ss, g_sb, g_sh, g_ss, n_heads, n_kv_heads,  \
                                    seq, scale_log2, scale);                                              \
     }
-RHO_FLASH_BWD(flash_attn_bwd_bf16_d64, rho_bf16)
-RHO_FLASH_BWD(flash_attn_bwd_f16_d64, rho_f16)
+RHO_FLASH_BWD(flash_attn_bwd_bf16_d64, rho_bf16, 64, 64)
+RHO_FLASH_BWD(flash_attn_bwd_f16_d64, rho_f16, 64, 64)
+RHO_FLASH_BWD(flash_attn_bwd_bf16_d128, rho_bf16, 128, 32)
+RHO_FLASH_BWD(flash_attn_bwd_f16_d128, rho_f16, 128, 32)
 #endif
