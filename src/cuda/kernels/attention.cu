@@ -178,6 +178,29 @@ RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict
 }
 
 
+// acc = A B^T for one warp: A = the 16 rows at `a` (each lane's ldmatrix row already applied:
+// a = base + a_off), B = the R rows of `b`, both row-major in shared memory with pitch LD and
+// D columns; acc as R / 8 C fragments (rows of A x rows of B).
+template <typename T, int D, int R, int LD>
+RHO_DEVICE void warp_rows_times_tile_t(float (*acc)[4], const T* a, const T* b, int lane) {
+#pragma unroll
+    for (int nt = 0; nt < R / 8; ++nt)
+        for (int i = 0; i < 4; ++i) acc[nt][i] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk += 2) {
+        uint32_t a0[4], a1[4];
+        rho_ldmatrix_x4(a0, a + kk * 16);
+        rho_ldmatrix_x4(a1, a + kk * 16 + 16);
+#pragma unroll
+        for (int nt = 0; nt < R / 8; ++nt) {
+            uint32_t bf[4];
+            rho_ldmatrix_x4(bf, b + (nt * 8 + lane % 8) * LD + kk * 16 + (lane / 8) * 8);
+            rho_mma16816<T>(acc[nt], a0, bf);
+            rho_mma16816<T>(acc[nt], a1, bf + 2);
+        }
+    }
+}
+
 // Backward of the causal attention above (training), FlashAttention-2's algorithm, head dim
 // 64 (64-key blocks) or 128 (32-key blocks).
 //
@@ -272,22 +295,7 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
             if (kw0 < seq) {
                 // S^T = K Q^T: the warp's 16 keys x BR queries.
                 float st[BR / 8][4];
-#pragma unroll
-                for (int nt = 0; nt < BR / 8; ++nt)
-                    for (int i = 0; i < 4; ++i) st[nt][i] = 0.f;
-#pragma unroll
-                for (int kk = 0; kk < D / 16; kk += 2) {
-                    uint32_t a0[4], a1[4];
-                    rho_ldmatrix_x4(a0, kt + a_off + kk * 16);
-                    rho_ldmatrix_x4(a1, kt + a_off + kk * 16 + 16);
-#pragma unroll
-                    for (int nt = 0; nt < BR / 8; ++nt) {
-                        uint32_t bf[4];
-                        rho_ldmatrix_x4(bf, qt + (nt * 8 + lane % 8) * LD + kk * 16 + (lane / 8) * 8);
-                        rho_mma16816<T>(st[nt], a0, bf);
-                        rho_mma16816<T>(st[nt], a1, bf + 2);
-                    }
-                }
+                warp_rows_times_tile_t<T, D, BR, LD>(st, kt + a_off, qt, lane);
                 // P^T; masked where the query is before the key or past the end (the
                 // diagonal tile and the last tiles only), keys past the end.
                 const bool edge = q0 < kw0 + 16 || q0 + BR > seq || k0 + BC > seq;
@@ -313,22 +321,7 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
                 }
                 // dP^T = V dO^T, then dS^T = P^T (dP^T - D) in place of P^T.
                 float dp[BR / 8][4];
-#pragma unroll
-                for (int nt = 0; nt < BR / 8; ++nt)
-                    for (int i = 0; i < 4; ++i) dp[nt][i] = 0.f;
-#pragma unroll
-                for (int kk = 0; kk < D / 16; kk += 2) {
-                    uint32_t a0[4], a1[4];
-                    rho_ldmatrix_x4(a0, vt + a_off + kk * 16);
-                    rho_ldmatrix_x4(a1, vt + a_off + kk * 16 + 16);
-#pragma unroll
-                    for (int nt = 0; nt < BR / 8; ++nt) {
-                        uint32_t bf[4];
-                        rho_ldmatrix_x4(bf, gt + (nt * 8 + lane % 8) * LD + kk * 16 + (lane / 8) * 8);
-                        rho_mma16816<T>(dp[nt], a0, bf);
-                        rho_mma16816<T>(dp[nt], a1, bf + 2);
-                    }
-                }
+                warp_rows_times_tile_t<T, D, BR, LD>(dp, vt + a_off, gt, lane);
 #pragma unroll
                 for (int nt = 0; nt < BR / 8; ++nt)
                     for (int i = 0; i < 4; ++i) st[nt][i] *= dp[nt][i] - dsum_s[nt * 8 + 2 * t + (i & 1)];
