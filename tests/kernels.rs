@@ -484,3 +484,19 @@ fn flash_kernels_are_right_at_every_tile_boundary() {
         }
     }
 }
+
+#[test]
+fn the_training_op_can_be_differentiated_twice() {
+    // Two losses over one forward (the normalisers the forward kept are not used up).
+    let dev = Device::Cpu;
+    let q = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, 5, 2, 8), &dev).unwrap()).unwrap();
+    let k = Tensor::randn(0f32, 1.0, (1, 5, 1, 8), &dev).unwrap();
+    let v = Tensor::randn(0f32, 1.0, (1, 5, 1, 8), &dev).unwrap();
+    let o = rho::cuda::flash_attention_train(q.as_tensor(), &k, &v, 0.3).unwrap();
+    let g1 = o.sum_all().unwrap().backward().unwrap();
+    let g2 = (o.clone() * 2.0).unwrap().sum_all().unwrap().backward().unwrap();
+    let (a, b) = (g1.get(q.as_tensor()).unwrap(), g2.get(q.as_tensor()).unwrap());
+    assert!(a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 1e-3, "degenerate gradient");
+    let diff = ((a * 2.0).unwrap() - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-5, "{diff}");
+}

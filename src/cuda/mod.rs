@@ -223,7 +223,8 @@ impl CustomOp3 for FlashAttn {
     }
 
     fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, dout: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let lse = self.lse.lock().unwrap().take();
+        // cloned, not taken: a graph may be differentiated more than once
+        let lse = self.lse.lock().unwrap().clone();
         let Some(lse) = lse else { candle_core::bail!("flash attention backward: the forward kept no normalisers (not a training call)") };
         let (dq, dk, dv) = if q.device().is_cpu() {
             flash_backward_cpu(self.scale, q, k, v, dout)?
