@@ -291,6 +291,18 @@ fn plain_attention_train(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scal
 }
 
 fn timings(dev: &Device, a: &BenchKernelsArgs) -> candle_core::Result<()> {
+    // The two ceilings (the device METHOD): device memory bandwidth from a large copy (bytes
+    // read + written), and the bf16 matmul rate through candle's cuBLAS.
+    {
+        let x = Tensor::randn(0f32, 1.0, (1 << 30) / 4, dev)?.to_dtype(DType::BF16)?.reshape((1 << 14, 1 << 15))?; // 1 GiB
+        let t = time(dev, a.warmup, a.iters, || x.copy().map(|_| ()))?;
+        println!("RESULT ceiling=copy bytes={} median_ms={:.3} gb_s={:.0}", 2u64 << 30, t * 1e3, (2u64 << 30) as f64 / t / 1e9);
+        let n = 8192;
+        let m1 = Tensor::randn(0f32, 1.0, (n, n), dev)?.to_dtype(DType::BF16)?;
+        let m2 = Tensor::randn(0f32, 1.0, (n, n), dev)?.to_dtype(DType::BF16)?;
+        let t = time(dev, a.warmup, a.iters, || m1.matmul(&m2).map(|_| ()))?;
+        println!("RESULT ceiling=matmul shape={n}x{n}x{n} dtype=bf16 median_ms={:.3} tflops={:.1}", t * 1e3, 2.0 * (n as f64).powi(3) / t / 1e12);
+    }
     let (nh, nkv, d) = (32, 4, 64); // TinyLlama-1.1B
     for (b, s) in [(8usize, 2048usize), (4, 1024)] {
         let q = Tensor::randn(0f32, 1.0, (b, s, nh, d), dev)?.to_dtype(DType::BF16)?;
