@@ -81,12 +81,7 @@ pub fn causal_attention_lse(
         for h in 0..n_heads {
             let kvh = h / group;
             for i in 0..seq {
-                let mx = scores(q, qs, k, ks, (b, i, h, kvh), d, scale, &mut w);
-                let mut sum = 0f64;
-                for wj in w.iter_mut().take(i + 1) {
-                    *wj = (*wj - mx).exp();
-                    sum += *wj;
-                }
+                let (mx, sum) = exp_scores(q, qs, k, ks, (b, i, h, kvh), d, scale, &mut w);
                 lse2[(b * seq + i) * n_heads + h] = ((mx + sum.ln()) * std::f64::consts::LOG2_E) as f32;
                 let o = &mut out[os.at(b, i, h)..os.at(b, i, h) + d];
                 for (c, oc) in o.iter_mut().enumerate() {
@@ -102,8 +97,10 @@ pub fn causal_attention_lse(
     (out, lse2)
 }
 
-/// scale * q[b,i,h] . k[b,j,kvh] for j <= i into w[..=i]; returns their max.
-fn scores(q: &[f32], qs: Strides, k: &[f32], ks: Strides, (b, i, h, kvh): (usize, usize, usize, usize), d: usize, scale: f32, w: &mut [f64]) -> f64 {
+/// exp(x_j - max) of the scores x_j = scale * q[b,i,h] . k[b,j,kvh], j <= i, into w[..=i];
+/// returns (max, sum of w[..=i]): softmax = w / sum, log-sum-exp = max + ln sum.
+#[allow(clippy::too_many_arguments)]
+fn exp_scores(q: &[f32], qs: Strides, k: &[f32], ks: Strides, (b, i, h, kvh): (usize, usize, usize, usize), d: usize, scale: f32, w: &mut [f64]) -> (f64, f64) {
     let qi = &q[qs.at(b, i, h)..qs.at(b, i, h) + d];
     let mut mx = f64::NEG_INFINITY;
     for (j, wj) in w.iter_mut().enumerate().take(i + 1) {
@@ -112,7 +109,12 @@ fn scores(q: &[f32], qs: Strides, k: &[f32], ks: Strides, (b, i, h, kvh): (usize
         *wj = dot * scale as f64;
         mx = mx.max(*wj);
     }
-    mx
+    let mut sum = 0f64;
+    for wj in w.iter_mut().take(i + 1) {
+        *wj = (*wj - mx).exp();
+        sum += *wj;
+    }
+    (mx, sum)
 }
 
 /// Gradients of causal attention for the output gradient `dout` (strides `gs`):
@@ -144,12 +146,7 @@ pub fn causal_attention_backward(
         for h in 0..n_heads {
             let kvh = h / group;
             for i in 0..seq {
-                let mx = scores(q, qs, k, ks, (b, i, h, kvh), d, scale, &mut p);
-                let mut sum = 0f64;
-                for pj in p.iter_mut().take(i + 1) {
-                    *pj = (*pj - mx).exp();
-                    sum += *pj;
-                }
+                let (_, sum) = exp_scores(q, qs, k, ks, (b, i, h, kvh), d, scale, &mut p);
                 let g = &dout[gs.at(b, i, h)..gs.at(b, i, h) + d];
                 let mut dsum = 0f64;
                 for j in 0..=i {

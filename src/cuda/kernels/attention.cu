@@ -16,6 +16,20 @@
 // CPU reference: src/cuda/reference.rs; CPU emulation of this source: src/cuda/emu.
 #include "compat.cuh"
 
+// acc[D / 8][4] += A B for one warp: A is one 16x16 A fragment (16 rows x 16 inner), B the 16
+// rows k0 .. k0 + 15 of `b` (row-major in shared memory, pitch LD, D columns), whose B
+// fragments come from a transposing ldmatrix, two 8-column steps at a time.
+template <typename T, int D, int LD>
+RHO_DEVICE void warp_a_times_rows(float (*acc)[4], const uint32_t* a, const T* b, int k0, int lane) {
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt += 2) {
+        uint32_t bf[4];
+        rho_ldmatrix_x4_trans(bf, b + (k0 + (lane / 8 % 2) * 8 + lane % 8) * LD + (dt + lane / 16) * 8);
+        rho_mma16816<T>(acc[dt], a, bf);
+        rho_mma16816<T>(acc[dt + 1], a, bf + 2);
+    }
+}
+
 template <typename T, int D, int BC, int NW, bool LSE>
 RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                     T* __restrict__ o, long long q_sb, long long q_sh, long long q_ss,
@@ -145,13 +159,7 @@ RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict
             for (int kk = 0; kk < BC / 16; ++kk) {
                 uint32_t pa[4];
                 rho_c_to_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-                for (int dt = 0; dt < D / 8; dt += 2) {
-                    uint32_t bf[4];
-                    rho_ldmatrix_x4_trans(bf, vt + (kk * 16 + (lane / 8 % 2) * 8 + lane % 8) * LD + (dt + lane / 16) * 8);
-                    rho_mma16816<T>(acc[dt], pa, bf);
-                    rho_mma16816<T>(acc[dt + 1], pa, bf + 2);
-                }
+                warp_a_times_rows<T, D, LD>(acc, pa, vt, kk * 16, lane);
             }
         }
         rho_sync_threads();  // everyone is done with stage st before it is refilled
@@ -311,13 +319,7 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
                 for (int kq = 0; kq < BR / 16; ++kq) {
                     uint32_t pa[4];
                     rho_c_to_a<T>(pa, st[2 * kq], st[2 * kq + 1]);
-#pragma unroll
-                    for (int dt = 0; dt < D / 8; dt += 2) {
-                        uint32_t bf[4];
-                        rho_ldmatrix_x4_trans(bf, gt + (kq * 16 + (lane / 8 % 2) * 8 + lane % 8) * LD + (dt + lane / 16) * 8);
-                        rho_mma16816<T>(dv_acc[dt], pa, bf);
-                        rho_mma16816<T>(dv_acc[dt + 1], pa, bf + 2);
-                    }
+                    warp_a_times_rows<T, D, LD>(dv_acc, pa, gt, kq * 16, lane);
                 }
                 // dP^T = V dO^T, then dS^T = P^T (dP^T - D) in place of P^T.
                 float dp[BR / 8][4];
@@ -335,13 +337,7 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
                     rho_store_u32(row0 + 8 * LS, pa[1]);
                     rho_store_u32(row0 + 8, pa[2]);
                     rho_store_u32(row0 + 8 * LS + 8, pa[3]);
-#pragma unroll
-                    for (int dt = 0; dt < D / 8; dt += 2) {
-                        uint32_t bf[4];
-                        rho_ldmatrix_x4_trans(bf, qt + (kq * 16 + (lane / 8 % 2) * 8 + lane % 8) * LD + (dt + lane / 16) * 8);
-                        rho_mma16816<T>(dk_acc[dt], pa, bf);
-                        rho_mma16816<T>(dk_acc[dt + 1], pa, bf + 2);
-                    }
+                    warp_a_times_rows<T, D, LD>(dk_acc, pa, qt, kq * 16, lane);
                 }
             } else {
                 // keys past the end: dS^T = 0 for the dQ step
@@ -359,13 +355,7 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
             for (int kk = 0; kk < BC / 16; ++kk) {
                 uint32_t a[4];
                 rho_ldmatrix_x4_trans(a, dst + (kk * 16 + (lane / 16) * 8 + lane % 8) * LS + warp * 16 + (lane / 8 % 2) * 8);
-#pragma unroll
-                for (int dt = 0; dt < D / 8; dt += 2) {
-                    uint32_t bf[4];
-                    rho_ldmatrix_x4_trans(bf, kt + (kk * 16 + (lane / 8 % 2) * 8 + lane % 8) * LD + (dt + lane / 16) * 8);
-                    rho_mma16816<T>(dq[dt], a, bf);
-                    rho_mma16816<T>(dq[dt + 1], a, bf + 2);
-                }
+                warp_a_times_rows<T, D, LD>(dq, a, kt, kk * 16, lane);
             }
 #pragma unroll
             for (int dt = 0; dt < D / 8; ++dt)
