@@ -260,6 +260,15 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
+/// `--dtype` of eval and score: f32, bf16, f16, or auto (f32 on CPU, bf16 on CUDA).
+pub fn resolve_dtype(s: &str, device: &Device) -> Result<DType> {
+    match s {
+        "auto" if device.is_cuda() => Ok(DType::BF16),
+        "auto" => Ok(DType::F32),
+        _ => parse_dtype(s).map_err(|_| Error::flag("--dtype", format!("`{s}` is not auto, f32, bf16 or f16"))),
+    }
+}
+
 pub fn parse_dtype(s: &str) -> Result<DType> {
     match s {
         "f32" | "float32" => Ok(DType::F32),
@@ -284,8 +293,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if a.max_tokens == Some(0) {
                 return Err(Error::flag("--max-tokens", "must be positive"));
             }
-            let auto = a.dtype == "auto";
-            let dtype = if auto { DType::F32 } else { parse_dtype(&a.dtype)? };
+            resolve_dtype(&a.dtype, &Device::Cpu)?; // a bad value is refused before anything runs
             let shard = a.shard.as_deref().map(str::parse::<eval::Shard>).transpose()?;
             if let Some(list) = &a.devices {
                 let devices: Vec<String> = list.split(',').map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect();
@@ -313,7 +321,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let device = parse_device(&a.device)?;
-            let dtype = if auto && device.is_cuda() { DType::BF16 } else { dtype };
+            let dtype = resolve_dtype(&a.dtype, &device)?;
             let batch_tokens = a.batch_tokens.unwrap_or(if device.is_cuda() { 32768 } else { 4096 });
             if device.is_cpu() && dtype != DType::F32 && !a.quiet {
                 eprintln!("warning: {} on CPU accumulates in low precision; f32 is recommended", a.dtype);
@@ -458,11 +466,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 return Err(Error::flag("--batch-tokens", "must be positive"));
             }
             let device = parse_device(&a.device)?;
-            let dtype = match a.dtype.as_str() {
-                "auto" if device.is_cuda() => DType::BF16,
-                "auto" => DType::F32,
-                d => parse_dtype(d)?,
-            };
+            let dtype = resolve_dtype(&a.dtype, &device)?;
             let ck = crate::model::Checkpoint::open(&a.model)?;
             let tok_path = a.tokenizer.clone().unwrap_or_else(|| a.model.join("tokenizer.json"));
             let tok = crate::data::Tok::from_file(&tok_path)?;

@@ -199,7 +199,7 @@ fn bad_flags_exit_2() {
     assert!(err.contains("--device"), "{err}");
     let (code, err) = base(&["--dtype", "f64"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--dtype"), "{err}");
+    assert!(err.contains("--dtype") && err.contains("auto"), "{err}");
     let (code, err) = base(&["--batch-tokens", "0"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--batch-tokens"), "{err}");
