@@ -397,3 +397,109 @@ pub fn run_bench_train(a: &BenchTrainArgs) -> Result<Vec<BenchResult>> {
     }
     Ok(results)
 }
+
+/// `rho bench optim`: one AdamW step and one global gradient norm over random parameters, rho's
+/// fused in-place ops (`cuda::optim`; what `rho train` and `rho bench train` use) against
+/// the same update composed of candle ops (`AdamW::step_composed`, one op per term), side by
+/// side in one run. `eff_gb_s` counts the least traffic of a step, 7 passes (read w, g, m, v;
+/// write w, m, v), for both, so that it compares with the device's copy bandwidth.
+#[derive(Debug, Args, Clone)]
+pub struct BenchOptimArgs {
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Parameters in millions, split into 8 tensors like a transformer's mix of matrix sizes.
+    #[arg(long, default_value_t = 100.0)]
+    pub params: f64,
+    /// Parameters' dtype (f32, bf16, f16). Default: bf16 on CUDA (the training peer), f32 on CPU.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// One timed optimizer implementation (median milliseconds).
+#[derive(Debug, Clone)]
+pub struct OptimResult {
+    pub imp: &'static str,
+    pub step_ms: f64,
+    pub norm_ms: f64,
+}
+
+pub fn run_bench_optim(a: &BenchOptimArgs) -> Result<Vec<OptimResult>> {
+    use crate::train::optim::{AdamW, AdamWParams};
+    if a.iters == 0 {
+        return Err(Error::flag("--iters", "must be positive"));
+    }
+    if !(a.params > 0.0 && a.params <= 1e5) {
+        return Err(Error::flag("--params", format!("{} is not in (0, 100000] (millions)", a.params)));
+    }
+    let device = crate::cli::parse_device(&a.device)?;
+    let dtype = match &a.dtype {
+        Some(d) => crate::cli::parse_dtype(d)?,
+        None if device.is_cuda() => DType::BF16,
+        None => DType::F32,
+    };
+    let n_total = (a.params * 1e6) as usize;
+    // a transformer's mix: 4 large matrices, 2 medium, 2 small (relative sizes 8, 8, 8, 8, 3, 3, 1, 1)
+    let weights = [8usize, 8, 8, 8, 3, 3, 1, 1];
+    let mut vars = HashMap::new();
+    let mut loss = Tensor::zeros((), DType::F32, &device)?;
+    for (i, w) in weights.iter().enumerate() {
+        let rows = (n_total * w / 40).div_ceil(64);
+        let var = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, 64), &device)?.to_dtype(dtype)?)?;
+        let r = Tensor::randn(0f32, 1e-3, (rows, 64), &device)?.to_dtype(dtype)?;
+        loss = (loss + (var.as_tensor() * r)?.to_dtype(DType::F32)?.sum_all()?)?;
+        vars.insert(format!("p{i}"), var);
+    }
+    let n_params: usize = vars.values().map(|v| v.elem_count()).sum();
+    let grads = loss.backward()?; // each parameter's gradient: its random r
+    println!("optimizer params={:.1}M tensors={} dtype={dtype:?} device={}", n_params as f64 / 1e6, weights.len(), a.device);
+    let bytes = 7.0 * n_params as f64 * dtype.size_in_bytes() as f64;
+    let mut results = Vec::new();
+    for imp in ["fused", "composed"] {
+        let mut opt = AdamW::new(vars.clone(), AdamWParams::default())?;
+        let fused = imp == "fused";
+        let (mut steps, mut norms) = (Vec::new(), Vec::new());
+        for it in 0..a.warmup + a.iters {
+            device.synchronize()?;
+            let t = Instant::now();
+            let g = if fused { opt.grad_norm(&grads)? } else { opt.grad_norm_composed(&grads)? };
+            let t_norm = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            if fused {
+                opt.step(&grads, 1e-4, 1.0 / g.max(1.0))?;
+            } else {
+                opt.step_composed(&grads, 1e-4, 1.0 / g.max(1.0))?;
+            }
+            device.synchronize()?;
+            if it >= a.warmup {
+                steps.push(t.elapsed().as_secs_f64());
+                norms.push(t_norm);
+            }
+        }
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+            v[v.len() / 2] * 1e3
+        };
+        let r = OptimResult { imp, step_ms: med(&mut steps), norm_ms: med(&mut norms) };
+        println!(
+            "RESULT system=rho-optim impl={imp} params={n_params} dtype={} step_median_ms={:.2} eff_gb_s={:.1} norm_median_ms={:.2}",
+            dtype.as_str(),
+            r.step_ms,
+            bytes / r.step_ms / 1e6,
+            r.norm_ms
+        );
+        results.push(r);
+    }
+    println!(
+        "RESULT system=rho-optim ratio step_composed_over_fused={:.2} norm_composed_over_fused={:.2}",
+        results[1].step_ms / results[0].step_ms,
+        results[1].norm_ms / results[0].norm_ms
+    );
+    Ok(results)
+}

@@ -54,6 +54,8 @@ pub enum BenchCommand {
     Train(crate::bench::BenchTrainArgs),
     /// rho's GPU kernels against their CPU references (GPU, or the CPU emulator), and on CUDA their speed against plain candle ops.
     Kernels(crate::cuda::check::BenchKernelsArgs),
+    /// One AdamW step and gradient norm: rho's fused in-place ops against the same update composed of candle ops.
+    Optim(crate::bench::BenchOptimArgs),
 }
 
 #[derive(Debug, Args)]
@@ -286,6 +288,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Eval(a)) => crate::bench::run_bench_eval(&a).map(|_| ()),
         Command::Bench(BenchCommand::Train(a)) => crate::bench::run_bench_train(&a).map(|_| ()),
         Command::Bench(BenchCommand::Kernels(a)) => crate::cuda::check::run_bench_kernels(&a).map(|_| ()),
+        Command::Bench(BenchCommand::Optim(a)) => crate::bench::run_bench_optim(&a).map(|_| ()),
         Command::Eval(a) => {
             if a.batch_tokens == Some(0) {
                 return Err(Error::flag("--batch-tokens", "must be positive"));

@@ -500,3 +500,48 @@ fn the_training_op_can_be_differentiated_twice() {
     let diff = ((a * 2.0).unwrap() - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-5, "{diff}");
 }
+
+/// The optimizer kernels (optim.cu) in the emulator against rho's CPU ops (`cuda::optim` on
+/// CPU tensors: the same f32 arithmetic as Rust loops), on grids smaller and larger than the
+/// data (grid-stride loops), for every storage type; and the sum of squares against f64.
+#[test]
+fn optimizer_kernels_match_the_cpu_ops_on_any_grid() -> candle_core::Result<()> {
+    use rho::cuda::optim::{adam_apply, adam_moment, launch_blocks, sum_squares, AdamApply};
+    let a = AdamApply { decay: 0.9999, step: 1.1e-3, inv_sqrt_bc2: 2.3, eps: 1e-8 };
+    for (dt, kd, ulp) in [(DType::F32, KDType::F32, 2f32.powi(-23)), (DType::BF16, KDType::BF16, 2f32.powi(-7)), (DType::F16, KDType::F16, 2f32.powi(-10))] {
+        for (i, n) in [1usize, 255, 257, 3001].into_iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64(900 + i as u64);
+            let q = |x: Vec<f32>| if kd == KDType::F32 { x } else { quantize(kd, &x).1 };
+            let w = q(normal(&mut rng, n, 1.0));
+            let g = q(normal(&mut rng, n, 0.02));
+            let m = q(normal(&mut rng, n, 0.02));
+            let v = q(normal(&mut rng, n, 0.02).iter().map(|x| x * x).collect());
+            // the CPU ops
+            let t = |x: &[f32]| Tensor::from_vec(x.to_vec(), n, &Device::Cpu)?.to_dtype(dt);
+            let (tw, tg, tm, tv) = (t(&w)?, t(&g)?, t(&m)?, t(&v)?);
+            adam_moment(&tm, &tg, 0.9, 0.5, false)?;
+            adam_moment(&tv, &tg, 0.95, 0.5, true)?;
+            adam_apply(&tw, &tm, &tv, a)?;
+            let back = |x: &Tensor| x.to_dtype(DType::F32)?.to_vec1::<f32>();
+            let (cm, cv, cw) = (back(&tm)?, back(&tv)?, back(&tw)?);
+            let csq = sum_squares(&tg)?.to_scalar::<f32>()?;
+            let want_sq: f64 = g.iter().map(|&x| (x as f64).powi(2)).sum();
+            assert!(((csq as f64 - want_sq) / want_sq).abs() < 1e-6, "cpu sum {csq} vs {want_sq}");
+            for grid in [1, 3, launch_blocks(n)] {
+                let em = emu::adam_moment(kd, &m, &g, 0.9, 0.5, false, grid).unwrap();
+                let ev = emu::adam_moment(kd, &v, &g, 0.95, 0.5, true, grid).unwrap();
+                let ew = emu::adam_apply(kd, &w, &em, &ev, a.decay, a.step, a.inv_sqrt_bc2, a.eps, grid).unwrap();
+                for (name, got, want) in [("m", &em, &cm), ("v", &ev, &cv), ("w", &ew, &cw)] {
+                    for (j, (x, y)) in got.iter().zip(want.iter()).enumerate() {
+                        assert!((x - y).abs() <= ulp * y.abs().max(1e-30), "{dt:?} n={n} grid={grid} {name}[{j}]: kernel {x} vs cpu {y}");
+                    }
+                }
+                // every element was updated (a grid too small for n still covers it)
+                assert!(em.iter().zip(&m).filter(|(a, b)| a != b).count() > n * 9 / 10, "{dt:?} n={n} grid={grid}");
+                let esq = emu::sum_sq(kd, &g, grid).unwrap();
+                assert!(((esq as f64 - want_sq) / want_sq).abs() < 1e-5, "{dt:?} n={n} grid={grid}: sum {esq} vs {want_sq}");
+            }
+        }
+    }
+    Ok(())
+}

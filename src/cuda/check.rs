@@ -244,6 +244,92 @@ fn check_ce(dev: &Device, dt: DType, b: usize, s: usize, vocab: usize, seed: u64
     ])
 }
 
+/// One unit in the last place of `x` stored as `dt` (at least that of the smallest normal).
+fn ulp(dt: DType, x: f64) -> f64 {
+    let (bits, min_exp) = match dt {
+        DType::BF16 => (8, -126),
+        DType::F16 => (11, -14),
+        _ => (24, -126),
+    };
+    let e = if x == 0.0 { min_exp } else { (x.abs().log2().floor() as i32).max(min_exp) };
+    2f64.powi(e - bits + 1)
+}
+
+/// a + b, and the largest of |a|, |b|, |a + b|.
+fn two_terms(a: f64, b: f64) -> (f64, f64) {
+    (a + b, a.abs().max(b.abs()).max((a + b).abs()))
+}
+
+/// AdamW's kernels (both moments, then the update) and the sum of squares of a gradient on
+/// `dev` (GPU: the ops of `cuda::optim`; CPU: the emulated kernels) against f64 arithmetic on
+/// the same rounded inputs. AdamW's error in units in the last place of the storage type at
+/// the larger term of each sum (one rounding: up to half a unit), the sum's relative.
+fn check_optim(dev: &Device, dt: DType, n: usize, seed: u64) -> Result<[Check; 2]> {
+    use super::optim::{launch_blocks, AdamApply};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let w = round_to(dt, &normal(&mut rng, n, 1.0));
+    let g = round_to(dt, &normal(&mut rng, n, 0.01));
+    let m = round_to(dt, &normal(&mut rng, n, 0.01));
+    let v: Vec<f32> = round_to(dt, &normal(&mut rng, n, 1e-2).iter().map(|x| x * x).collect::<Vec<_>>());
+    // hyperparameters as the kernels get them (f32), in f64 for the reference
+    let f = |x: f64| x as f32 as f64;
+    let (b1, b2, gs, lr, wd, t) = (f(0.9), f(0.95), f(0.7), 1e-3f64, 0.1f64, 3);
+    let a = AdamApply {
+        decay: (1.0 - lr * wd) as f32,
+        step: (lr / (1.0 - b1.powi(t))) as f32,
+        inv_sqrt_bc2: (1.0 / (1.0 - b2.powi(t)).sqrt()) as f32,
+        eps: 1e-8,
+    };
+    // the reference: f64 from the rounded inputs; the moments rounded to dt before the update.
+    // Each value with the larger magnitude of its two terms (the f32 arithmetic's error scale
+    // when they cancel).
+    let rm: Vec<(f64, f64)> = m.iter().zip(&g).map(|(&m, &g)| two_terms(b1 * m as f64, (1.0 - b1) * g as f64 * gs)).collect();
+    let rv: Vec<(f64, f64)> = v.iter().zip(&g).map(|(&v, &g)| two_terms(b2 * v as f64, (1.0 - b2) * (g as f64 * gs).powi(2))).collect();
+    let round = |x: &[(f64, f64)]| round_to(dt, &x.iter().map(|&(x, _)| x as f32).collect::<Vec<_>>());
+    let (rm16, rv16) = (round(&rm), round(&rv));
+    let rw: Vec<(f64, f64)> = (0..n)
+        .map(|i| {
+            let denom = (rv16[i] as f64).sqrt() * a.inv_sqrt_bc2 as f64 + a.eps as f64;
+            two_terms(w[i] as f64 * a.decay as f64, -(a.step as f64 * rm16[i] as f64 / denom))
+        })
+        .collect();
+    let want_sq: f64 = g.iter().map(|&x| (x as f64).powi(2)).sum();
+    let (gm, gv, gw, sq) = if dev.is_cpu() {
+        let (kd, grid) = (kdtype(dt), launch_blocks(n));
+        let gm = emu::adam_moment(kd, &m, &g, b1 as f32, gs as f32, false, grid).map_err(Error::msg)?;
+        let gv = emu::adam_moment(kd, &v, &g, b2 as f32, gs as f32, true, grid).map_err(Error::msg)?;
+        let gw = emu::adam_apply(kd, &w, &gm, &gv, a.decay, a.step, a.inv_sqrt_bc2, a.eps, grid).map_err(Error::msg)?;
+        let sq = emu::sum_sq(kd, &g, grid).map_err(Error::msg)?;
+        (gm, gv, gw, sq)
+    } else {
+        let run = || -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>, f32)> {
+            let t = |x: &[f32]| Tensor::from_vec(x.to_vec(), n, &Device::Cpu)?.to_dtype(dt)?.to_device(dev);
+            let (tw, tg, tm, tv) = (t(&w)?, t(&g)?, t(&m)?, t(&v)?);
+            super::optim::adam_moment(&tm, &tg, b1 as f32, gs as f32, false)?;
+            super::optim::adam_moment(&tv, &tg, b2 as f32, gs as f32, true)?;
+            super::optim::adam_apply(&tw, &tm, &tv, a)?;
+            let sq = super::optim::sum_squares(&tg)?.to_scalar::<f32>()?;
+            let back = |x: &Tensor| x.to_dtype(DType::F32)?.to_vec1::<f32>();
+            Ok((back(&tm)?, back(&tv)?, back(&tw)?, sq))
+        };
+        run().map_err(cerr)?
+    };
+    let ulps = |got: &[f32], want: &[(f64, f64)]| -> f32 {
+        got.iter()
+            .zip(want)
+            .map(|(&x, &(r, scale))| if x.is_finite() { ((x as f64 - r).abs() / ulp(dt, scale)) as f32 } else { f32::INFINITY })
+            .fold(0.0, f32::max)
+    };
+    let adam_err = ulps(&gm, &rm).max(ulps(&gv, &rv)).max(ulps(&gw, &rw));
+    let what = format!("dtype={} n={n}", dt.as_str());
+    Ok([
+        // 16-bit: the final rounding dominates; f32: the 4-5 roundings of the f32 arithmetic
+        // (and the GPU's approximate division and square root, in the update term)
+        Check { kernel: "adam_moment+adam_apply", what: format!("{what} (units in the last place)"), max_err: adam_err, tol: if dt == DType::F32 { 4.0 } else { 1.0 } },
+        Check { kernel: "sum_sq", what: format!("{what} (relative)"), max_err: ((sq as f64 - want_sq).abs() / want_sq) as f32, tol: 1e-5 },
+    ])
+}
+
 /// Median seconds of `f` (synchronised) over `iters` after `warmup`.
 fn time<F: FnMut() -> candle_core::Result<()>>(dev: &Device, warmup: usize, iters: usize, mut f: F) -> candle_core::Result<f64> {
     let mut t = Vec::with_capacity(iters);
@@ -424,6 +510,13 @@ pub fn run_bench_kernels(a: &BenchKernelsArgs) -> Result<Vec<Check>> {
     }
     for (i, dt) in [DType::BF16, DType::F16, DType::F32].into_iter().enumerate() {
         for c in check_ce(&dev, dt, cb, cs, cv, a.seed + 100 + i as u64)? {
+            println!("{}", c.line());
+            checks.push(c);
+        }
+    }
+    let on = if dev.is_cpu() { 5000 } else { (1 << 22) + 5 };
+    for (i, dt) in [DType::BF16, DType::F16, DType::F32].into_iter().enumerate() {
+        for c in check_optim(&dev, dt, on, a.seed + 200 + i as u64)? {
             println!("{}", c.line());
             checks.push(c);
         }

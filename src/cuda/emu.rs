@@ -362,6 +362,100 @@ pub fn token_ce_bwd(logits: Logits, rows: Rows, targets: &[u32], lse: &[f32], dl
     Ok(out)
 }
 
+extern "C" {
+    fn rho_emu_adam_moment(dtype: i32, state: *mut u8, grad: *const u8, n: i64, beta: f32, gscale: f32, square: i32, grid: u32) -> i32;
+    #[allow(clippy::too_many_arguments)]
+    fn rho_emu_adam_apply(dtype: i32, w: *mut u8, m: *const u8, v: *const u8, n: i64, decay: f32, step: f32, inv_sqrt_bc2: f32, eps: f32, grid: u32) -> i32;
+    fn rho_emu_sum_sq(dtype: i32, x: *const u8, n: i64, out: *mut f32, grid: u32) -> i32;
+}
+
+/// Elements of one kernel type, made from f32 values (rounded to the type).
+enum Elems {
+    F32(Vec<f32>),
+    Bits(KDType, Vec<u16>),
+}
+
+impl Elems {
+    fn new(dt: KDType, x: &[f32]) -> Self {
+        match dt {
+            KDType::F32 => Elems::F32(x.to_vec()),
+            _ => Elems::Bits(dt, x.iter().map(|&v| f32_to_bits(dt, v)).collect()),
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            Elems::F32(v) => v.len(),
+            Elems::Bits(_, v) => v.len(),
+        }
+    }
+    fn ptr(&self) -> *const u8 {
+        match self {
+            Elems::F32(v) => v.as_ptr() as *const u8,
+            Elems::Bits(_, v) => v.as_ptr() as *const u8,
+        }
+    }
+    fn ptr_mut(&mut self) -> *mut u8 {
+        match self {
+            Elems::F32(v) => v.as_mut_ptr() as *mut u8,
+            Elems::Bits(_, v) => v.as_mut_ptr() as *mut u8,
+        }
+    }
+    fn values(&self) -> Vec<f32> {
+        match self {
+            Elems::F32(v) => v.clone(),
+            Elems::Bits(dt, v) => v.iter().map(|&b| bits_to_f32(*dt, b)).collect(),
+        }
+    }
+}
+
+fn same_len(n: usize, others: &[&Elems]) -> Result<(), String> {
+    match others.iter().find(|e| e.len() != n) {
+        Some(e) => Err(format!("inputs of {n} and {} elements", e.len())),
+        None => Ok(()),
+    }
+}
+
+/// Emulated `adam_moment_*` on `grid` blocks: `state` and `grad` rounded to `dt`, the new
+/// state returned as f32 values of `dt`.
+pub fn adam_moment(dt: KDType, state: &[f32], grad: &[f32], beta: f32, gscale: f32, square: bool, grid: u32) -> Result<Vec<f32>, String> {
+    let (mut st, g) = (Elems::new(dt, state), Elems::new(dt, grad));
+    same_len(st.len(), &[&g])?;
+    let _l = lock();
+    // SAFETY: both buffers hold n elements of dt.
+    let rc = unsafe { rho_emu_adam_moment(dt as i32, st.ptr_mut(), g.ptr(), st.len() as i64, beta, gscale, square as i32, grid) };
+    if rc != 0 {
+        return Err("emulator refused the launch".into());
+    }
+    Ok(st.values())
+}
+
+/// Emulated `adam_apply_*` on `grid` blocks: the new weights as f32 values of `dt`.
+#[allow(clippy::too_many_arguments)]
+pub fn adam_apply(dt: KDType, w: &[f32], m: &[f32], v: &[f32], decay: f32, step: f32, inv_sqrt_bc2: f32, eps: f32, grid: u32) -> Result<Vec<f32>, String> {
+    let (mut w, m, v) = (Elems::new(dt, w), Elems::new(dt, m), Elems::new(dt, v));
+    same_len(w.len(), &[&m, &v])?;
+    let _l = lock();
+    // SAFETY: the three buffers hold n elements of dt.
+    let rc = unsafe { rho_emu_adam_apply(dt as i32, w.ptr_mut(), m.ptr(), v.ptr(), w.len() as i64, decay, step, inv_sqrt_bc2, eps, grid) };
+    if rc != 0 {
+        return Err("emulator refused the launch".into());
+    }
+    Ok(w.values())
+}
+
+/// Emulated `sum_sq_*` on `grid` blocks: the sum of squares of `x` rounded to `dt`.
+pub fn sum_sq(dt: KDType, x: &[f32], grid: u32) -> Result<f32, String> {
+    let x = Elems::new(dt, x);
+    let mut out = f32::NAN;
+    let _l = lock();
+    // SAFETY: x holds n elements of dt; out is one f32.
+    let rc = unsafe { rho_emu_sum_sq(dt as i32, x.ptr(), x.len() as i64, &mut out, grid) };
+    if rc != 0 {
+        return Err("emulator refused the launch".into());
+    }
+    Ok(out)
+}
+
 /// 16-bit element bits -> f32.
 pub fn bits_to_f32(dt: KDType, b: u16) -> f32 {
     match dt {

@@ -6,6 +6,7 @@
 //! | `attention.cu` flash_attn_bwd   | its gradients (training), head dim 64/128              | [`reference::causal_attention_backward`] |
 //! | `token_ce.cu` token_ce_fwd      | per-token f32 cross-entropy streamed over the vocabulary | [`reference::token_ce`], `model::loss::FusedTokenLoss` |
 //! | `token_ce.cu` token_ce_bwd      | its gradient with respect to the logits                 | [`reference::token_ce_backward`] |
+//! | `optim.cu` adam_moment, adam_apply, sum_sq | AdamW in place, gradient norms (training) | [`optim`] (CPU loops), `train::optim::AdamW::step_composed` |
 //!
 //! The same kernel source is compiled twice: to PTX by nvcc with `--features cuda`
 //! (build.rs; loaded by [`flash_attention`] and the loss on CUDA tensors) and, always, for a
@@ -15,6 +16,7 @@
 
 pub mod check;
 pub mod emu;
+pub mod optim;
 pub mod reference;
 #[cfg(feature = "cuda")]
 pub(crate) mod ops;

@@ -318,3 +318,114 @@ fn ce_forward(s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> R
     }
     Ok((loss, lse))
 }
+
+const OPTIM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/optim.ptx"));
+
+/// The contiguous elements of an input of the optimizer kernels.
+fn contiguous_range(l: &Layout, what: &str) -> Result<std::ops::Range<usize>> {
+    match l.contiguous_offsets() {
+        Some((a, z)) => Ok(a..z),
+        None => candle_core::bail!("{what}: inputs must be contiguous (shape {:?}, stride {:?})", l.dims(), l.stride()),
+    }
+}
+
+fn optim_launch(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (super::optim::launch_blocks(n), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// `adam_moment_*` (optim.cu) in place on `dst`; `g` contiguous, same dtype and length.
+pub(crate) fn adam_moment(dst: &mut CudaStorage, dl: &Layout, g: In, beta: f32, gscale: f32, square: bool) -> Result<()> {
+    let (d, gr) = (contiguous_range(dl, "adam_moment")?, contiguous_range(g.1, "adam_moment")?);
+    let n = d.len();
+    if gr.len() != n {
+        candle_core::bail!("adam_moment: {n} state elements but {} gradient elements", gr.len());
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let dev = dst.device.clone();
+    macro_rules! launch {
+        ($s:expr, $g:expr, $name:expr) => {{
+            let mut s = $s.slice_mut(d.clone());
+            let g = $g.slice(gr.clone());
+            let func = dev.get_or_load_custom_func($name, "rho_optim", OPTIM_PTX)?;
+            let mut b = func.builder();
+            b.arg(&mut s);
+            b.arg(&g);
+            candle_core::builder_arg!(b, n as i64, beta, gscale, square as i32);
+            // SAFETY: arguments match adam_moment_* in optim.cu; both views hold n elements.
+            unsafe { b.launch(optim_launch(n)) }.w()?;
+        }};
+    }
+    match (&mut dst.slice, &g.0.slice) {
+        (CudaStorageSlice::F32(s), CudaStorageSlice::F32(g)) => launch!(s, g, "adam_moment_f32"),
+        (CudaStorageSlice::BF16(s), CudaStorageSlice::BF16(g)) => launch!(s, g, "adam_moment_bf16"),
+        (CudaStorageSlice::F16(s), CudaStorageSlice::F16(g)) => launch!(s, g, "adam_moment_f16"),
+        _ => candle_core::bail!("adam_moment: state and gradient must both be f32, bf16 or f16"),
+    }
+    Ok(())
+}
+
+/// `adam_apply_*` (optim.cu) in place on the weights `dst`; `m`, `v` contiguous, same dtype and length.
+pub(crate) fn adam_apply(dst: &mut CudaStorage, dl: &Layout, m: In, v: In, a: super::optim::AdamApply) -> Result<()> {
+    let d = contiguous_range(dl, "adam_apply")?;
+    let (mr, vr) = (contiguous_range(m.1, "adam_apply")?, contiguous_range(v.1, "adam_apply")?);
+    let n = d.len();
+    if mr.len() != n || vr.len() != n {
+        candle_core::bail!("adam_apply: {n} weights but {} and {} moment elements", mr.len(), vr.len());
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let dev = dst.device.clone();
+    macro_rules! launch {
+        ($w:expr, $m:expr, $v:expr, $name:expr) => {{
+            let mut w = $w.slice_mut(d.clone());
+            let (m, v) = ($m.slice(mr.clone()), $v.slice(vr.clone()));
+            let func = dev.get_or_load_custom_func($name, "rho_optim", OPTIM_PTX)?;
+            let mut b = func.builder();
+            b.arg(&mut w);
+            b.arg(&m);
+            b.arg(&v);
+            candle_core::builder_arg!(b, n as i64, a.decay, a.step, a.inv_sqrt_bc2, a.eps);
+            // SAFETY: arguments match adam_apply_* in optim.cu; the three views hold n elements.
+            unsafe { b.launch(optim_launch(n)) }.w()?;
+        }};
+    }
+    match (&mut dst.slice, &m.0.slice, &v.0.slice) {
+        (CudaStorageSlice::F32(w), CudaStorageSlice::F32(m), CudaStorageSlice::F32(v)) => launch!(w, m, v, "adam_apply_f32"),
+        (CudaStorageSlice::BF16(w), CudaStorageSlice::BF16(m), CudaStorageSlice::BF16(v)) => launch!(w, m, v, "adam_apply_bf16"),
+        (CudaStorageSlice::F16(w), CudaStorageSlice::F16(m), CudaStorageSlice::F16(v)) => launch!(w, m, v, "adam_apply_f16"),
+        _ => candle_core::bail!("adam_apply: weights and moments must all be f32, bf16 or f16"),
+    }
+    Ok(())
+}
+
+/// `sum_sq_*` (optim.cu): sum(x^2) of a contiguous input as one f32 on the device.
+pub(crate) fn sum_sq(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+    let r = contiguous_range(l, "sum_squares")?;
+    let n = r.len();
+    let dev = &s.device;
+    let mut out = dev.alloc_zeros::<f32>(1)?;
+    macro_rules! launch {
+        ($x:expr, $name:expr) => {{
+            if n > 0 {
+                let x = $x.slice(r.clone());
+                let func = dev.get_or_load_custom_func($name, "rho_optim", OPTIM_PTX)?;
+                let mut b = func.builder();
+                b.arg(&x);
+                candle_core::builder_arg!(b, n as i64);
+                b.arg(&mut out);
+                // SAFETY: arguments match sum_sq_* in optim.cu; out is one zeroed f32.
+                unsafe { b.launch(optim_launch(n)) }.w()?;
+            }
+        }};
+    }
+    match &s.slice {
+        CudaStorageSlice::F32(x) => launch!(x, "sum_sq_f32"),
+        CudaStorageSlice::BF16(x) => launch!(x, "sum_sq_bf16"),
+        CudaStorageSlice::F16(x) => launch!(x, "sum_sq_f16"),
+        _ => candle_core::bail!("sum_squares: dtype must be f32, bf16 or f16"),
+    }
+    Ok(CudaStorage { slice: CudaStorageSlice::F32(out), device: dev.clone() })
+}

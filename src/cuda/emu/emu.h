@@ -131,6 +131,7 @@ RHO_DEVICE int rho_grid_dim_x() { return emu::grid_dim_x(); }
 RHO_DEVICE float rho_exp2(float x) { return std::exp2(x); }
 RHO_DEVICE float rho_log(float x) { return std::log(x); }
 RHO_DEVICE float rho_log2(float x) { return std::log2(x); }
+RHO_DEVICE float rho_sqrt(float x) { return std::sqrt(x); }
 RHO_DEVICE void rho_atomic_add(float* p, float x) { *p += x; }  // one fiber runs at a time
 RHO_DEVICE float rho_nan() { return NAN; }
 template <typename T> RHO_DEVICE void rho_mma16816(float* d, const uint32_t* a, const uint32_t* b);

@@ -3,6 +3,7 @@
 // src/cuda/emu.rs. dtype: 0 bf16, 1 f16, 2 f32. Returns 0, or 1 for an unsupported case.
 #include "../kernels/attention.cu"
 #include "../kernels/token_ce.cu"
+#include "../kernels/optim.cu"
 
 template <typename T, int D, int BC, int NW, bool LSE>
 static void flash(const void* q, const void* k, const void* v, void* o, const long long* st, int batch,
@@ -108,4 +109,37 @@ extern "C" int rho_emu_flash_attn_bwd(int dtype, int head_dim, const void* q, co
     RHO_EMU_BWD(0, rho_bf16, 128, 32)
     RHO_EMU_BWD(1, rho_f16, 128, 32)
     return 1;
+}
+
+// The optimizer kernels (optim.cu) on a grid of `grid` blocks of RHO_OPT_THREADS threads (the
+// Rust launcher's choice; any grid covers any n).
+#define RHO_EMU_DISPATCH(DT, CALL)                            \
+    if (DT == 0) { typedef rho_bf16 T; CALL; }                \
+    else if (DT == 1) { typedef rho_f16 T; CALL; }            \
+    else if (DT == 2) { typedef float T; CALL; }              \
+    else return 1;
+
+extern "C" int rho_emu_adam_moment(int dtype, void* state, const void* grad, long long n, float beta, float gscale,
+                                   int square, unsigned grid) {
+    if (n <= 0) return 0;
+    RHO_EMU_DISPATCH(dtype, emu::launch(grid, 1, 1, RHO_OPT_THREADS, [&] {
+        adam_moment_impl<T>((T*)state, (const T*)grad, n, beta, gscale, square);
+    }))
+    return 0;
+}
+
+extern "C" int rho_emu_adam_apply(int dtype, void* w, const void* m, const void* v, long long n, float decay,
+                                  float step, float inv_sqrt_bc2, float eps, unsigned grid) {
+    if (n <= 0) return 0;
+    RHO_EMU_DISPATCH(dtype, emu::launch(grid, 1, 1, RHO_OPT_THREADS, [&] {
+        adam_apply_impl<T>((T*)w, (const T*)m, (const T*)v, n, decay, step, inv_sqrt_bc2, eps);
+    }))
+    return 0;
+}
+
+extern "C" int rho_emu_sum_sq(int dtype, const void* x, long long n, float* out, unsigned grid) {
+    *out = 0.f;
+    if (n <= 0) return 0;
+    RHO_EMU_DISPATCH(dtype, emu::launch(grid, 1, 1, RHO_OPT_THREADS, [&] { sum_sq_impl<T>((const T*)x, n, out); }))
+    return 0;
 }

@@ -57,6 +57,7 @@ RHO_DEVICE int rho_grid_dim_x() { return gridDim.x; }
 RHO_DEVICE float rho_exp2(float x) { return exp2f(x); }
 RHO_DEVICE float rho_log(float x) { return logf(x); }
 RHO_DEVICE float rho_log2(float x) { return log2f(x); }
+RHO_DEVICE float rho_sqrt(float x) { return sqrtf(x); }
 RHO_DEVICE void rho_atomic_add(float* p, float x) { atomicAdd(p, x); }
 RHO_DEVICE float rho_nan() { return __int_as_float(0x7fc00000); }
 
