@@ -36,8 +36,7 @@ Usage (from the repository root; needs a release build of rho):
     cargo build --release
     /work/pyvenv/bin/python scripts/bench_eval.py                  # both setups, 2 runs each
     /work/pyvenv/bin/python scripts/bench_eval.py --setups llama25m --tokens 30000 --runs 1
-    /work/pyvenv/bin/python scripts/bench_eval.py --batch-tokens 4096,1024 \
-        --rho-env GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824
+    /work/pyvenv/bin/python scripts/bench_eval.py --batch-tokens 4096,1024 --rho-env RHO_MALLOC_DEFAULTS=1
     /work/pyvenv/bin/python scripts/bench_eval.py --render /tmp/rho-bench/bench_eval_results.json
 
 (scripts/bench_eval.sh builds rho and runs the first of these.) The section
@@ -546,7 +545,9 @@ def render(raw: dict) -> str:
           "saving. The whole process includes the Python/torch/transformers imports "
           f"(≈ {peer0['imports_s']:.1f} s) and, in the first from_pretrained, transformers' lazy module imports.",
           "- Whole process: wall clock of the subprocess; CPU: its user + sys time.",
-          *([f"- `rho + env`: the same rho binary run with {env} (an experiment on glibc malloc, not how rho ships)."]
+          *([f"- `rho + env`: the same rho binary run with {env}"
+             + (" (glibc malloc's defaults instead of rho's setting: no mmap per large block, no trimming)"
+                if "RHO_MALLOC_DEFAULTS" in env else "") + "."]
             if env else []),
           "- Ratio column: rho's whole-process time ÷ transformers' (< 1: rho faster); rho's scoring "
           "tokens/s ÷ transformers' (> 1: rho faster).", ""]

@@ -352,7 +352,8 @@ pub fn run_bench_train(a: &BenchTrainArgs) -> Result<Vec<BenchResult>> {
     let vars = varmap.data().lock().unwrap().clone();
     let n_params: usize = vars.values().map(|v| v.elem_count()).sum();
     let mut opt = AdamW::new(vars, AdamWParams { weight_decay: 0.01, beta2: 0.999, ..AdamWParams::default() })?;
-    println!("model params={:.3}B dtype={dtype:?} select={} device={} fused_kernels={}", n_params as f64 / 1e9, a.select, a.device, device.is_cuda() && crate::cuda::fused_kernels_enabled());
+    let fused: Vec<_> = crate::cuda::Fused::ALL.iter().filter(|k| crate::cuda::fused_enabled(**k)).map(|k| k.name()).collect();
+    println!("model params={:.3}B dtype={dtype:?} select={} device={} fused={}", n_params as f64 / 1e9, a.select, a.device, if fused.is_empty() { "none".to_string() } else { fused.join(",") });
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed ^ 7);
     let mut results = Vec::new();
     for &(b, s) in &shapes {
@@ -468,11 +469,11 @@ pub fn run_bench_optim(a: &BenchOptimArgs) -> Result<Vec<OptimResult>> {
         for it in 0..a.warmup + a.iters {
             device.synchronize()?;
             let t = Instant::now();
-            let g = if fused { opt.grad_norm(&grads)? } else { opt.grad_norm_composed(&grads)? };
+            let g = if fused { opt.grad_norm_fused(&grads)? } else { opt.grad_norm_composed(&grads)? };
             let t_norm = t.elapsed().as_secs_f64();
             let t = Instant::now();
             if fused {
-                opt.step(&grads, 1e-4, 1.0 / g.max(1.0))?;
+                opt.step_fused(&grads, 1e-4, 1.0 / g.max(1.0))?;
             } else {
                 opt.step_composed(&grads, 1e-4, 1.0 / g.max(1.0))?;
             }

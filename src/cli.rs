@@ -281,6 +281,9 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    if let Ok(v) = std::env::var("RHO_FUSED_KERNELS") {
+        crate::cuda::parse_fused(Some(&v)).map_err(|e| Error::flag("RHO_FUSED_KERNELS", e))?;
+    }
     match cli.command {
         Command::Audit(a) => crate::audit::run_cli(&a),
         Command::Export(a) => crate::export::run_cli(&a),

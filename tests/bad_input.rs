@@ -205,6 +205,32 @@ fn bad_flags_exit_2() {
     assert!(err.contains("--batch-tokens"), "{err}");
 }
 
+/// A bad `RHO_FUSED_KERNELS` is refused before any work, naming the variable; bad
+/// `rho bench optim` flags name the flag.
+#[test]
+fn bad_fused_kernels_switch_and_bench_optim_flags_exit_2() {
+    let run = |env: Option<&str>, args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_rho"));
+        c.current_dir(root()).args(args).env_remove("RHO_FUSED_KERNELS");
+        if let Some(v) = env {
+            c.env("RHO_FUSED_KERNELS", v);
+        }
+        let out = c.output().unwrap();
+        (out.status.code(), stderr(&out), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, err, out) = run(Some("attention,flash"), &["bench", "optim", "--params", "0.01", "--iters", "1", "--warmup", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("RHO_FUSED_KERNELS") && err.contains("`flash`"), "{err}");
+    assert!(out.is_empty(), "{out}");
+    let (code, err, _) = run(None, &["bench", "optim", "--params", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--params"), "{err}");
+    // a good list runs: fused ops on, and the composed baseline, side by side
+    let (code, err, out) = run(Some("loss,optim"), &["bench", "optim", "--params", "0.01", "--iters", "1", "--warmup", "0"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("impl=fused") && out.contains("impl=composed") && out.contains("step_composed_over_fused="), "{out}");
+}
+
 #[test]
 fn other_data_into_existing_study_is_refused_then_forced() {
     let s = setup();

@@ -25,10 +25,57 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use reference::{AttnShape, Rows, Strides};
 
-/// Whether rho's fused kernels may be used on a GPU (default yes). `RHO_FUSED_KERNELS=0`
-/// turns them off (plain candle ops instead), for A/B benchmarks and bisecting.
-pub fn fused_kernels_enabled() -> bool {
-    !matches!(std::env::var("RHO_FUSED_KERNELS").as_deref(), Ok("0") | Ok("off") | Ok("false"))
+/// rho's fused ops, each of which `RHO_FUSED_KERNELS` can turn off (plain candle ops
+/// instead) for A/B benchmarks and bisecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fused {
+    /// Flash attention on CUDA (evaluation and training).
+    Attention = 0,
+    /// The streamed per-token cross-entropy on CUDA (and its backward).
+    Loss = 1,
+    /// AdamW and the gradient norm in place (CUDA kernels, CPU loops).
+    Optim = 2,
+}
+
+impl Fused {
+    pub const ALL: [Fused; 3] = [Fused::Attention, Fused::Loss, Fused::Optim];
+    pub fn name(self) -> &'static str {
+        match self {
+            Fused::Attention => "attention",
+            Fused::Loss => "loss",
+            Fused::Optim => "optim",
+        }
+    }
+}
+
+/// The value of `RHO_FUSED_KERNELS`: unset, `1`, `on`, `true` or `all`: every fused op;
+/// `0`, `off`, `false` or `none`: none; else a comma-separated list of [`Fused`] names
+/// (`attention,optim`): only those. Returns which are on, indexed by `Fused as usize`.
+pub fn parse_fused(v: Option<&str>) -> std::result::Result<[bool; 3], String> {
+    match v.map(str::trim) {
+        None | Some("1" | "on" | "true" | "all") => Ok([true; 3]),
+        Some("0" | "off" | "false" | "none") => Ok([false; 3]),
+        Some(list) => {
+            let mut on = [false; 3];
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                match Fused::ALL.iter().find(|k| k.name() == name) {
+                    Some(&k) => on[k as usize] = true,
+                    None => {
+                        let names: Vec<_> = Fused::ALL.iter().map(|k| k.name()).collect();
+                        return Err(format!("`{name}` is not one of {} (or 0 / 1)", names.join(", ")));
+                    }
+                }
+            }
+            Ok(on)
+        }
+    }
+}
+
+/// Whether the fused op `k` may be used (`RHO_FUSED_KERNELS`, see [`parse_fused`]; the
+/// CLI rejects a bad value before any work).
+pub fn fused_enabled(k: Fused) -> bool {
+    let v = std::env::var("RHO_FUSED_KERNELS").ok();
+    parse_fused(v.as_deref()).map(|on| on[k as usize]).unwrap_or(true)
 }
 
 /// Head dims the flash attention kernel is compiled for.
@@ -365,5 +412,20 @@ impl CustomOp3 for TokenCeGrad {
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         ops::token_ce_bwd(s1, l1, s2, l2, s3, l3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_switch_parses_all_none_and_lists() {
+        assert_eq!(parse_fused(None), Ok([true; 3]));
+        assert_eq!(parse_fused(Some("0")), Ok([false; 3]));
+        assert_eq!(parse_fused(Some("attention, optim")), Ok([true, false, true]));
+        assert_eq!(parse_fused(Some("loss")), Ok([false, true, false]));
+        let e = parse_fused(Some("attention,flash")).unwrap_err();
+        assert!(e.contains("`flash`") && e.contains("attention, loss, optim"), "{e}");
     }
 }

@@ -29,7 +29,7 @@ pub fn per_token_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// gradient in the logits' dtype) unless `RHO_FUSED_KERNELS=0`; elsewhere `per_token_loss`.
 pub fn train_token_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if logits.device().is_cuda()
-        && crate::cuda::fused_kernels_enabled()
+        && crate::cuda::fused_enabled(crate::cuda::Fused::Loss)
         && matches!(logits.dtype(), DType::F32 | DType::BF16 | DType::F16)
     {
         crate::cuda::token_cross_entropy(logits, targets)
@@ -62,7 +62,7 @@ pub(crate) fn fused_inputs(logits: &Tensor, targets: &Tensor, who: &str) -> Resu
 /// logits [b, s, vocab] (f32 / bf16 / f16, the last dim contiguous or not), targets
 /// [b, s] (u32) -> [b, s] f32.
 pub fn token_loss_eval(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let fused = logits.device().is_cpu() || (logits.device().is_cuda() && crate::cuda::fused_kernels_enabled());
+    let fused = logits.device().is_cpu() || (logits.device().is_cuda() && crate::cuda::fused_enabled(crate::cuda::Fused::Loss));
     if !fused || !matches!(logits.dtype(), DType::F32 | DType::BF16 | DType::F16) {
         return per_token_loss(logits, targets);
     }

@@ -252,7 +252,7 @@ impl Transformer {
         let flash = dev.is_cuda()
             && matches!(vb.dtype(), DType::BF16 | DType::F16)
             && crate::cuda::FLASH_HEAD_DIMS.contains(&hd)
-            && crate::cuda::fused_kernels_enabled();
+            && crate::cuda::fused_enabled(crate::cuda::Fused::Attention);
         Ok(Transformer { rope, flash, ..t })
     }
 

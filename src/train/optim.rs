@@ -58,9 +58,15 @@ impl AdamW {
     /// device), one host synchronisation for all of them. `RHO_FUSED_KERNELS=0`:
     /// [`AdamW::grad_norm_composed`].
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
-        if !crate::cuda::fused_kernels_enabled() {
-            return self.grad_norm_composed(grads);
+        if crate::cuda::fused_enabled(crate::cuda::Fused::Optim) {
+            self.grad_norm_fused(grads)
+        } else {
+            self.grad_norm_composed(grads)
         }
+    }
+
+    /// [`AdamW::grad_norm`] by the fused ops, whatever `RHO_FUSED_KERNELS` says.
+    pub fn grad_norm_fused(&self, grads: &GradStore) -> Result<f64> {
         let mut parts = Vec::with_capacity(self.slots.len());
         for s in &self.slots {
             if let Some(g) = grads.get(s.var.as_tensor()) {
@@ -79,9 +85,15 @@ impl AdamW {
     /// moments and the weights updated in place, math in f32 (`cuda::optim`).
     /// `RHO_FUSED_KERNELS=0`: [`AdamW::step_composed`] instead (A/B runs).
     pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
-        if !crate::cuda::fused_kernels_enabled() {
-            return self.step_composed(grads, lr, grad_scale);
+        if crate::cuda::fused_enabled(crate::cuda::Fused::Optim) {
+            self.step_fused(grads, lr, grad_scale)
+        } else {
+            self.step_composed(grads, lr, grad_scale)
         }
+    }
+
+    /// [`AdamW::step`] by the fused ops, whatever `RHO_FUSED_KERNELS` says.
+    pub fn step_fused(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
         self.t += 1;
         let p = self.params;
         let bc1 = 1.0 - p.beta1.powi(self.t as i32);
@@ -179,7 +191,7 @@ mod tests {
                 let loss = (w.as_tensor().sqr()?.sum_all()? * 0.5)?;
                 let grads = loss.backward()?;
                 if fused {
-                    opt.step(&grads, lr, 1.0)?;
+                    opt.step_fused(&grads, lr, 1.0)?;
                 } else {
                     opt.step_composed(&grads, lr, 1.0)?;
                 }
@@ -228,8 +240,8 @@ mod tests {
                 }
                 let grads = loss.backward()?;
                 if fused {
-                    norm = opt.grad_norm(&grads)?;
-                    opt.step(&grads, 1e-2, 0.7)?;
+                    norm = opt.grad_norm_fused(&grads)?;
+                    opt.step_fused(&grads, 1e-2, 0.7)?;
                 } else {
                     norm = opt.grad_norm_composed(&grads)?;
                     opt.step_composed(&grads, 1e-2, 0.7)?;
@@ -278,7 +290,7 @@ mod tests {
         let grads = (w.as_tensor().to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()? * 0.5)?.backward()?;
         let g = grads.get(w.as_tensor()).unwrap().to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let want = g.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-        let got = opt.grad_norm(&grads)?;
+        let got = opt.grad_norm_fused(&grads)?;
         assert!((got - want).abs() < 1e-6 * want, "{got} vs {want}");
         Ok(())
     }
