@@ -545,3 +545,82 @@ fn optimizer_kernels_match_the_cpu_ops_on_any_grid() -> candle_core::Result<()> 
     }
     Ok(())
 }
+
+/// The RMSNorm training op on CPU against candle's autograd of the composed norm (the
+/// model's previous training path): outputs and both gradients, 3-d input, f32 and bf16.
+#[test]
+fn rms_norm_op_matches_autograd_of_the_composed_norm() -> candle_core::Result<()> {
+    use rho::cuda::norm::rms_norm_train;
+    let dev = Device::Cpu;
+    for (dt, tol) in [(DType::F32, 2e-5f32), (DType::BF16, 2e-2)] {
+        let mut rng = StdRng::seed_from_u64(7);
+        let (b, s, h) = (3, 5, 37);
+        let x = Tensor::from_vec(normal(&mut rng, b * s * h, 2.0), (b, s, h), &dev)?.to_dtype(dt)?;
+        let w = Tensor::from_vec(normal(&mut rng, h, 1.0), h, &dev)?.to_dtype(dt)?;
+        let r = Tensor::from_vec(normal(&mut rng, b * s * h, 1.0), (b, s, h), &dev)?;
+        let eps = 1e-5;
+        let run = |fused: bool| -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+            // the reference in f32 (the composed ops accumulate bf16 in bf16 on CPU)
+            let xv = candle_core::Var::from_tensor(&if fused { x.clone() } else { x.to_dtype(DType::F32)? })?;
+            let wv = candle_core::Var::from_tensor(&if fused { w.clone() } else { w.to_dtype(DType::F32)? })?;
+            let y = if fused {
+                rms_norm_train(xv.as_tensor(), wv.as_tensor(), eps as f32)?
+            } else {
+                let xt = xv.as_tensor();
+                let ms = xt.sqr()?.mean_keepdim(D::Minus1)?;
+                xt.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(wv.as_tensor())?
+            };
+            assert_eq!(y.dims(), &[b, s, h]);
+            let grads = (y.to_dtype(DType::F32)? * &r)?.sum_all()?.backward()?;
+            let f = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+            Ok((f(&y)?, f(grads.get(xv.as_tensor()).unwrap())?, f(grads.get(wv.as_tensor()).unwrap())?))
+        };
+        let (got, want) = (run(true)?, run(false)?);
+        for (name, a, b) in [("y", &got.0, &want.0), ("dx", &got.1, &want.1), ("dw", &got.2, &want.2)] {
+            let m = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / m;
+            assert!(err < tol, "{dt:?} {name}: {err} (max {m})");
+        }
+    }
+    // a w of the wrong size names both shapes
+    let e = rms_norm_train(&Tensor::zeros((2, 4), DType::F32, &dev)?, &Tensor::zeros(3, DType::F32, &dev)?, 1e-5).unwrap_err().to_string();
+    assert!(e.contains("[2, 4]") && e.contains("[3]"), "{e}");
+    Ok(())
+}
+
+/// The RMSNorm kernels (norm.cu) in the emulator against the CPU op: forward, and the
+/// backward on grids of 1 block, 3 blocks and one per row (each block sums its rows' dw).
+#[test]
+fn rms_norm_kernels_match_the_cpu_op_on_any_grid() -> candle_core::Result<()> {
+    use rho::cuda::norm::rms_norm_train;
+    for (dt, kd, tol) in [(DType::F32, KDType::F32, 1e-5f32), (DType::BF16, KDType::BF16, 8e-3), (DType::F16, KDType::F16, 1e-3)] {
+        for (i, (rows, h)) in [(1usize, 1usize), (7, 64), (5, 300), (3, 2048)].into_iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64(40 + i as u64);
+            let q = |x: Vec<f32>| if kd == KDType::F32 { x } else { quantize(kd, &x).1 };
+            let (x, w, g) = (q(normal(&mut rng, rows * h, 1.5)), q(normal(&mut rng, h, 1.0)), q(normal(&mut rng, rows * h, 1.0)));
+            // the CPU op, its backward through autograd
+            let dev = Device::Cpu;
+            let xv = candle_core::Var::from_tensor(&Tensor::from_vec(x.clone(), (rows, h), &dev)?.to_dtype(dt)?)?;
+            let wv = candle_core::Var::from_tensor(&Tensor::from_vec(w.clone(), h, &dev)?.to_dtype(dt)?)?;
+            let y = rms_norm_train(xv.as_tensor(), wv.as_tensor(), 1e-5)?;
+            let gt = Tensor::from_vec(g.clone(), (rows, h), &dev)?;
+            let grads = (y.to_dtype(DType::F32)? * gt)?.sum_all()?.backward()?;
+            let f = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+            let (cy, cdx) = (f(&y)?, f(grads.get(xv.as_tensor()).unwrap())?);
+            let cdw = f(grads.get(wv.as_tensor()).unwrap())?;
+            let rel = |a: &[f32], b: &[f32]| {
+                let m = b.iter().fold(1e-20f32, |m, v| m.max(v.abs()));
+                a.iter().zip(b).map(|(x, y)| if x.is_finite() { (x - y).abs() / m } else { f32::INFINITY }).fold(0f32, f32::max)
+            };
+            let ey = emu::rms_norm_fwd(kd, &x, &w, 1e-5).unwrap();
+            assert!(rel(&ey, &cy) <= tol, "{dt:?} rows={rows} h={h}: y {}", rel(&ey, &cy));
+            for grid in [1u32, 3, rows as u32] {
+                let (edx, edw) = emu::rms_norm_bwd(kd, &x, &w, &g, 1e-5, grid).unwrap();
+                assert!(rel(&edx, &cdx) <= tol, "{dt:?} rows={rows} h={h} grid={grid}: dx {}", rel(&edx, &cdx));
+                // the op's dw is cast to w's dtype; the kernel's is f32
+                assert!(rel(&edw, &cdw) <= tol, "{dt:?} rows={rows} h={h} grid={grid}: dw {}", rel(&edw, &cdw));
+            }
+        }
+    }
+    Ok(())
+}

@@ -330,6 +330,62 @@ fn check_optim(dev: &Device, dt: DType, n: usize, seed: u64) -> Result<[Check; 2
     ])
 }
 
+/// RMSNorm forward and backward (dx, dw) on `dev` (GPU: `norm::rms_norm_train` and candle's
+/// autograd; CPU: the emulated kernels on a grid of 3 blocks) against f64 arithmetic on the
+/// same rounded inputs. Errors relative to the largest reference value of each output.
+fn check_norm(dev: &Device, dt: DType, rows: usize, h: usize, seed: u64) -> Result<[Check; 2]> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x = round_to(dt, &normal(&mut rng, rows * h, 1.5));
+    let w = round_to(dt, &normal(&mut rng, h, 1.0));
+    let g = round_to(dt, &normal(&mut rng, rows * h, 1.0));
+    let eps = 1e-5f32;
+    let (mut wy, mut wdx, mut wdw) = (vec![0f64; rows * h], vec![0f64; rows * h], vec![0f64; h]);
+    for r in 0..rows {
+        let xr = &x[r * h..(r + 1) * h];
+        let gr = &g[r * h..(r + 1) * h];
+        let rs = 1.0 / (xr.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / h as f64 + eps as f64).sqrt();
+        let c: f64 = (0..h).map(|j| gr[j] as f64 * w[j] as f64 * xr[j] as f64).sum();
+        for j in 0..h {
+            wy[r * h + j] = xr[j] as f64 * rs * w[j] as f64;
+            wdx[r * h + j] = rs * gr[j] as f64 * w[j] as f64 - xr[j] as f64 * rs.powi(3) * c / h as f64;
+            wdw[j] += gr[j] as f64 * xr[j] as f64 * rs;
+        }
+    }
+    let (y, dx, dw) = if dev.is_cpu() {
+        let kd = kdtype(dt);
+        let y = emu::rms_norm_fwd(kd, &x, &w, eps).map_err(Error::msg)?;
+        let (dx, dw) = emu::rms_norm_bwd(kd, &x, &w, &g, eps, 3).map_err(Error::msg)?;
+        (y, dx, dw)
+    } else {
+        let run = || -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+            let t = |v: &[f32], shape: &[usize]| Tensor::from_vec(v.to_vec(), shape, &Device::Cpu)?.to_dtype(dt)?.to_device(dev);
+            let xv = candle_core::Var::from_tensor(&t(&x, &[rows, h])?)?;
+            let wv = candle_core::Var::from_tensor(&t(&w, &[h])?)?;
+            let y = super::norm::rms_norm_train(xv.as_tensor(), wv.as_tensor(), eps)?;
+            let gt = t(&g, &[rows, h])?.to_dtype(DType::F32)?;
+            let grads = (y.to_dtype(DType::F32)? * gt)?.sum_all()?.backward()?;
+            let back = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+            Ok((back(&y)?, back(grads.get(xv.as_tensor()).unwrap())?, back(grads.get(wv.as_tensor()).unwrap())?))
+        };
+        run().map_err(cerr)?
+    };
+    let rel = |got: &[f32], want: &[f64]| -> f32 {
+        let m = want.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+        got.iter().zip(want).map(|(&a, &b)| if a.is_finite() { ((a as f64 - b).abs() / m) as f32 } else { f32::INFINITY }).fold(0.0, f32::max)
+    };
+    // one rounding to the storage type (dw: f32 sums, then w's type on the GPU)
+    let tol = match dt {
+        DType::BF16 => 8e-3,
+        DType::F16 => 1e-3,
+        _ => 1e-5,
+    };
+    let what = format!("dtype={} rows={rows} h={h} (relative to max)", dt.as_str());
+    Ok([
+        Check { kernel: "rms_norm_fwd", what: what.clone(), max_err: rel(&y, &wy), tol },
+        Check { kernel: "rms_norm_bwd", what: format!("{what} grad=dx,dw"), max_err: rel(&dx, &wdx).max(rel(&dw, &wdw)), tol },
+    ])
+}
+
 /// Median seconds of `f` (synchronised) over `iters` after `warmup`.
 fn time<F: FnMut() -> candle_core::Result<()>>(dev: &Device, warmup: usize, iters: usize, mut f: F) -> candle_core::Result<f64> {
     let mut t = Vec::with_capacity(iters);
@@ -517,6 +573,13 @@ pub fn run_bench_kernels(a: &BenchKernelsArgs) -> Result<Vec<Check>> {
     let on = if dev.is_cpu() { 5000 } else { (1 << 22) + 5 };
     for (i, dt) in [DType::BF16, DType::F16, DType::F32].into_iter().enumerate() {
         for c in check_optim(&dev, dt, on, a.seed + 200 + i as u64)? {
+            println!("{}", c.line());
+            checks.push(c);
+        }
+    }
+    let (nr, nh) = if dev.is_cpu() { (9, 300) } else { (4099, 2048) };
+    for (i, dt) in [DType::BF16, DType::F16, DType::F32].into_iter().enumerate() {
+        for c in check_norm(&dev, dt, nr, nh, a.seed + 300 + i as u64)? {
             println!("{}", c.line());
             checks.push(c);
         }

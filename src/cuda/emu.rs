@@ -456,6 +456,49 @@ pub fn sum_sq(dt: KDType, x: &[f32], grid: u32) -> Result<f32, String> {
     Ok(out)
 }
 
+extern "C" {
+    fn rho_emu_rms_norm_fwd(dtype: i32, x: *const u8, w: *const u8, y: *mut u8, rows: i64, h: i64, eps: f32) -> i32;
+    #[allow(clippy::too_many_arguments)]
+    fn rho_emu_rms_norm_bwd(dtype: i32, x: *const u8, w: *const u8, dy: *const u8, dx: *mut u8, dw: *mut f32, rows: i64, h: i64, eps: f32, grid: u32) -> i32;
+}
+
+/// Emulated `rms_norm_fwd_*`: x [rows, h] and w [h] rounded to `dt`; y as f32 values of `dt`.
+pub fn rms_norm_fwd(dt: KDType, x: &[f32], w: &[f32], eps: f32) -> Result<Vec<f32>, String> {
+    let h = w.len();
+    if h == 0 || x.len() % h != 0 {
+        return Err(format!("x of {} elements is not rows of w's {h}", x.len()));
+    }
+    let (x, w) = (Elems::new(dt, x), Elems::new(dt, w));
+    let mut y = Elems::new(dt, &vec![0.0; x.len()]);
+    let _l = lock();
+    // SAFETY: x and y hold rows * h elements of dt, w h.
+    let rc = unsafe { rho_emu_rms_norm_fwd(dt as i32, x.ptr(), w.ptr(), y.ptr_mut(), (x.len() / h) as i64, h as i64, eps) };
+    if rc != 0 {
+        return Err("emulator refused the launch".into());
+    }
+    Ok(y.values())
+}
+
+/// Emulated `rms_norm_bwd_*` on `grid` blocks: (dx as f32 values of `dt`, dw in f32).
+pub fn rms_norm_bwd(dt: KDType, x: &[f32], w: &[f32], dy: &[f32], eps: f32, grid: u32) -> Result<(Vec<f32>, Vec<f32>), String> {
+    let h = w.len();
+    if h == 0 || x.len() % h != 0 || dy.len() != x.len() {
+        return Err(format!("x of {} and dy of {} elements are not rows of w's {h}", x.len(), dy.len()));
+    }
+    let (x, w, dy) = (Elems::new(dt, x), Elems::new(dt, w), Elems::new(dt, dy));
+    let mut dx = Elems::new(dt, &vec![0.0; x.len()]);
+    let mut dw = vec![0f32; h];
+    let _l = lock();
+    // SAFETY: x, dy, dx hold rows * h elements of dt, w h, dw h f32.
+    let rc = unsafe {
+        rho_emu_rms_norm_bwd(dt as i32, x.ptr(), w.ptr(), dy.ptr(), dx.ptr_mut(), dw.as_mut_ptr(), (x.len() / h) as i64, h as i64, eps, grid)
+    };
+    if rc != 0 {
+        return Err("emulator refused the launch (h above 8192?)".into());
+    }
+    Ok((dx.values(), dw))
+}
+
 /// 16-bit element bits -> f32.
 pub fn bits_to_f32(dt: KDType, b: u16) -> f32 {
     match dt {

@@ -6,6 +6,7 @@
 //! | `attention.cu` flash_attn_bwd   | its gradients (training), head dim 64/128              | [`reference::causal_attention_backward`] |
 //! | `token_ce.cu` token_ce_fwd      | per-token f32 cross-entropy streamed over the vocabulary | [`reference::token_ce`], `model::loss::FusedTokenLoss` |
 //! | `token_ce.cu` token_ce_bwd      | its gradient with respect to the logits                 | [`reference::token_ce_backward`] |
+//! | `norm.cu` rms_norm_fwd, rms_norm_bwd | RMSNorm with its backward (training) | [`norm`] (CPU loops), candle's autograd of the composed ops |
 //! | `optim.cu` adam_moment, adam_apply, sum_sq | AdamW in place, gradient norms (training) | [`optim`] (CPU loops), `train::optim::AdamW::step_composed` |
 //!
 //! The same kernel source is compiled twice: to PTX by nvcc with `--features cuda`
@@ -16,6 +17,7 @@
 
 pub mod check;
 pub mod emu;
+pub mod norm;
 pub mod optim;
 pub mod reference;
 #[cfg(feature = "cuda")]
@@ -25,6 +27,37 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use reference::{AttnShape, Rows, Strides};
 
+/// An element type of the CPU implementations of rho's ops: f32 arithmetic on f32, bf16 or
+/// f16 storage, one rounding per stored value (as the kernels).
+pub(crate) trait Elem: Copy + Send + Sync {
+    fn f(self) -> f32;
+    fn of(x: f32) -> Self;
+}
+impl Elem for f32 {
+    fn f(self) -> f32 {
+        self
+    }
+    fn of(x: f32) -> Self {
+        x
+    }
+}
+impl Elem for half::bf16 {
+    fn f(self) -> f32 {
+        self.to_f32()
+    }
+    fn of(x: f32) -> Self {
+        half::bf16::from_f32(x)
+    }
+}
+impl Elem for half::f16 {
+    fn f(self) -> f32 {
+        self.to_f32()
+    }
+    fn of(x: f32) -> Self {
+        half::f16::from_f32(x)
+    }
+}
+
 /// rho's fused ops, each of which `RHO_FUSED_KERNELS` can turn off (plain candle ops
 /// instead) for A/B benchmarks and bisecting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,16 +66,19 @@ pub enum Fused {
     Attention = 0,
     /// The streamed per-token cross-entropy on CUDA (and its backward).
     Loss = 1,
+    /// RMSNorm with its backward in training (CUDA kernels, CPU loops).
+    Norm = 2,
     /// AdamW and the gradient norm in place (CUDA kernels, CPU loops).
-    Optim = 2,
+    Optim = 3,
 }
 
 impl Fused {
-    pub const ALL: [Fused; 3] = [Fused::Attention, Fused::Loss, Fused::Optim];
+    pub const ALL: [Fused; 4] = [Fused::Attention, Fused::Loss, Fused::Norm, Fused::Optim];
     pub fn name(self) -> &'static str {
         match self {
             Fused::Attention => "attention",
             Fused::Loss => "loss",
+            Fused::Norm => "norm",
             Fused::Optim => "optim",
         }
     }
@@ -51,12 +87,12 @@ impl Fused {
 /// The value of `RHO_FUSED_KERNELS`: unset, `1`, `on`, `true` or `all`: every fused op;
 /// `0`, `off`, `false` or `none`: none; else a comma-separated list of [`Fused`] names
 /// (`attention,optim`): only those. Returns which are on, indexed by `Fused as usize`.
-pub fn parse_fused(v: Option<&str>) -> std::result::Result<[bool; 3], String> {
+pub fn parse_fused(v: Option<&str>) -> std::result::Result<[bool; 4], String> {
     match v.map(str::trim) {
-        None | Some("1" | "on" | "true" | "all") => Ok([true; 3]),
-        Some("0" | "off" | "false" | "none") => Ok([false; 3]),
+        None | Some("1" | "on" | "true" | "all") => Ok([true; 4]),
+        Some("0" | "off" | "false" | "none") => Ok([false; 4]),
         Some(list) => {
-            let mut on = [false; 3];
+            let mut on = [false; 4];
             for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
                 match Fused::ALL.iter().find(|k| k.name() == name) {
                     Some(&k) => on[k as usize] = true,
@@ -421,11 +457,11 @@ mod tests {
 
     #[test]
     fn fused_switch_parses_all_none_and_lists() {
-        assert_eq!(parse_fused(None), Ok([true; 3]));
-        assert_eq!(parse_fused(Some("0")), Ok([false; 3]));
-        assert_eq!(parse_fused(Some("attention, optim")), Ok([true, false, true]));
-        assert_eq!(parse_fused(Some("loss")), Ok([false, true, false]));
+        assert_eq!(parse_fused(None), Ok([true; 4]));
+        assert_eq!(parse_fused(Some("0")), Ok([false; 4]));
+        assert_eq!(parse_fused(Some("attention, optim")), Ok([true, false, false, true]));
+        assert_eq!(parse_fused(Some("loss,norm")), Ok([false, true, true, false]));
         let e = parse_fused(Some("attention,flash")).unwrap_err();
-        assert!(e.contains("`flash`") && e.contains("attention, loss, optim"), "{e}");
+        assert!(e.contains("`flash`") && e.contains("attention, loss, norm, optim"), "{e}");
     }
 }

@@ -429,3 +429,80 @@ pub(crate) fn sum_sq(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
     }
     Ok(CudaStorage { slice: CudaStorageSlice::F32(out), device: dev.clone() })
 }
+
+const NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/norm.ptx"));
+
+/// `rms_norm_fwd_*` (norm.cu): x [rows, h] and w [h] contiguous, one dtype -> y like x.
+pub(crate) fn rms_norm_fwd(x: In, w: In, eps: f32) -> Result<CudaStorage> {
+    let (xr, wr) = (contiguous_range(x.1, "rms_norm")?, contiguous_range(w.1, "rms_norm")?);
+    let h = wr.len();
+    let rows = if h == 0 { 0 } else { xr.len() / h };
+    let dev = &x.0.device;
+    macro_rules! launch {
+        ($x:expr, $w:expr, $t:ty, $name:expr) => {{
+            // SAFETY: the kernel writes every element of y (rows x h).
+            let y = unsafe { dev.alloc::<$t>(xr.len())? };
+            if rows > 0 {
+                let (xv, wv) = ($x.slice(xr.clone()), $w.slice(wr.clone()));
+                let func = dev.get_or_load_custom_func($name, "rho_norm", NORM_PTX)?;
+                let mut b = func.builder();
+                b.arg(&xv);
+                b.arg(&wv);
+                b.arg(&y);
+                candle_core::builder_arg!(b, h as i64, eps);
+                let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                // SAFETY: arguments match rms_norm_fwd_* in norm.cu; x holds rows x h elements.
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            y
+        }};
+    }
+    let slice = match (&x.0.slice, &w.0.slice) {
+        (CudaStorageSlice::F32(a), CudaStorageSlice::F32(b)) => CudaStorageSlice::F32(launch!(a, b, f32, "rms_norm_fwd_f32")),
+        (CudaStorageSlice::BF16(a), CudaStorageSlice::BF16(b)) => CudaStorageSlice::BF16(launch!(a, b, half::bf16, "rms_norm_fwd_bf16")),
+        (CudaStorageSlice::F16(a), CudaStorageSlice::F16(b)) => CudaStorageSlice::F16(launch!(a, b, half::f16, "rms_norm_fwd_f16")),
+        _ => candle_core::bail!("rms_norm: x and w must both be f32, bf16 or f16"),
+    };
+    Ok(CudaStorage { slice, device: dev.clone() })
+}
+
+/// `rms_norm_bwd_*` (norm.cu): (x, w, dy) contiguous, one dtype -> (dx like x, dw [h] f32).
+pub(crate) fn rms_norm_bwd(x: In, w: In, dy: In, eps: f32) -> Result<(CudaStorage, CudaStorage)> {
+    let (xr, wr, gr) = (contiguous_range(x.1, "rms_norm")?, contiguous_range(w.1, "rms_norm")?, contiguous_range(dy.1, "rms_norm")?);
+    let h = wr.len();
+    if h > super::norm::MAX_HIDDEN_CUDA || gr.len() != xr.len() {
+        candle_core::bail!("rms_norm backward: h {h} (at most {}), x of {} and dy of {} elements", super::norm::MAX_HIDDEN_CUDA, xr.len(), gr.len());
+    }
+    let rows = if h == 0 { 0 } else { xr.len() / h };
+    let dev = &x.0.device;
+    let mut dw = dev.alloc_zeros::<f32>(h.max(1))?;
+    macro_rules! launch {
+        ($x:expr, $w:expr, $g:expr, $t:ty, $name:expr) => {{
+            // SAFETY: the kernel writes every element of dx (every row, by the grid-stride loop).
+            let dx = unsafe { dev.alloc::<$t>(xr.len())? };
+            if rows > 0 {
+                let (xv, wv, gv) = ($x.slice(xr.clone()), $w.slice(wr.clone()), $g.slice(gr.clone()));
+                let func = dev.get_or_load_custom_func($name, "rho_norm", NORM_PTX)?;
+                let mut b = func.builder();
+                b.arg(&xv);
+                b.arg(&wv);
+                b.arg(&gv);
+                b.arg(&dx);
+                b.arg(&mut dw);
+                candle_core::builder_arg!(b, rows as i64, h as i64, eps);
+                // enough blocks to fill the GPU, each summing dw over many rows
+                let cfg = LaunchConfig { grid_dim: (rows.min(1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                // SAFETY: arguments match rms_norm_bwd_* in norm.cu; h <= RHO_NORM_MAX_H.
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            dx
+        }};
+    }
+    let slice = match (&x.0.slice, &w.0.slice, &dy.0.slice) {
+        (CudaStorageSlice::F32(a), CudaStorageSlice::F32(b), CudaStorageSlice::F32(c)) => CudaStorageSlice::F32(launch!(a, b, c, f32, "rms_norm_bwd_f32")),
+        (CudaStorageSlice::BF16(a), CudaStorageSlice::BF16(b), CudaStorageSlice::BF16(c)) => CudaStorageSlice::BF16(launch!(a, b, c, half::bf16, "rms_norm_bwd_bf16")),
+        (CudaStorageSlice::F16(a), CudaStorageSlice::F16(b), CudaStorageSlice::F16(c)) => CudaStorageSlice::F16(launch!(a, b, c, half::f16, "rms_norm_bwd_f16")),
+        _ => candle_core::bail!("rms_norm backward: x, w and dy must all be f32, bf16 or f16"),
+    };
+    Ok((CudaStorage { slice, device: dev.clone() }, CudaStorage { slice: CudaStorageSlice::F32(dw), device: dev.clone() }))
+}

@@ -10,7 +10,7 @@
 //! the norm needs one host synchronisation per step instead of one per parameter.
 
 use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor};
-use half::{bf16, f16};
+use super::Elem;
 use rayon::prelude::*;
 
 /// Elements per parallel chunk on CPU.
@@ -20,35 +20,6 @@ const CHUNK: usize = 1 << 15;
 /// at most 2048 blocks: enough to fill any current GPU). The emulator tests use other grids.
 pub fn launch_blocks(n: usize) -> u32 {
     n.div_ceil(256 * 4).clamp(1, 2048) as u32
-}
-
-trait Elem: Copy + Send + Sync {
-    fn f(self) -> f32;
-    fn of(x: f32) -> Self;
-}
-impl Elem for f32 {
-    fn f(self) -> f32 {
-        self
-    }
-    fn of(x: f32) -> Self {
-        x
-    }
-}
-impl Elem for bf16 {
-    fn f(self) -> f32 {
-        self.to_f32()
-    }
-    fn of(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-}
-impl Elem for f16 {
-    fn f(self) -> f32 {
-        self.to_f32()
-    }
-    fn of(x: f32) -> Self {
-        f16::from_f32(x)
-    }
 }
 
 /// The arguments of [`adam_apply`], precomputed on the host:

@@ -42,6 +42,12 @@ impl Norm {
         match (self, mode) {
             (Norm::Rms { w, eps }, Mode::Eval) => candle_nn::ops::rms_norm(&x.contiguous()?, w, *eps as f32),
             (Norm::Rms { w, eps }, Mode::Train) => {
+                let h = w.dim(0)?;
+                if crate::cuda::fused_enabled(crate::cuda::Fused::Norm)
+                    && (x.device().is_cpu() || h <= crate::cuda::norm::MAX_HIDDEN_CUDA)
+                {
+                    return crate::cuda::norm::rms_norm_train(x, w, *eps as f32);
+                }
                 let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
                 x.broadcast_div(&(ms + *eps)?.sqrt()?)?.broadcast_mul(w)
             }

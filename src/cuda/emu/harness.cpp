@@ -4,6 +4,7 @@
 #include "../kernels/attention.cu"
 #include "../kernels/token_ce.cu"
 #include "../kernels/optim.cu"
+#include "../kernels/norm.cu"
 
 template <typename T, int D, int BC, int NW, bool LSE>
 static void flash(const void* q, const void* k, const void* v, void* o, const long long* st, int batch,
@@ -141,5 +142,26 @@ extern "C" int rho_emu_sum_sq(int dtype, const void* x, long long n, float* out,
     *out = 0.f;
     if (n <= 0) return 0;
     RHO_EMU_DISPATCH(dtype, emu::launch(grid, 1, 1, RHO_OPT_THREADS, [&] { sum_sq_impl<T>((const T*)x, n, out); }))
+    return 0;
+}
+
+// RMSNorm (norm.cu): the forward on one block per row, the backward on `grid` blocks.
+extern "C" int rho_emu_rms_norm_fwd(int dtype, const void* x, const void* w, void* y, long long rows, long long h,
+                                    float eps) {
+    if (rows <= 0) return 0;
+    RHO_EMU_DISPATCH(dtype, emu::launch((unsigned)rows, 1, 1, RHO_NORM_THREADS, [&] {
+        rms_norm_fwd_impl<T>((const T*)x, (const T*)w, (T*)y, h, eps);
+    }))
+    return 0;
+}
+
+extern "C" int rho_emu_rms_norm_bwd(int dtype, const void* x, const void* w, const void* dy, void* dx, float* dw,
+                                    long long rows, long long h, float eps, unsigned grid) {
+    for (long long j = 0; j < h; j++) dw[j] = 0.f;
+    if (rows <= 0) return 0;
+    if (h > RHO_NORM_MAX_H) return 1;
+    RHO_EMU_DISPATCH(dtype, emu::launch(grid, 1, 1, RHO_NORM_THREADS, [&] {
+        rms_norm_bwd_impl<T>((const T*)x, (const T*)w, (const T*)dy, (T*)dx, dw, rows, h, eps);
+    }))
     return 0;
 }

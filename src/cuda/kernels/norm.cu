@@ -1,0 +1,101 @@
+// RMSNorm with its backward (training), rows of h elements, math in f32 whatever the storage
+// type (f32, bf16, f16):
+//
+// forward:  y[r, j] = x[r, j] rs[r] w[j],  rs[r] = 1 / sqrt(sum_j x[r, j]^2 / h + eps)
+//           one block per row.
+// backward: dx[r, j] = rs dy[r, j] w[j] - x[r, j] rs^3 c[r] / h,  c[r] = sum_j dy[r, j] w[j] x[r, j]
+//           dw[j] += sum_r dy[r, j] x[r, j] rs[r]   (f32, zeroed by the caller)
+//           a grid-stride loop over rows; each block sums its rows' dw in shared memory
+//           (h <= RHO_NORM_MAX_H) and adds it to dw once, atomically.
+// x, dy, y, dx contiguous [rows, h]; w [h]. CPU reference: src/cuda/norm.rs (the same
+// arithmetic as Rust loops), itself checked against candle's autograd of the composed ops.
+#include "compat.cuh"
+
+#define RHO_NORM_THREADS 256
+#define RHO_NORM_MAX_H 8192
+
+// Block-wide sums of two values (every thread gets them). RHO_NORM_THREADS threads.
+RHO_DEVICE void rho_block_sum2(float& a, float& b) {
+    RHO_SHARED float sa[RHO_NORM_THREADS / 32];
+    RHO_SHARED float sb[RHO_NORM_THREADS / 32];
+    const int tid = rho_thread_x();
+    for (int off = 16; off > 0; off >>= 1) {
+        a += rho_shfl_xor(a, off);
+        b += rho_shfl_xor(b, off);
+    }
+    if (tid % 32 == 0) {
+        sa[tid / 32] = a;
+        sb[tid / 32] = b;
+    }
+    rho_sync_threads();
+    a = 0.f;
+    b = 0.f;
+    for (int i = 0; i < RHO_NORM_THREADS / 32; i++) {
+        a += sa[i];
+        b += sb[i];
+    }
+    rho_sync_threads();  // sa, sb are reused by the next call
+}
+
+template <typename T>
+RHO_DEVICE void rms_norm_fwd_impl(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, long long h,
+                                  float eps) {
+    const long long row = rho_block_x();
+    const T* xr = x + row * h;
+    T* yr = y + row * h;
+    float ss = 0.f, unused = 0.f;
+    for (long long j = rho_thread_x(); j < h; j += RHO_NORM_THREADS) {
+        const float e = rho_to_f32(xr[j]);
+        ss += e * e;
+    }
+    rho_block_sum2(ss, unused);
+    const float rs = 1.f / rho_sqrt(ss / (float)h + eps);
+    for (long long j = rho_thread_x(); j < h; j += RHO_NORM_THREADS) {
+        yr[j] = rho_from_f32<T>(rho_to_f32(xr[j]) * rs * rho_to_f32(w[j]));
+    }
+}
+
+template <typename T>
+RHO_DEVICE void rms_norm_bwd_impl(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ dy,
+                                  T* __restrict__ dx, float* __restrict__ dw, long long rows, long long h, float eps) {
+    RHO_SHARED float dws[RHO_NORM_MAX_H];
+    const int tid = rho_thread_x();
+    for (long long j = tid; j < h; j += RHO_NORM_THREADS) dws[j] = 0.f;
+    // (each thread only touches its own columns of dws until the final sum)
+    for (long long row = rho_block_x(); row < rows; row += rho_grid_dim_x()) {
+        const T* xr = x + row * h;
+        const T* gr = dy + row * h;
+        T* dxr = dx + row * h;
+        float ss = 0.f, c = 0.f;
+        for (long long j = tid; j < h; j += RHO_NORM_THREADS) {
+            const float e = rho_to_f32(xr[j]);
+            ss += e * e;
+            c += rho_to_f32(gr[j]) * rho_to_f32(w[j]) * e;
+        }
+        rho_block_sum2(ss, c);
+        const float rs = 1.f / rho_sqrt(ss / (float)h + eps);
+        const float k = rs * rs * rs * c / (float)h;
+        for (long long j = tid; j < h; j += RHO_NORM_THREADS) {
+            const float e = rho_to_f32(xr[j]), g = rho_to_f32(gr[j]);
+            dxr[j] = rho_from_f32<T>(rs * g * rho_to_f32(w[j]) - e * k);
+            dws[j] += g * e * rs;
+        }
+    }
+    for (long long j = tid; j < h; j += RHO_NORM_THREADS) rho_atomic_add(dw + j, dws[j]);
+}
+
+#ifdef __CUDACC__
+#define RHO_NORM(SUFFIX, T)                                                                                  \
+    RHO_GLOBAL void __launch_bounds__(RHO_NORM_THREADS)                                                      \
+        rms_norm_fwd_##SUFFIX(const T* x, const T* w, T* y, long long h, float eps) {                       \
+        rms_norm_fwd_impl<T>(x, w, y, h, eps);                                                               \
+    }                                                                                                        \
+    RHO_GLOBAL void __launch_bounds__(RHO_NORM_THREADS)                                                      \
+        rms_norm_bwd_##SUFFIX(const T* x, const T* w, const T* dy, T* dx, float* dw, long long rows,        \
+                              long long h, float eps) {                                                      \
+        rms_norm_bwd_impl<T>(x, w, dy, dx, dw, rows, h, eps);                                                \
+    }
+RHO_NORM(bf16, rho_bf16)
+RHO_NORM(f16, rho_f16)
+RHO_NORM(f32, float)
+#endif
