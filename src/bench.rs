@@ -319,6 +319,16 @@ pub struct BenchTrainArgs {
     pub seed: u64,
 }
 
+/// `--dtype` of the training benchmarks: as given, else bf16 on CUDA (the training peer's)
+/// and f32 on CPU.
+fn train_dtype(flag: Option<&str>, device: &Device) -> Result<DType> {
+    match flag {
+        Some(d) => crate::cli::parse_dtype(d),
+        None if device.is_cuda() => Ok(DType::BF16),
+        None => Ok(DType::F32),
+    }
+}
+
 pub fn run_bench_train(a: &BenchTrainArgs) -> Result<Vec<BenchResult>> {
     use crate::select::{select_mask, Select};
     use crate::train::optim::{AdamW, AdamWParams};
@@ -331,11 +341,7 @@ pub fn run_bench_train(a: &BenchTrainArgs) -> Result<Vec<BenchResult>> {
         return Err(Error::flag("--select", format!("{} is not in (0, 1]", a.select)));
     }
     let device = crate::cli::parse_device(&a.device)?;
-    let dtype = match &a.dtype {
-        Some(d) => crate::cli::parse_dtype(d)?,
-        None if device.is_cuda() => DType::BF16,
-        None => DType::F32,
-    };
+    let dtype = train_dtype(a.dtype.as_deref(), &device)?;
     let (layers, hidden, inter, heads, kv, vocab) = if a.tiny { (2, 64, 176, 4, 2, 512) } else { (22, 2048, 5632, 32, 4, 32000) };
     let max_s = shapes.iter().map(|s| s.1).max().unwrap();
     let cfg_json = serde_json::json!({
@@ -440,11 +446,7 @@ pub fn run_bench_optim(a: &BenchOptimArgs) -> Result<Vec<OptimResult>> {
         return Err(Error::flag("--params", format!("{} is not in (0, 100000] (millions)", a.params)));
     }
     let device = crate::cli::parse_device(&a.device)?;
-    let dtype = match &a.dtype {
-        Some(d) => crate::cli::parse_dtype(d)?,
-        None if device.is_cuda() => DType::BF16,
-        None => DType::F32,
-    };
+    let dtype = train_dtype(a.dtype.as_deref(), &device)?;
     let n_total = (a.params * 1e6) as usize;
     // a transformer's mix: 4 large matrices, 2 medium, 2 small (relative sizes 8, 8, 8, 8, 3, 3, 1, 1)
     let weights = [8usize, 8, 8, 8, 3, 3, 1, 1];

@@ -94,10 +94,7 @@ impl AdamW {
 
     /// [`AdamW::step`] by the fused ops, whatever `RHO_FUSED_KERNELS` says.
     pub fn step_fused(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
-        self.t += 1;
-        let p = self.params;
-        let bc1 = 1.0 - p.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - p.beta2.powi(self.t as i32);
+        let (p, bc1, bc2) = self.next_t();
         for s in &mut self.slots {
             let Some(g) = grads.get(s.var.as_tensor()) else { continue };
             fused::adam_moment(&s.m, g, p.beta1 as f32, grad_scale as f32, false)?;
@@ -109,8 +106,15 @@ impl AdamW {
         Ok(())
     }
 
+    /// Counts one update: (the hyperparameters, 1 - beta1^t, 1 - beta2^t).
+    fn next_t(&mut self) -> (AdamWParams, f64, f64) {
+        self.t += 1;
+        let p = self.params;
+        (p, 1.0 - p.beta1.powi(self.t as i32), 1.0 - p.beta2.powi(self.t as i32))
+    }
+
     /// [`AdamW::grad_norm`] composed of candle ops (one host synchronisation per parameter):
-    /// the reference of the tests and the baseline of `benches/optim.rs`.
+    /// the reference of the tests and the baseline of `rho bench optim`.
     pub fn grad_norm_composed(&self, grads: &GradStore) -> Result<f64> {
         let mut sq = 0f64;
         for s in &self.slots {
@@ -123,12 +127,9 @@ impl AdamW {
 
     /// [`AdamW::step`] composed of candle ops, one op per term (each a full pass that
     /// allocates, rounding to the storage type after each): the reference of the tests and
-    /// the baseline of `benches/optim.rs`.
+    /// the baseline of `rho bench optim`.
     pub fn step_composed(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
-        self.t += 1;
-        let p = self.params;
-        let bc1 = 1.0 - p.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - p.beta2.powi(self.t as i32);
+        let (p, bc1, bc2) = self.next_t();
         for s in &mut self.slots {
             let Some(g) = grads.get(s.var.as_tensor()) else { continue };
             let g = if grad_scale != 1.0 { (g * grad_scale)? } else { g.clone() };
