@@ -60,7 +60,7 @@ peak torch-eager 200 python3 $PEER --shapes 8x2048,4x1024 --matmul-n 0
 step rho-bf16-again 120 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048,4x1024
 RHO_FLASH_VARIANT=w8 step rho-bf16-w8 120 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048 --iters 5
 # 4. Training steps (CLM, SLM 60%), bf16 weights like the peer: rho (flash attention
-#    forward + backward, fused CE + backward, fused AdamW) against the torch training peer
+#    forward + backward, fused CE + backward, fused RMSNorm + backward, fused AdamW) against the torch training peer
 #    (fused AdamW too); and rho with its kernels off for 4x1024.
 peak rho-train 200 $RHO bench train --device cuda:0 --shapes 4x1024,4x2048 --iters 5
 peak torch-train 200 python3 $TPEER --shapes 4x1024,4x2048 --iters 5
