@@ -401,6 +401,14 @@ pub(crate) fn ce_rows(l: &Layout) -> Result<(usize, usize, usize, Rows)> {
     }
 }
 
+/// The elements of a contiguous layout (start..end in its storage), or an error naming `what`.
+pub(crate) fn contiguous_range(l: &Layout, what: &str) -> Result<std::ops::Range<usize>> {
+    match l.contiguous_offsets() {
+        Some((a, z)) => Ok(a..z),
+        None => candle_core::bail!("{what}: inputs must be contiguous (shape {:?}, stride {:?})", l.dims(), l.stride()),
+    }
+}
+
 pub(crate) fn cpu_targets<'a>(s: &'a CpuStorage, l: &Layout, n: usize) -> Result<&'a [u32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::U32(t), Some((a, z))) if z - a == n => Ok(&t[a..z]),

@@ -33,11 +33,9 @@ pub fn rms_norm_train(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
 }
 
-fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, z)) => Ok(&v[a..z]),
-        None => candle_core::bail!("rms_norm: {what} must be contiguous"),
-    }
+/// The elements of `v` in a contiguous layout.
+fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    Ok(&v[super::contiguous_range(l, "rms_norm")?])
 }
 
 /// 1 / sqrt(mean(x^2) + eps) of one row, summed in f32 as the kernel does (in order).
@@ -95,9 +93,9 @@ impl CustomOp2 for RmsNorm {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let y = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(fwd_cpu(contiguous(x, l1, "x")?, contiguous(w, l2, "w")?, self.eps)),
-            (CpuStorage::BF16(x), CpuStorage::BF16(w)) => CpuStorage::BF16(fwd_cpu(contiguous(x, l1, "x")?, contiguous(w, l2, "w")?, self.eps)),
-            (CpuStorage::F16(x), CpuStorage::F16(w)) => CpuStorage::F16(fwd_cpu(contiguous(x, l1, "x")?, contiguous(w, l2, "w")?, self.eps)),
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(fwd_cpu(contiguous(x, l1)?, contiguous(w, l2)?, self.eps)),
+            (CpuStorage::BF16(x), CpuStorage::BF16(w)) => CpuStorage::BF16(fwd_cpu(contiguous(x, l1)?, contiguous(w, l2)?, self.eps)),
+            (CpuStorage::F16(x), CpuStorage::F16(w)) => CpuStorage::F16(fwd_cpu(contiguous(x, l1)?, contiguous(w, l2)?, self.eps)),
             _ => candle_core::bail!("rms_norm: x and w must both be f32, bf16 or f16 (got {:?}, {:?})", s1.dtype(), s2.dtype()),
         };
         Ok((y, l1.shape().clone()))
@@ -132,15 +130,15 @@ impl CustomOp3 for RmsNormGrad {
         let h = l2.shape().elem_count();
         let (dx, dw) = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => {
-                let (dx, dw) = bwd_cpu(contiguous(x, l1, "x")?, contiguous(w, l2, "w")?, contiguous(g, l3, "dy")?, self.eps);
+                let (dx, dw) = bwd_cpu(contiguous(x, l1)?, contiguous(w, l2)?, contiguous(g, l3)?, self.eps);
                 (CpuStorage::F32(dx), dw)
             }
             (CpuStorage::BF16(x), CpuStorage::BF16(w), CpuStorage::BF16(g)) => {
-                let (dx, dw) = bwd_cpu(contiguous(x, l1, "x")?, contiguous(w, l2, "w")?, contiguous(g, l3, "dy")?, self.eps);
+                let (dx, dw) = bwd_cpu(contiguous(x, l1)?, contiguous(w, l2)?, contiguous(g, l3)?, self.eps);
                 (CpuStorage::BF16(dx), dw)
             }
             (CpuStorage::F16(x), CpuStorage::F16(w), CpuStorage::F16(g)) => {
-                let (dx, dw) = bwd_cpu(contiguous(x, l1, "x")?, contiguous(w, l2, "w")?, contiguous(g, l3, "dy")?, self.eps);
+                let (dx, dw) = bwd_cpu(contiguous(x, l1)?, contiguous(w, l2)?, contiguous(g, l3)?, self.eps);
                 (CpuStorage::F16(dx), dw)
             }
             _ => candle_core::bail!("rms_norm backward: x, w and dy must all be f32, bf16 or f16"),

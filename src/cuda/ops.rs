@@ -2,7 +2,7 @@
 //! emulator harness (src/cuda/emu/harness.cpp) uses.
 
 use super::reference::Strides;
-use super::FLASH_HEAD_DIMS;
+use super::{contiguous_range, FLASH_HEAD_DIMS};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
@@ -320,14 +320,6 @@ fn ce_forward(s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> R
 }
 
 const OPTIM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/optim.ptx"));
-
-/// The contiguous elements of an input of the optimizer kernels.
-fn contiguous_range(l: &Layout, what: &str) -> Result<std::ops::Range<usize>> {
-    match l.contiguous_offsets() {
-        Some((a, z)) => Ok(a..z),
-        None => candle_core::bail!("{what}: inputs must be contiguous (shape {:?}, stride {:?})", l.dims(), l.stride()),
-    }
-}
 
 fn optim_launch(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (super::optim::launch_blocks(n), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }

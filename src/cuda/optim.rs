@@ -10,7 +10,7 @@
 //! the norm needs one host synchronisation per step instead of one per parameter.
 
 use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor};
-use super::Elem;
+use super::{contiguous_range, Elem};
 use rayon::prelude::*;
 
 /// Elements per parallel chunk on CPU.
@@ -78,11 +78,6 @@ fn same_kind(op: &str, dst: &Tensor, srcs: &[&Tensor]) -> Result<()> {
     Ok(())
 }
 
-/// The contiguous elements of a storage in a layout.
-fn span(l: &Layout) -> Result<std::ops::Range<usize>> {
-    l.contiguous_offsets().map(|(a, z)| a..z).ok_or_else(|| candle_core::Error::Msg("optimizer op: a non-contiguous input".into()))
-}
-
 struct Moment {
     beta: f32,
     gscale: f32,
@@ -107,7 +102,7 @@ impl InplaceOp2 for Moment {
         "adam-moment"
     }
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, gl: &Layout) -> Result<()> {
-        let (d, gl) = (span(dst_l)?, span(gl)?);
+        let (d, gl) = (contiguous_range(dst_l, "adam_moment")?, contiguous_range(gl, "adam_moment")?);
         match (dst, g) {
             (CpuStorage::F32(s), CpuStorage::F32(g)) => moment_cpu(&mut s[d], &g[gl], self),
             (CpuStorage::BF16(s), CpuStorage::BF16(g)) => moment_cpu(&mut s[d], &g[gl], self),
@@ -138,7 +133,7 @@ impl InplaceOp3 for Apply {
         "adam-apply"
     }
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, m: &CpuStorage, ml: &Layout, v: &CpuStorage, vl: &Layout) -> Result<()> {
-        let (d, ml, vl) = (span(dst_l)?, span(ml)?, span(vl)?);
+        let (d, ml, vl) = (contiguous_range(dst_l, "adam_apply")?, contiguous_range(ml, "adam_apply")?, contiguous_range(vl, "adam_apply")?);
         match (dst, m, v) {
             (CpuStorage::F32(w), CpuStorage::F32(m), CpuStorage::F32(v)) => apply_cpu(&mut w[d], &m[ml], &v[vl], self.0),
             (CpuStorage::BF16(w), CpuStorage::BF16(m), CpuStorage::BF16(v)) => apply_cpu(&mut w[d], &m[ml], &v[vl], self.0),
@@ -184,7 +179,7 @@ impl CustomOp1 for SumSq {
         "sum-squares"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let r = span(l)?;
+        let r = contiguous_range(l, "sum_squares")?;
         let v = match s {
             CpuStorage::F32(x) => sum_sq_cpu(&x[r]),
             CpuStorage::BF16(x) => sum_sq_cpu(&x[r]),

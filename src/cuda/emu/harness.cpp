@@ -6,6 +6,14 @@
 #include "../kernels/optim.cu"
 #include "../kernels/norm.cu"
 
+// Run CALL with T the element type of `DT` (0 bf16, 1 f16, 2 f32); return 1 from the entry
+// point for any other.
+#define RHO_EMU_DISPATCH(DT, CALL)                            \
+    if (DT == 0) { typedef rho_bf16 T; CALL; }                \
+    else if (DT == 1) { typedef rho_f16 T; CALL; }            \
+    else if (DT == 2) { typedef float T; CALL; }              \
+    else return 1;
+
 template <typename T, int D, int BC, int NW, bool LSE>
 static void flash(const void* q, const void* k, const void* v, void* o, const long long* st, int batch,
                   int n_heads, int n_kv_heads, int seq, float scale_log2, float* lse2) {
@@ -56,10 +64,7 @@ static void ce_fwd(const void* x, long long sb, long long ss, long long seq, con
 extern "C" int rho_emu_token_ce_fwd(int dtype, const void* logits, long long sb, long long ss, long long seq,
                                     const uint32_t* targets, float* loss, float* lse, long long n, long long vocab) {
     if (n <= 0) return 0;
-    if (dtype == 0) ce_fwd<rho_bf16>(logits, sb, ss, seq, targets, loss, lse, n, vocab);
-    else if (dtype == 1) ce_fwd<rho_f16>(logits, sb, ss, seq, targets, loss, lse, n, vocab);
-    else if (dtype == 2) ce_fwd<float>(logits, sb, ss, seq, targets, loss, lse, n, vocab);
-    else return 1;
+    RHO_EMU_DISPATCH(dtype, ce_fwd<T>(logits, sb, ss, seq, targets, loss, lse, n, vocab))
     return 0;
 }
 
@@ -75,10 +80,7 @@ extern "C" int rho_emu_token_ce_bwd(int dtype, const void* logits, long long sb,
                                     const uint32_t* targets, const float* lse, const float* dloss, void* dlogits,
                                     long long d_row_stride, long long n, long long vocab) {
     if (n <= 0) return 0;
-    if (dtype == 0) ce_bwd<rho_bf16>(logits, sb, ss, seq, targets, lse, dloss, dlogits, d_row_stride, n, vocab);
-    else if (dtype == 1) ce_bwd<rho_f16>(logits, sb, ss, seq, targets, lse, dloss, dlogits, d_row_stride, n, vocab);
-    else if (dtype == 2) ce_bwd<float>(logits, sb, ss, seq, targets, lse, dloss, dlogits, d_row_stride, n, vocab);
-    else return 1;
+    RHO_EMU_DISPATCH(dtype, ce_bwd<T>(logits, sb, ss, seq, targets, lse, dloss, dlogits, d_row_stride, n, vocab))
     return 0;
 }
 
@@ -114,12 +116,6 @@ extern "C" int rho_emu_flash_attn_bwd(int dtype, int head_dim, const void* q, co
 
 // The optimizer kernels (optim.cu) on a grid of `grid` blocks of RHO_OPT_THREADS threads (the
 // Rust launcher's choice; any grid covers any n).
-#define RHO_EMU_DISPATCH(DT, CALL)                            \
-    if (DT == 0) { typedef rho_bf16 T; CALL; }                \
-    else if (DT == 1) { typedef rho_f16 T; CALL; }            \
-    else if (DT == 2) { typedef float T; CALL; }              \
-    else return 1;
-
 extern "C" int rho_emu_adam_moment(int dtype, void* state, const void* grad, long long n, float beta, float gscale,
                                    int square, unsigned grid) {
     if (n <= 0) return 0;
