@@ -624,3 +624,111 @@ fn rms_norm_kernels_match_the_cpu_op_on_any_grid() -> candle_core::Result<()> {
     }
     Ok(())
 }
+
+/// Races: every kernel gives the same bits under schedules that interleave a block's
+/// threads differently (forward, reverse, shuffled every round; a thread or a warp at a
+/// time) and land `cp.async` copies at issue or only at the issuing thread's covering wait. A shared-memory read that no
+/// barrier orders after its write, or a read of a `cp.async` destination before its wait,
+/// changes the result under some of them (emu.h; a removed barrier or wait is caught).
+#[test]
+fn kernels_give_the_same_bits_under_every_schedule() {
+    use emu::{Order, Schedule};
+    let s = |order, cp_async_at_wait, warp_at_a_time| Schedule { order, cp_async_at_wait, warp_at_a_time };
+    let schedules = [
+        s(Order::Forward, true, false),
+        s(Order::Reverse, false, false),
+        s(Order::Shuffled(7), true, false),
+        s(Order::Forward, true, true),
+        s(Order::Reverse, true, true),
+        s(Order::Reverse, false, true),
+        s(Order::Shuffled(8), true, true),
+    ];
+    let bits32 = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    let bits16 = |x: &[u16]| x.iter().map(|&v| v as u32).collect::<Vec<u32>>();
+    let mut rng = StdRng::seed_from_u64(77);
+    type Run<'a> = Box<dyn Fn() -> Vec<u32> + 'a>;
+    let mut runs: Vec<(String, Run)> = Vec::new();
+
+    // attention forward, every compiled configuration, over several key tiles and a partial one
+    for (d, warps, seq) in [(64usize, 4usize, 150usize), (64, 8, 150), (128, 4, 75), (32, 4, 140), (80, 4, 140), (256, 4, 40)] {
+        let shape = AttnShape { batch: 1, seq, n_heads: 2, n_kv_heads: 1, head_dim: d };
+        let qs = Strides::contiguous(seq, 2, d);
+        let ks = Strides::contiguous(seq, 1, d);
+        let q = quantize(KDType::BF16, &normal(&mut rng, seq * 2 * d, 2.0)).0;
+        let k = quantize(KDType::BF16, &normal(&mut rng, seq * d, 1.0)).0;
+        let v = quantize(KDType::BF16, &normal(&mut rng, seq * d, 1.0)).0;
+        runs.push((
+            format!("flash_attn_fwd d{d} w{warps} seq {seq}"),
+            Box::new(move || bits16(&emu::flash_attn_fwd(KDType::BF16, warps, shape, &q, qs, &k, ks, &v, ks, 0.125).unwrap())),
+        ));
+    }
+    // attention backward (with its forward's normalisers), both head dims, several query tiles
+    for (d, seq) in [(64usize, 150usize), (128, 75)] {
+        let shape = AttnShape { batch: 1, seq, n_heads: 2, n_kv_heads: 1, head_dim: d };
+        let qs = Strides::contiguous(seq, 2, d);
+        let ks = Strides::contiguous(seq, 1, d);
+        let (q, _) = quantize(KDType::F16, &normal(&mut rng, seq * 2 * d, 1.5));
+        let (k, _) = quantize(KDType::F16, &normal(&mut rng, seq * d, 1.0));
+        let (v, _) = quantize(KDType::F16, &normal(&mut rng, seq * d, 1.0));
+        let (g, gf) = quantize(KDType::F16, &normal(&mut rng, seq * 2 * d, 1.0));
+        runs.push((
+            format!("flash_attn_bwd d{d} seq {seq}"),
+            Box::new(move || {
+                let (o, lse) = emu::flash_attn_fwd_lse(KDType::F16, 4, shape, &q, qs, &k, ks, &v, ks, 0.125).unwrap();
+                let dsum: Vec<f32> = (0..seq * 2).map(|r| (0..d).map(|c| gf[r * d + c] * emu::bits_to_f32(KDType::F16, o[r * d + c])).sum()).collect();
+                let (dq, dk, dv) = emu::flash_attn_bwd(KDType::F16, shape, &q, qs, &k, ks, &v, ks, &g, qs, &lse, &dsum, 0.125).unwrap();
+                [bits16(&o), bits32(&lse), bits32(&dq), bits16(&dk), bits16(&dv)].concat()
+            }),
+        ));
+    }
+    // the loss, forward and backward
+    {
+        let (n, vocab) = (5usize, 1500usize);
+        let (x, t) = ce_inputs(n, vocab, Rows::uniform(n), 5);
+        let (xb, _) = quantize(KDType::BF16, &x);
+        let dloss = normal(&mut rng, n, 1.0);
+        runs.push((
+            "token_ce fwd + bwd".into(),
+            Box::new(move || {
+                let (loss, lse) = emu::token_ce_fwd(Logits::Bits(KDType::BF16, &xb), Rows::uniform(n), &t, vocab).unwrap();
+                let dx = emu::token_ce_bwd(Logits::Bits(KDType::BF16, &xb), Rows::uniform(n), &t, &lse, &dloss, vocab).unwrap();
+                [bits32(&loss), bits32(&lse), bits32(&dx)].concat()
+            }),
+        ));
+    }
+    // the optimizer and the norm, on 3 blocks
+    {
+        let n = 3001;
+        let (w, g, m) = (normal(&mut rng, n, 1.0), normal(&mut rng, n, 0.02), normal(&mut rng, n, 0.02));
+        let v: Vec<f32> = normal(&mut rng, n, 0.02).iter().map(|x| x * x).collect();
+        runs.push((
+            "adam_moment, adam_apply, sum_sq".into(),
+            Box::new(move || {
+                let em = emu::adam_moment(KDType::F32, &m, &g, 0.9, 0.5, false, 3).unwrap();
+                let ev = emu::adam_moment(KDType::F32, &v, &g, 0.95, 0.5, true, 3).unwrap();
+                let ew = emu::adam_apply(KDType::F32, &w, &em, &ev, 0.9999, 1e-3, 2.3, 1e-8, 3).unwrap();
+                let sq = emu::sum_sq(KDType::F32, &g, 3).unwrap();
+                [bits32(&em), bits32(&ev), bits32(&ew), vec![sq.to_bits()]].concat()
+            }),
+        ));
+        let (rows, h) = (7usize, 300usize);
+        let (x, w, g) = (normal(&mut rng, rows * h, 1.5), normal(&mut rng, h, 1.0), normal(&mut rng, rows * h, 1.0));
+        runs.push((
+            "rms_norm fwd + bwd".into(),
+            Box::new(move || {
+                let y = emu::rms_norm_fwd(KDType::BF16, &x, &w, 1e-5).unwrap();
+                let (dx, dw) = emu::rms_norm_bwd(KDType::BF16, &x, &w, &g, 1e-5, 3).unwrap();
+                [bits32(&y), bits32(&dx), bits32(&dw)].concat()
+            }),
+        ));
+    }
+
+    for (name, run) in &runs {
+        let want = emu::with_schedule(Schedule::DEFAULT, run);
+        for s in schedules {
+            let got = emu::with_schedule(s, run);
+            let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+            assert!(got.len() == want.len() && differ == 0, "{name} under {s:?}: {differ} of {} values differ from the default schedule's", want.len());
+        }
+    }
+}

@@ -3,8 +3,9 @@
 //! `mma.sync` are barriers with their documented data movement. Same source as the GPU
 //! build, so `cargo test` checks each kernel's indexing, masking, fragment layouts and
 //! reductions against [`super::reference`] without a GPU. Slow (a fiber switch per
-//! collective): for small shapes in tests. Not a model of timing or of memory ordering
-//! beyond the barriers.
+//! collective): for small shapes in tests. Not a model of timing. [`with_schedule`] runs
+//! launches under other interleavings of a block's threads and with `cp.async` copies
+//! landing only at their wait: a race (a missing barrier or wait) changes the result.
 
 use super::reference::{AttnShape, Rows, Strides};
 use std::sync::Mutex;
@@ -113,11 +114,74 @@ pub fn emu_convert_to_f32(dt: KDType, b: u16) -> f32 {
     }
 }
 
-/// One launch at a time: the emulator's shared memory is static storage.
+extern "C" {
+    fn rho_emu_set_schedule(order: i32, seed: u64, cp_async_at_wait: i32, warp_at_a_time: i32);
+}
+
+/// The order in which the emulator runs a block's threads between two of their barriers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Thread 0 first (the default).
+    Forward,
+    /// The last thread first.
+    Reverse,
+    /// A fresh random permutation of the threads at every round, from this seed.
+    Shuffled(u64),
+}
+
+/// How the emulator interleaves a block's threads and when a `cp.async` copy lands. A
+/// kernel without races gives the same bits under every schedule: a shared-memory read
+/// that no barrier orders after its write, or a read of a `cp.async` destination before
+/// the issuing thread's covering `cp.async.wait_group` and a barrier, changes the result
+/// under some of them. Blocks always run in grid order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub order: Order,
+    /// Copies land at the issuing thread's covering wait (as late as PTX allows) instead
+    /// of at issue (as early as possible).
+    pub cp_async_at_wait: bool,
+    /// One warp at a time runs until all its lanes reach `__syncthreads` (the last warp to
+    /// arrive runs on past it), instead of every thread in turn running to its next yield
+    /// (a barrier or a warp collective).
+    pub warp_at_a_time: bool,
+}
+
+impl Schedule {
+    /// Threads in turn, forward; copies at issue.
+    pub const DEFAULT: Schedule = Schedule { order: Order::Forward, cp_async_at_wait: false, warp_at_a_time: false };
+}
+
+thread_local! {
+    static SCHEDULE: std::cell::Cell<Schedule> = const { std::cell::Cell::new(Schedule::DEFAULT) };
+}
+
+/// Run `f` with the emulator's launches on this thread under `schedule`.
+pub fn with_schedule<R>(schedule: Schedule, f: impl FnOnce() -> R) -> R {
+    struct Restore(Schedule);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCHEDULE.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SCHEDULE.with(|s| s.replace(schedule)));
+    f()
+}
+
+/// One launch at a time: the emulator's shared memory is static storage. The guard also
+/// sets this thread's schedule for the launch.
 static LOCK: Mutex<()> = Mutex::new(());
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    let g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let s = SCHEDULE.with(|s| s.get());
+    let (order, seed) = match s.order {
+        Order::Forward => (0, 0),
+        Order::Reverse => (1, 0),
+        Order::Shuffled(seed) => (2, seed),
+    };
+    // SAFETY: sets a plain global read by the launches this guard serialises.
+    unsafe { rho_emu_set_schedule(order, seed, s.cp_async_at_wait as i32, s.warp_at_a_time as i32) };
+    g
 }
 
 /// Emulated `flash_attn_fwd_{bf16,f16}_d{64,128}[_w8]`: q, k, v are 16-bit element bits in

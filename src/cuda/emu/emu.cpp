@@ -19,12 +19,44 @@ struct Barrier {
     long gen = 0;
 };
 
+// A cp.async copy not landed yet: it belongs to commit group `group` of its thread.
+struct Copy {
+    void* dst;
+    const void* src;
+    bool pred;
+    long group;
+};
+
 struct Fiber {
     ucontext_t ctx;
     std::unique_ptr<char[]> stack;
     int tid = 0;
     bool done = false;
+    std::vector<Copy> pending;  // cp.async copies issued, not landed (schedule: at the wait)
+    long committed = 0;         // commit groups closed so far; the open group's index
+    long block_wait = -1;       // the generation of __syncthreads it waits at, or -1
 };
+
+// The schedule of the next launches (set under the Rust side's launch lock).
+struct Schedule {
+    int order = 0;  // 0 forward, 1 reverse, 2 shuffled every round
+    uint64_t seed = 0;
+    bool cp_async_at_wait = false;
+    bool warp_at_a_time = false;  // a warp runs until its lanes reach __syncthreads before the next
+};
+Schedule schedule;
+
+uint64_t splitmix64(uint64_t& x) {
+    uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void land(const Copy& c) {
+    if (c.pred) std::memcpy(c.dst, c.src, 16);
+    else std::memset(c.dst, 0, 16);
+}
 
 struct MmaBuf {
     uint32_t a[32][4];
@@ -62,7 +94,10 @@ void arrive(Barrier& b) {
 
 void trampoline() {
     (*rt->body)();
-    rt->fibers[rt->cur].done = true;
+    Fiber& f = rt->fibers[rt->cur];
+    for (const Copy& c : f.pending) land(c);  // copies never waited for still land
+    f.pending.clear();
+    f.done = true;
     rt->progress++;
     // returning switches to uc_link (the scheduler)
 }
@@ -90,6 +125,14 @@ void launch(unsigned gx, unsigned gy, unsigned gz, unsigned block, const std::fu
     r.xchg.assign(warps * 32, 0);
     r.mma.resize(warps);
     r.rows.assign(warps * 32, nullptr);
+    std::vector<unsigned> order(block), warp_order(warps);
+    uint64_t rng = schedule.seed;
+    // order[0..n]: 0..n forward, reversed, or a fresh random permutation (the schedule's order)
+    auto permute = [](std::vector<unsigned>& v, unsigned n, uint64_t& rng) {
+        for (unsigned i = 0; i < n; i++) v[i] = schedule.order == 1 ? n - 1 - i : i;
+        if (schedule.order == 2)
+            for (unsigned i = n - 1; i > 0; i--) std::swap(v[i], v[splitmix64(rng) % (i + 1)]);
+    };
     for (unsigned z = 0; z < gz; z++)
         for (unsigned y = 0; y < gy; y++)
             for (unsigned x = 0; x < gx; x++) {
@@ -102,6 +145,9 @@ void launch(unsigned gx, unsigned gy, unsigned gz, unsigned block, const std::fu
                     Fiber& f = r.fibers[i];
                     f.tid = (int)i;
                     f.done = false;
+                    f.pending.clear();
+                    f.committed = 0;
+                    f.block_wait = -1;
                     getcontext(&f.ctx);
                     f.ctx.uc_stack.ss_sp = f.stack.get();
                     f.ctx.uc_stack.ss_size = kStack;
@@ -109,13 +155,36 @@ void launch(unsigned gx, unsigned gy, unsigned gz, unsigned block, const std::fu
                     makecontext(&f.ctx, trampoline, 0);
                 }
                 unsigned alive = block;
+                // One fiber's turn: run it until its next yield.
+                auto run = [&](unsigned i) {
+                    r.cur = (int)i;
+                    swapcontext(&r.sched, &r.fibers[i].ctx);
+                    if (r.fibers[i].done) alive--;
+                };
                 while (alive > 0) {
                     long before = r.progress;
-                    for (unsigned i = 0; i < block; i++) {
-                        if (r.fibers[i].done) continue;
-                        r.cur = (int)i;
-                        swapcontext(&r.sched, &r.fibers[i].ctx);
-                        if (r.fibers[i].done) alive--;
+                    if (!schedule.warp_at_a_time) {
+                        permute(order, block, rng);
+                        for (unsigned o = 0; o < block; o++)
+                            if (!r.fibers[order[o]].done) run(order[o]);
+                    } else {
+                        // Each warp in turn runs until all its lanes are done or parked at
+                        // __syncthreads; the last warp to arrive there runs on past it.
+                        permute(warp_order, warps, rng);
+                        for (unsigned wo = 0; wo < warps; wo++) {
+                            const unsigned w = warp_order[wo];
+                            for (;;) {
+                                long wbefore = r.progress;
+                                permute(order, 32, rng);
+                                for (unsigned o = 0; o < 32; o++) {
+                                    const unsigned i = w * 32 + order[o];
+                                    const Fiber& f = r.fibers[i];
+                                    if (f.done || (f.block_wait >= 0 && f.block_wait == r.block_bar.gen)) continue;
+                                    run(i);
+                                }
+                                if (r.progress == wbefore) break;
+                            }
+                        }
                     }
                     if (alive > 0 && r.progress == before) {
                         std::fprintf(stderr, "emu: deadlock in block (%u,%u,%u): a barrier some threads never reach\n", x, y, z);
@@ -132,7 +201,12 @@ int block_y() { return (int)rt->by; }
 int block_z() { return (int)rt->bz; }
 int block_dim_x() { return (int)rt->block; }
 int grid_dim_x() { return (int)rt->gx; }
-void sync_block() { arrive(rt->block_bar); }
+void sync_block() {
+    Fiber& f = rt->fibers[rt->cur];
+    f.block_wait = rt->block_bar.gen;
+    arrive(rt->block_bar);
+    rt->fibers[rt->cur].block_wait = -1;
+}
 
 uint32_t warp_exchange(uint32_t v, int src_lane) {
     const int w = warp();
@@ -202,7 +276,36 @@ void warp_ldmatrix(uint32_t* r, const void* row, bool trans, int n_matrices) {
     for (int m = 0; m < n_matrices; m++) r[m] = out[m];
 }
 
+void cp_async16(void* dst, const void* src, bool pred) {
+    Fiber& f = rt->fibers[rt->cur];
+    const Copy c{dst, src, pred, f.committed};
+    if (schedule.cp_async_at_wait) f.pending.push_back(c);
+    else land(c);
+}
+
+void cp_async_commit() { rt->fibers[rt->cur].committed++; }
+
+// wait_group n: every committed group but the newest n has landed (the open group is not waited for).
+void cp_async_wait(int n) {
+    Fiber& f = rt->fibers[rt->cur];
+    const long upto = f.committed - n;
+    std::vector<Copy> keep;
+    for (const Copy& c : f.pending) {
+        if (c.group < upto) land(c);
+        else keep.push_back(c);
+    }
+    f.pending.swap(keep);
+}
+
+void set_schedule(int order, uint64_t seed, int cp_async_at_wait, int warp_at_a_time) {
+    schedule = Schedule{order, seed, cp_async_at_wait != 0, warp_at_a_time != 0};
+}
+
 }  // namespace emu
+
+extern "C" void rho_emu_set_schedule(int order, uint64_t seed, int cp_async_at_wait, int warp_at_a_time) {
+    emu::set_schedule(order, seed, cp_async_at_wait, warp_at_a_time);
+}
 
 // The emulator's element conversions, for tests against the `half` crate.
 extern "C" uint16_t rho_emu_f32_to_bf16(float x) { return emu::f32_to_bf16(x); }

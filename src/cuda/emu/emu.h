@@ -8,6 +8,15 @@
 // barrier some threads never reach, undefined behaviour on a GPU) and aborts.
 // Shared memory is `static` storage: one block runs at a time, and the Rust side holds a
 // lock around every launch. Kernels must not rely on shared memory being initialised.
+//
+// Schedules (set_schedule): the order in which a round runs the fibers (forward, reverse, or
+// a fresh random permutation every round), whether they take turns one yield at a time or a
+// warp at a time (each warp running until its lanes reach __syncthreads, the last one on past
+// it), and when a cp.async copy lands (at once, or as late as the PTX rules allow: at the
+// issuing thread's cp.async.wait_group that covers it). A
+// kernel whose result depends on the schedule has a race: a read not ordered after the write
+// by a barrier, or a cp.async read before its wait (tests/kernels.rs runs every kernel under
+// several schedules and requires the same bits).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -37,6 +46,14 @@ void sync_block();
 uint32_t warp_exchange(uint32_t v, int src_lane);
 void warp_mma16816(float* d, const uint32_t* a, const uint32_t* b, bool bf16);
 void warp_ldmatrix(uint32_t* r, const void* row, bool trans, int n_matrices);
+// cp.async of 16 bytes (zeros when !pred), commit_group, wait_group n.
+void cp_async16(void* dst, const void* src, bool pred);
+void cp_async_commit();
+void cp_async_wait(int n);
+// order: 0 forward, 1 reverse, 2 shuffled (seed); cp_async_at_wait: 0 copy at issue, 1 at the
+// wait; warp_at_a_time: 0 every thread in turn runs to its next yield, 1 one warp at a time
+// runs until its lanes reach __syncthreads.
+void set_schedule(int order, uint64_t seed, int cp_async_at_wait, int warp_at_a_time);
 
 inline float bf16_to_f32(uint16_t h) {
     uint32_t x = (uint32_t)h << 16;
@@ -144,10 +161,9 @@ template <> inline void rho_mma16816<rho_f16>(float* d, const uint32_t* a, const
 template <typename T> RHO_DEVICE void rho_ldmatrix_x4(uint32_t* r, const T* row) { emu::warp_ldmatrix(r, row, false, 4); }
 template <typename T> RHO_DEVICE void rho_ldmatrix_x2(uint32_t* r, const T* row) { emu::warp_ldmatrix(r, row, false, 2); }
 template <typename T> RHO_DEVICE void rho_ldmatrix_x4_trans(uint32_t* r, const T* row) { emu::warp_ldmatrix(r, row, true, 4); }
-// cp.async: the emulator copies at once (the wait and barrier discipline is the kernel's).
+// cp.async: the copy lands at issue or at the issuing thread's covering wait (the schedule's choice).
 template <typename T> RHO_DEVICE void rho_cp_async16(T* dst, const T* src, bool pred) {
-    if (pred) std::memcpy((void*)dst, (const void*)src, 16);
-    else std::memset((void*)dst, 0, 16);
+    emu::cp_async16((void*)dst, (const void*)src, pred);
 }
-RHO_DEVICE void rho_cp_async_commit() {}
-template <int N> RHO_DEVICE void rho_cp_async_wait() {}
+RHO_DEVICE void rho_cp_async_commit() { emu::cp_async_commit(); }
+template <int N> RHO_DEVICE void rho_cp_async_wait() { emu::cp_async_wait(N); }
