@@ -10,7 +10,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const KERNELS: &[&str] = &["attention", "token_ce", "optim", "norm"];
+const KERNELS: &[&str] = &["attention", "token_ce", "optim", "norm", "swiglu", "rope"];
 
 fn main() {
     let dir = Path::new("src/cuda");

@@ -723,12 +723,278 @@ fn kernels_give_the_same_bits_under_every_schedule() {
         ));
     }
 
+    // SwiGLU and RoPE (no shared memory: a check that they stay so)
+    {
+        let n = 2000;
+        let (g, u, d) = (normal(&mut rng, n, 2.0), normal(&mut rng, n, 1.0), normal(&mut rng, n, 1.0));
+        runs.push((
+            "swiglu fwd + bwd".into(),
+            Box::new(move || {
+                let h = emu::swiglu_fwd(KDType::BF16, &g, &u, 3).unwrap();
+                let (dg, du) = emu::swiglu_bwd(KDType::BF16, &g, &u, &d, 3).unwrap();
+                [bits32(&h), bits32(&dg), bits32(&du)].concat()
+            }),
+        ));
+        let (b, s, h, d) = (1, 5, 2, 64);
+        let x = normal(&mut rng, b * s * h * d, 1.0);
+        let (c, sn) = rope_tables(s, 16);
+        runs.push((
+            "rope".into(),
+            Box::new(move || bits32(&emu::rope(KDType::F16, &x, (s * h * d, h * d, d), (b, s, h, d), &c, &sn, 32, 1.0, 3).unwrap())),
+        ));
+    }
+
     for (name, run) in &runs {
         let want = emu::with_schedule(Schedule::DEFAULT, run);
         for s in schedules {
             let got = emu::with_schedule(s, run);
             let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
             assert!(got.len() == want.len() && differ == 0, "{name} under {s:?}: {differ} of {} values differ from the default schedule's", want.len());
+        }
+    }
+}
+
+/// Values of a CPU tensor as f32.
+fn vals(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// max |a - b| / max |b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let m = b.iter().fold(1e-30f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).map(|(x, y)| if x.is_finite() { (x - y).abs() / m } else { f32::INFINITY }).fold(0f32, f32::max)
+}
+
+/// The SwiGLU op on CPU against candle's autograd of silu(g) * u (the model's previous
+/// path): h and both gradients, f32 and bf16 (the reference in f32).
+#[test]
+fn swiglu_op_matches_autograd_of_the_composed_ops() -> candle_core::Result<()> {
+    use rho::cuda::swiglu::swiglu;
+    let dev = Device::Cpu;
+    for (dt, tol) in [(DType::F32, 1e-6f32), (DType::BF16, 8e-3)] {
+        let mut rng = StdRng::seed_from_u64(11);
+        let dims = (3, 5, 41);
+        let n = 3 * 5 * 41;
+        // gate values over the range where silu bends, and far out on both sides
+        let mut gv = normal(&mut rng, n, 3.0);
+        gv[0] = -40.0;
+        gv[1] = 40.0;
+        let g = Tensor::from_vec(gv, dims, &dev)?.to_dtype(dt)?;
+        let u = Tensor::from_vec(normal(&mut rng, n, 1.0), dims, &dev)?.to_dtype(dt)?;
+        let r = Tensor::from_vec(normal(&mut rng, n, 1.0), dims, &dev)?;
+        let run = |fused: bool| -> candle_core::Result<[Vec<f32>; 3]> {
+            let cast = |t: &Tensor| if fused { Ok(t.clone()) } else { t.to_dtype(DType::F32) };
+            let (gv, uv) = (candle_core::Var::from_tensor(&cast(&g)?)?, candle_core::Var::from_tensor(&cast(&u)?)?);
+            let h = if fused { swiglu(gv.as_tensor(), uv.as_tensor())? } else { (gv.as_tensor().silu()? * uv.as_tensor())? };
+            assert_eq!(h.dims(), &[3, 5, 41]);
+            let grads = (h.to_dtype(DType::F32)? * &r)?.sum_all()?.backward()?;
+            Ok([vals(&h), vals(grads.get(gv.as_tensor()).unwrap()), vals(grads.get(uv.as_tensor()).unwrap())])
+        };
+        let (got, want) = (run(true)?, run(false)?);
+        for (name, a, b) in [("h", &got[0], &want[0]), ("dg", &got[1], &want[1]), ("du", &got[2], &want[2])] {
+            let e = rel_err(a, b);
+            assert!(e < tol, "{dt:?} {name}: {e}");
+        }
+    }
+    // shapes or dtypes that differ are named
+    let e = swiglu(&Tensor::zeros((2, 4), DType::F32, &dev)?, &Tensor::zeros((2, 5), DType::F32, &dev)?).unwrap_err().to_string();
+    assert!(e.contains("[2, 4]") && e.contains("[2, 5]"), "{e}");
+    Ok(())
+}
+
+/// The SwiGLU kernels in the emulator against the CPU op, on grids of 1 block, 3 blocks and
+/// the launcher's, every dtype.
+#[test]
+fn swiglu_kernels_match_the_cpu_op_on_any_grid() -> candle_core::Result<()> {
+    use rho::cuda::optim::launch_blocks;
+    use rho::cuda::swiglu::swiglu;
+    // f32: a few units in the last place (the GPU's exp2 against Rust's exp, compounded in
+    // the sigmoid's tail); 16-bit: one unit (a rounding boundary)
+    for (dt, kd, ulp) in [(DType::F32, KDType::F32, 2e-6f32), (DType::BF16, KDType::BF16, 2f32.powi(-7)), (DType::F16, KDType::F16, 2f32.powi(-10))] {
+        for (i, n) in [1usize, 255, 257, 3001].into_iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64(300 + i as u64);
+            let q = |x: Vec<f32>| if kd == KDType::F32 { x } else { quantize(kd, &x).1 };
+            let (g, u, d) = (q(normal(&mut rng, n, 3.0)), q(normal(&mut rng, n, 1.0)), q(normal(&mut rng, n, 1.0)));
+            let t = |x: &[f32]| Tensor::from_vec(x.to_vec(), n, &Device::Cpu)?.to_dtype(dt);
+            let (gv, uv) = (candle_core::Var::from_tensor(&t(&g)?)?, candle_core::Var::from_tensor(&t(&u)?)?);
+            let h = swiglu(gv.as_tensor(), uv.as_tensor())?;
+            let grads = (h.to_dtype(DType::F32)? * Tensor::from_vec(d.clone(), n, &Device::Cpu)?)?.sum_all()?.backward()?;
+            let (ch, cdg, cdu) = (vals(&h), vals(grads.get(gv.as_tensor()).unwrap()), vals(grads.get(uv.as_tensor()).unwrap()));
+            // (plus 1e-6 of the largest value: dg's factor 1 + g (1 - sigmoid(g)) cancels near g = -1.28)
+            let close = |a: &[f32], b: &[f32], what: &str, grid: u32| {
+                let m = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (j, (x, y)) in a.iter().zip(b).enumerate() {
+                    assert!((x - y).abs() <= ulp * y.abs() + 1e-6 * m, "{dt:?} n={n} grid={grid} {what}[{j}]: kernel {x} vs cpu {y}");
+                }
+            };
+            for grid in [1, 3, launch_blocks(n)] {
+                close(&emu::swiglu_fwd(kd, &g, &u, grid).unwrap(), &ch, "h", grid);
+                let (dg, du) = emu::swiglu_bwd(kd, &g, &u, &d, grid).unwrap();
+                close(&dg, &cdg, "dg", grid);
+                close(&du, &cdu, "du", grid);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The composed rotate-half RoPE of the model's old training path, on the first `rd` dims of
+/// x [b, s, h, d] (contiguous); cos, sin [s, rd / 2].
+fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor, rd: usize) -> candle_core::Result<Tensor> {
+    let (s, half) = cos.dims2()?;
+    let d = x.dim(3)?;
+    let t = x.narrow(3, 0, rd)?;
+    let cos = Tensor::cat(&[cos, cos], 1)?.reshape((s, 1, 2 * half))?;
+    let sin = Tensor::cat(&[sin, sin], 1)?.reshape((s, 1, 2 * half))?;
+    let rotated = Tensor::cat(&[&t.narrow(3, half, half)?.neg()?, &t.narrow(3, 0, half)?], 3)?;
+    let rot = (t.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?;
+    if rd == d {
+        Ok(rot)
+    } else {
+        Tensor::cat(&[&rot, &x.narrow(3, rd, d - rd)?], 3)
+    }
+}
+
+fn rope_tables(s: usize, half: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut cos = Vec::new();
+    let mut sin = Vec::new();
+    for p in 0..s {
+        for j in 0..half {
+            let a = p as f32 / 10000f32.powf(2.0 * j as f32 / (2 * half) as f32);
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    (cos, sin)
+}
+
+/// The RoPE op on CPU: against candle-nn's fused rope (full rotary), and against the composed
+/// rotation and its autograd on a strided view of a fused projection with partial rotary
+/// (GPT-NeoX's case): forward and the gradient with respect to x.
+#[test]
+fn rope_op_matches_candle_and_the_composed_rotation_with_its_gradient() -> candle_core::Result<()> {
+    use rho::cuda::rope::rope;
+    let dev = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(21);
+    let (b, s, h, d) = (2, 9, 3, 16);
+    // full rotary, contiguous: candle-nn's kernel
+    let x = Tensor::from_vec(normal(&mut rng, b * s * h * d, 1.0), (b, s, h, d), &dev)?;
+    let (c, sn) = rope_tables(s, d / 2);
+    let (cos, sin) = (Tensor::from_vec(c, (s, d / 2), &dev)?, Tensor::from_vec(sn, (s, d / 2), &dev)?);
+    let e = rel_err(&vals(&rope(&x, &cos, &sin)?), &vals(&candle_nn::rotary_emb::rope_thd(&x, &cos, &sin)?));
+    assert!(e < 1e-6, "full rotary vs candle-nn: {e}");
+    // partial rotary (8 of 16 dims) on the q view of a [b, s, h, 3 d] fused projection, f32 and bf16
+    let rd = 8;
+    let (c, sn) = rope_tables(s, rd / 2);
+    let (cos, sin) = (Tensor::from_vec(c, (s, rd / 2), &dev)?, Tensor::from_vec(sn, (s, rd / 2), &dev)?);
+    let fused = Tensor::from_vec(normal(&mut rng, b * s * h * 3 * d, 1.0), (b, s, h, 3 * d), &dev)?;
+    let r = Tensor::from_vec(normal(&mut rng, b * s * h * d, 1.0), (b, s, h, d), &dev)?;
+    for (dt, tol) in [(DType::F32, 1e-6f32), (DType::BF16, 1e-2)] {
+        let run = |ours: bool| -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+            let var = candle_core::Var::from_tensor(&if ours { fused.to_dtype(dt)? } else { fused.clone() })?;
+            let q = var.as_tensor().narrow(3, d, d)?; // strided: the middle third
+            let y = if ours { rope(&q, &cos, &sin)? } else { rope_composed(&q.contiguous()?, &cos, &sin, rd)? };
+            assert_eq!(y.dims(), &[b, s, h, d]);
+            let grads = (y.to_dtype(DType::F32)? * &r)?.sum_all()?.backward()?;
+            Ok((vals(&y), vals(grads.get(var.as_tensor()).unwrap())))
+        };
+        let ((y, gx), (wy, wgx)) = (run(true)?, run(false)?);
+        assert!(rel_err(&y, &wy) < tol, "{dt:?} y: {}", rel_err(&y, &wy));
+        assert!(rel_err(&gx, &wgx) < tol, "{dt:?} dx: {}", rel_err(&gx, &wgx));
+        // the gradient lands in the middle third of the fused buffer only
+        let outside = gx.chunks(d).enumerate().filter(|(i, _)| i % 3 != 1).flat_map(|(_, c)| c.iter()).fold(0f32, |m, v| m.max(v.abs()));
+        assert_eq!(outside, 0.0, "{dt:?}: gradient outside the q view");
+    }
+    // tables of the wrong size are named
+    let e = rope(&x, &cos.narrow(0, 0, 4)?, &sin).unwrap_err().to_string();
+    assert!(e.contains("[4, 4]") && e.contains("[2, 9, 3, 16]"), "{e}");
+    Ok(())
+}
+
+/// The RoPE kernel in the emulator against the CPU op: a strided view with partial rotary,
+/// forward (sign 1) and the backward's transposed rotation (sign -1, against the op's
+/// gradient), every dtype, grids of 1 block, 3 blocks and the launcher's.
+#[test]
+fn rope_kernel_matches_the_cpu_op_on_any_grid() -> candle_core::Result<()> {
+    use rho::cuda::optim::launch_blocks;
+    use rho::cuda::rope::rope;
+    let dev = Device::Cpu;
+    let (b, s, h, d) = (2, 7, 3, 32);
+    for (dt, kd, ulp) in [(DType::F32, KDType::F32, 2e-7f32), (DType::BF16, KDType::BF16, 2f32.powi(-7)), (DType::F16, KDType::F16, 2f32.powi(-10))] {
+        for rd in [32usize, 8] {
+            let mut rng = StdRng::seed_from_u64(rd as u64);
+            let q = |x: Vec<f32>| if kd == KDType::F32 { x } else { quantize(kd, &x).1 };
+            let fused = q(normal(&mut rng, b * s * h * 3 * d, 1.0));
+            let r = q(normal(&mut rng, b * s * h * d, 1.0));
+            let (c, sn) = rope_tables(s, rd / 2);
+            let (c, sn) = (q(c), q(sn));
+            let t = |v: &[f32], shape: &[usize]| Tensor::from_vec(v.to_vec(), shape, &dev)?.to_dtype(dt);
+            let (cos, sin) = (t(&c, &[s, rd / 2])?, t(&sn, &[s, rd / 2])?);
+            let var = candle_core::Var::from_tensor(&t(&fused, &[b, s, h, 3 * d])?)?;
+            let y = rope(&var.as_tensor().narrow(3, d, d)?, &cos, &sin)?;
+            let grads = (y.to_dtype(DType::F32)? * t(&r, &[b, s, h, d])?.to_dtype(DType::F32)?)?.sum_all()?.backward()?;
+            // the op's dx in the view's coordinates: the middle third of each fused row
+            let g = grads.get(var.as_tensor()).unwrap().narrow(3, d, d)?;
+            let (cy, cdx) = (vals(&y), vals(&g));
+            let n = b * s * h * d;
+            for grid in [1, 3, launch_blocks(n)] {
+                let ey = emu::rope(kd, &fused[d..], (s * h * 3 * d, h * 3 * d, 3 * d), (b, s, h, d), &c, &sn, rd, 1.0, grid).unwrap();
+                let edx = emu::rope(kd, &r, (s * h * d, h * d, d), (b, s, h, d), &c, &sn, rd, -1.0, grid).unwrap();
+                for (what, a, w) in [("y", &ey, &cy), ("dx", &edx, &cdx)] {
+                    for (j, (x, y)) in a.iter().zip(w.iter()).enumerate() {
+                        assert!((x - y).abs() <= ulp * y.abs().max(1e-3), "{dt:?} rd={rd} grid={grid} {what}[{j}]: kernel {x} vs cpu {y}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every family gives the same logits (evaluation) and every parameter the same gradient
+/// (training) with rho's fused ops (RoPE, SwiGLU, RMSNorm, on CPU) as with the composed
+/// candle ops; each gradient non-zero.
+#[test]
+fn every_family_is_the_same_with_the_fused_ops_as_with_the_composed_ones() {
+    use candle_nn::VarBuilder;
+    use rho::cuda::{with_fused, Fused};
+    use rho::model::{Transformer, Weights};
+    use rho::train::params::ParamSource;
+    let (all, none) = ([true; Fused::ALL.len()], [false; Fused::ALL.len()]);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let ids: Vec<u32> = (0..2 * 19).map(|i| (i * 31 + 7) % 250).collect();
+    for family in ["llama/step-100", "neox/step2000", "neox-seq/step1", "gpt2/checkpoint-20", "qwen2/step-1", "mistral/step-1"] {
+        let dir = root.join(family);
+        let ck = Checkpoint::open(&dir).unwrap();
+        let vocab = ck.config.vocab_size as u32;
+        let x = Tensor::from_vec(ids.iter().map(|i| i % vocab).collect::<Vec<_>>(), (2, 19), &Device::Cpu).unwrap();
+        // evaluation
+        let m = ck.load(DType::F32, &Device::Cpu, Mode::Eval).unwrap();
+        let (a, b) = (with_fused(all, || m.forward(&x).unwrap()), with_fused(none, || m.forward(&x).unwrap()));
+        let e = rel_err(&vals(&a), &vals(&b));
+        assert!(e < 1e-5, "{family}: logits differ by {e} (relative to the largest)");
+        // training
+        let src = ParamSource::new(Some(Weights::open(&dir).unwrap()), 0, 0.02);
+        let varmap = src.varmap.clone();
+        let vb = VarBuilder::from_backend(Box::new(src), DType::F32, Device::Cpu);
+        let m = Transformer::new(&ck.config, vb, Mode::Train).unwrap();
+        let targets = x.narrow(1, 1, 18).unwrap().contiguous().unwrap();
+        let grads_of = |on| {
+            with_fused(on, || {
+                let logits = m.forward(&x).unwrap();
+                let l = rho::model::loss::per_token_loss(&logits.narrow(1, 0, 18).unwrap(), &targets).unwrap();
+                l.mean_all().unwrap().backward().unwrap()
+            })
+        };
+        let (ga, gb) = (grads_of(all), grads_of(none));
+        let vars = varmap.data().lock().unwrap();
+        for (name, var) in vars.iter() {
+            let a = vals(ga.get(var.as_tensor()).unwrap_or_else(|| panic!("{family}: no gradient for {name} (fused)")));
+            let b = vals(gb.get(var.as_tensor()).unwrap_or_else(|| panic!("{family}: no gradient for {name} (composed)")));
+            assert!(b.iter().any(|v| *v != 0.0), "{family}: zero gradient for {name}");
+            let e = rel_err(&a, &b);
+            assert!(e < 1e-4, "{family} {name}: gradients differ by {e} (relative to the largest)");
         }
     }
 }

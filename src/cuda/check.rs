@@ -369,20 +369,121 @@ fn check_norm(dev: &Device, dt: DType, rows: usize, h: usize, seed: u64) -> Resu
         };
         run().map_err(cerr)?
     };
-    let rel = |got: &[f32], want: &[f64]| -> f32 {
-        let m = want.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
-        got.iter().zip(want).map(|(&a, &b)| if a.is_finite() { ((a as f64 - b).abs() / m) as f32 } else { f32::INFINITY }).fold(0.0, f32::max)
-    };
+    let rel = rel_f64;
     // one rounding to the storage type (dw: f32 sums, then w's type on the GPU)
-    let tol = match dt {
-        DType::BF16 => 8e-3,
-        DType::F16 => 1e-3,
-        _ => 1e-5,
-    };
+    let tol = storage_tol(dt);
     let what = format!("dtype={} rows={rows} h={h} (relative to max)", dt.as_str());
     Ok([
         Check { kernel: "rms_norm_fwd", what: what.clone(), max_err: rel(&y, &wy), tol },
         Check { kernel: "rms_norm_bwd", what: format!("{what} grad=dx,dw"), max_err: rel(&dx, &wdx).max(rel(&dw, &wdw)), tol },
+    ])
+}
+
+/// max |got - want| / max |want|.
+fn rel_f64(got: &[f32], want: &[f64]) -> f32 {
+    let m = want.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+    got.iter().zip(want).map(|(&a, &b)| if a.is_finite() { ((a as f64 - b).abs() / m) as f32 } else { f32::INFINITY }).fold(0.0, f32::max)
+}
+
+/// One rounding to the storage type, relative to the largest value.
+fn storage_tol(dt: DType) -> f32 {
+    match dt {
+        DType::BF16 => 8e-3,
+        DType::F16 => 1e-3,
+        _ => 1e-5,
+    }
+}
+
+/// `swiglu_fwd` / `swiglu_bwd` against f64: h = silu(g) u, dg, du for a random dh.
+fn check_swiglu(dev: &Device, dt: DType, n: usize, seed: u64) -> Result<[Check; 2]> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (g, u, dh) = (round_to(dt, &normal(&mut rng, n, 3.0)), round_to(dt, &normal(&mut rng, n, 1.0)), round_to(dt, &normal(&mut rng, n, 1.0)));
+    let (mut wh, mut wdg, mut wdu) = (vec![0f64; n], vec![0f64; n], vec![0f64; n]);
+    for i in 0..n {
+        let (x, y, d) = (g[i] as f64, u[i] as f64, dh[i] as f64);
+        let s = 1.0 / (1.0 + (-x).exp());
+        wh[i] = x * s * y;
+        wdg[i] = d * y * s * (1.0 + x * (1.0 - s));
+        wdu[i] = d * x * s;
+    }
+    let (h, dg, du) = if dev.is_cpu() {
+        let kd = kdtype(dt);
+        let h = emu::swiglu_fwd(kd, &g, &u, 3).map_err(Error::msg)?;
+        let (dg, du) = emu::swiglu_bwd(kd, &g, &u, &dh, 3).map_err(Error::msg)?;
+        (h, dg, du)
+    } else {
+        let run = || -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+            let t = |v: &[f32]| Tensor::from_vec(v.to_vec(), n, &Device::Cpu)?.to_dtype(dt)?.to_device(dev);
+            let (gv, uv) = (candle_core::Var::from_tensor(&t(&g)?)?, candle_core::Var::from_tensor(&t(&u)?)?);
+            let h = super::swiglu::swiglu(gv.as_tensor(), uv.as_tensor())?;
+            let grads = (h.to_dtype(DType::F32)? * t(&dh)?.to_dtype(DType::F32)?)?.sum_all()?.backward()?;
+            let back = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
+            Ok((back(&h)?, back(grads.get(gv.as_tensor()).unwrap())?, back(grads.get(uv.as_tensor()).unwrap())?))
+        };
+        run().map_err(cerr)?
+    };
+    let (tol, what) = (storage_tol(dt), format!("dtype={} n={n} (relative to max)", dt.as_str()));
+    Ok([
+        Check { kernel: "swiglu_fwd", what: what.clone(), max_err: rel_f64(&h, &wh), tol },
+        Check { kernel: "swiglu_bwd", what: format!("{what} grad=dg,du"), max_err: rel_f64(&dg, &wdg).max(rel_f64(&du, &wdu)), tol },
+    ])
+}
+
+/// `rope` against f64 on the k view of a fused [b, s, h, 3 d] projection with rotary dim
+/// `rot`: the forward, and the backward's transposed rotation (the op's gradient).
+fn check_rope(dev: &Device, dt: DType, (b, s, h, d): (usize, usize, usize, usize), rot: usize, seed: u64) -> Result<[Check; 2]> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let r = rot / 2;
+    let fused = round_to(dt, &normal(&mut rng, b * s * h * 3 * d, 1.0));
+    let dy = round_to(dt, &normal(&mut rng, b * s * h * d, 1.0));
+    let (mut cos, mut sin) = (Vec::with_capacity(s * r), Vec::with_capacity(s * r));
+    for p in 0..s {
+        for j in 0..r {
+            let a = p as f32 / 10000f32.powf(j as f32 / r as f32);
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let (cos, sin) = (round_to(dt, &cos), round_to(dt, &sin));
+    // y = R x, dx = R^T dy, per row (x: the middle third of each fused row)
+    let rotate = |x: &dyn Fn(usize, usize) -> f64, sign: f64| -> Vec<f64> {
+        let mut y = vec![0f64; b * s * h * d];
+        for row in 0..b * s * h {
+            let p = (row / h) % s;
+            for j in 0..d {
+                y[row * d + j] = if j < r {
+                    x(row, j) * cos[p * r + j] as f64 - sign * x(row, j + r) * sin[p * r + j] as f64
+                } else if j < rot {
+                    x(row, j) * cos[p * r + j - r] as f64 + sign * x(row, j - r) * sin[p * r + j - r] as f64
+                } else {
+                    x(row, j)
+                };
+            }
+        }
+        y
+    };
+    let wy = rotate(&|row, j| fused[row * 3 * d + d + j] as f64, 1.0);
+    let wdx = rotate(&|row, j| dy[row * d + j] as f64, -1.0);
+    let (y, dx) = if dev.is_cpu() {
+        let kd = kdtype(dt);
+        let y = emu::rope(kd, &fused[d..], (s * h * 3 * d, h * 3 * d, 3 * d), (b, s, h, d), &cos, &sin, rot, 1.0, 3).map_err(Error::msg)?;
+        let dx = emu::rope(kd, &dy, (s * h * d, h * d, d), (b, s, h, d), &cos, &sin, rot, -1.0, 3).map_err(Error::msg)?;
+        (y, dx)
+    } else {
+        let run = || -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+            let t = |v: &[f32], shape: &[usize]| Tensor::from_vec(v.to_vec(), shape, &Device::Cpu)?.to_dtype(dt)?.to_device(dev);
+            let var = candle_core::Var::from_tensor(&t(&fused, &[b, s, h, 3 * d])?)?;
+            let y = super::rope::rope(&var.as_tensor().narrow(3, d, d)?, &t(&cos, &[s, r])?, &t(&sin, &[s, r])?)?;
+            let grads = (y.to_dtype(DType::F32)? * t(&dy, &[b, s, h, d])?.to_dtype(DType::F32)?)?.sum_all()?.backward()?;
+            let back = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+            Ok((back(&y)?, back(&grads.get(var.as_tensor()).unwrap().narrow(3, d, d)?)?))
+        };
+        run().map_err(cerr)?
+    };
+    let (tol, what) = (storage_tol(dt), format!("dtype={} shape={b}x{s}x{h}x{d} rotary={rot} strided (relative to max)", dt.as_str()));
+    Ok([
+        Check { kernel: "rope", what: what.clone(), max_err: rel_f64(&y, &wy), tol },
+        Check { kernel: "rope", what: format!("{what} grad=dx"), max_err: rel_f64(&dx, &wdx), tol },
     ])
 }
 
@@ -488,6 +589,52 @@ fn timings(dev: &Device, a: &BenchKernelsArgs) -> candle_core::Result<()> {
             println!("RESULT kernel=attention_fwd_bwd impl={name} shape={b}x{s}x{nh}x{nkv}x{d} dtype=bf16 median_ms={:.3} tflops={:.1}", t * 1e3, (flops + 2.0 * (b * nh * s * s * d) as f64) / t / 1e12);
         }
     }
+    // SwiGLU at TinyLlama's MLP (8x2048 tokens x 5632): the fused op against silu then mul,
+    // forward (evaluation) and forward + backward (training, 4x2048)
+    for (tokens, train) in [(8 * 2048usize, false), (4 * 2048, true)] {
+        let inter = 5632;
+        let g = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (tokens, inter), dev)?.to_dtype(DType::BF16)?)?;
+        let u = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (tokens, inter), dev)?.to_dtype(DType::BF16)?)?;
+        let dh = Tensor::randn(0f32, 1.0, (tokens, inter), dev)?.to_dtype(DType::BF16)?;
+        let run = |fused: bool| -> candle_core::Result<()> {
+            let h = if fused { super::swiglu::swiglu(g.as_tensor(), u.as_tensor())? } else { (g.as_tensor().silu()? * u.as_tensor())? };
+            if train {
+                let _ = (h * &dh)?.sum_all()?.backward()?;
+            }
+            Ok(())
+        };
+        let (tf, tp) = (time(dev, a.warmup, a.iters, || run(true))?, time(dev, a.warmup, a.iters, || run(false))?);
+        for (name, t) in [("fused", tf), ("plain", tp)] {
+            let what = if train { "swiglu_fwd_bwd" } else { "swiglu_fwd" };
+            println!("RESULT kernel={what} impl={name} shape={tokens}x{inter} dtype=bf16 median_ms={:.3}", t * 1e3);
+        }
+    }
+    // RoPE on q at 4x2048 with TinyLlama's heads: the op against candle-nn's rope_thd
+    // (evaluation) and against the composed rotation (training: forward + backward)
+    {
+        let (b, s) = (4usize, 2048usize);
+        let q = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, s, nh, d), dev)?.to_dtype(DType::BF16)?)?;
+        let cos = Tensor::randn(0f32, 1.0, (s, d / 2), dev)?.to_dtype(DType::BF16)?;
+        let sin = Tensor::randn(0f32, 1.0, (s, d / 2), dev)?.to_dtype(DType::BF16)?;
+        let dy = Tensor::randn(0f32, 1.0, (b, s, nh, d), dev)?.to_dtype(DType::BF16)?;
+        let tf = time(dev, a.warmup, a.iters, || super::rope::rope(q.as_tensor(), &cos, &sin).map(|_| ()))?;
+        let tp = time(dev, a.warmup, a.iters, || candle_nn::rotary_emb::rope_thd(q.as_tensor(), &cos, &sin).map(|_| ()))?;
+        for (name, t) in [("fused", tf), ("candle", tp)] {
+            println!("RESULT kernel=rope impl={name} shape={b}x{s}x{nh}x{d} dtype=bf16 median_ms={:.3}", t * 1e3);
+        }
+        let composed = |x: &Tensor| -> candle_core::Result<Tensor> {
+            let half = d / 2;
+            let c = Tensor::cat(&[&cos, &cos], 1)?.reshape((s, 1, d))?;
+            let sn = Tensor::cat(&[&sin, &sin], 1)?.reshape((s, 1, d))?;
+            let rotated = Tensor::cat(&[&x.narrow(3, half, half)?.neg()?, &x.narrow(3, 0, half)?], 3)?;
+            x.broadcast_mul(&c)? + rotated.broadcast_mul(&sn)?
+        };
+        let tf = time(dev, a.warmup, a.iters, || (super::rope::rope(q.as_tensor(), &cos, &sin)? * &dy)?.sum_all()?.backward().map(|_| ()))?;
+        let tp = time(dev, a.warmup, a.iters, || (composed(q.as_tensor())? * &dy)?.sum_all()?.backward().map(|_| ()))?;
+        for (name, t) in [("fused", tf), ("plain", tp)] {
+            println!("RESULT kernel=rope_fwd_bwd impl={name} shape={b}x{s}x{nh}x{d} dtype=bf16 median_ms={:.3}", t * 1e3);
+        }
+    }
     for (b, s, vocab) in [(8usize, 2048usize, 32000usize), (4, 1024, 128256)] {
         let logits = Tensor::randn(0f32, 3.0, (b, s, vocab), dev)?.to_dtype(DType::BF16)?;
         let view = logits.narrow(1, 0, s - 1)?;
@@ -580,6 +727,21 @@ pub fn run_bench_kernels(a: &BenchKernelsArgs) -> Result<Vec<Check>> {
     let (nr, nh) = if dev.is_cpu() { (9, 300) } else { (4099, 2048) };
     for (i, dt) in [DType::BF16, DType::F16, DType::F32].into_iter().enumerate() {
         for c in check_norm(&dev, dt, nr, nh, a.seed + 300 + i as u64)? {
+            println!("{}", c.line());
+            checks.push(c);
+        }
+    }
+    let sn = if dev.is_cpu() { 3001 } else { (1 << 22) + 3 };
+    for (i, dt) in [DType::BF16, DType::F16, DType::F32].into_iter().enumerate() {
+        for c in check_swiglu(&dev, dt, sn, a.seed + 400 + i as u64)? {
+            println!("{}", c.line());
+            checks.push(c);
+        }
+    }
+    // TinyLlama's heads (full rotary), Pythia's quarter rotary on a fused projection
+    let rope_shape = if dev.is_cpu() { (1, 9, 3, 64) } else { (2, 1024, 32, 64) };
+    for (i, (dt, rot)) in [(DType::BF16, 64), (DType::F16, 16), (DType::F32, 64)].into_iter().enumerate() {
+        for c in check_rope(&dev, dt, rope_shape, rot, a.seed + 500 + i as u64)? {
             println!("{}", c.line());
             checks.push(c);
         }

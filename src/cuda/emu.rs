@@ -563,6 +563,85 @@ pub fn rms_norm_bwd(dt: KDType, x: &[f32], w: &[f32], dy: &[f32], eps: f32, grid
     Ok((dx.values(), dw))
 }
 
+extern "C" {
+    fn rho_emu_swiglu_fwd(dtype: i32, g: *const u8, u: *const u8, h: *mut u8, n: i64, grid: u32) -> i32;
+    fn rho_emu_swiglu_bwd(dtype: i32, g: *const u8, u: *const u8, dh: *const u8, dgu: *mut u8, n: i64, grid: u32) -> i32;
+    #[allow(clippy::too_many_arguments)]
+    fn rho_emu_rope(
+        dtype: i32,
+        x: *const u8,
+        sb: i64,
+        ss: i64,
+        sh: i64,
+        cos: *const u8,
+        sin: *const u8,
+        y: *mut u8,
+        seq: i32,
+        heads: i32,
+        d: i32,
+        rot: i32,
+        sign: f32,
+        n: i32,
+        grid: u32,
+    ) -> i32;
+}
+
+/// Emulated `swiglu_fwd_*` on `grid` blocks: silu(g) u, as f32 values of `dt`.
+pub fn swiglu_fwd(dt: KDType, g: &[f32], u: &[f32], grid: u32) -> Result<Vec<f32>, String> {
+    let (ge, ue) = (Elems::new(dt, g), Elems::new(dt, u));
+    same_len(g.len(), &[&ue])?;
+    let mut h = Elems::new(dt, &vec![0.0; g.len()]);
+    let _l = lock();
+    // SAFETY: g, u, h hold n elements of dt.
+    let rc = unsafe { rho_emu_swiglu_fwd(dt as i32, ge.ptr(), ue.ptr(), h.ptr_mut(), g.len() as i64, grid) };
+    if rc != 0 {
+        return Err("emulator refused the launch".into());
+    }
+    Ok(h.values())
+}
+
+/// Emulated `swiglu_bwd_*` on `grid` blocks: (dg, du) as f32 values of `dt`.
+pub fn swiglu_bwd(dt: KDType, g: &[f32], u: &[f32], dh: &[f32], grid: u32) -> Result<(Vec<f32>, Vec<f32>), String> {
+    let n = g.len();
+    let (ge, ue, de) = (Elems::new(dt, g), Elems::new(dt, u), Elems::new(dt, dh));
+    same_len(n, &[&ue, &de])?;
+    let mut dgu = Elems::new(dt, &vec![0.0; 2 * n]);
+    let _l = lock();
+    // SAFETY: g, u, dh hold n elements of dt, dgu 2 n.
+    let rc = unsafe { rho_emu_swiglu_bwd(dt as i32, ge.ptr(), ue.ptr(), de.ptr(), dgu.ptr_mut(), n as i64, grid) };
+    if rc != 0 {
+        return Err("emulator refused the launch".into());
+    }
+    let mut v = dgu.values();
+    let du = v.split_off(n);
+    Ok((v, du))
+}
+
+/// Emulated `rope_*` on `grid` blocks: x (f32 values rounded to `dt`) read as [b, s, heads, d]
+/// with element strides `(sb, ss, sh)` (the head dim contiguous), cos and sin [s, rot / 2];
+/// returns the contiguous [b, s, heads, d] result as f32 values of `dt`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope(dt: KDType, x: &[f32], strides: (usize, usize, usize), dims: (usize, usize, usize, usize), cos: &[f32], sin: &[f32], rot: usize, sign: f32, grid: u32) -> Result<Vec<f32>, String> {
+    let (b, s, heads, d) = dims;
+    let (sb, ss, sh) = strides;
+    let n = b * s * heads * d;
+    let last = if n == 0 { 0 } else { (b - 1) * sb + (s - 1) * ss + (heads - 1) * sh + d };
+    if x.len() < last || rot > d || !rot.is_multiple_of(2) || cos.len() != s * rot / 2 || sin.len() != cos.len() {
+        return Err(format!("rope: x of {} elements for {dims:?} strides {strides:?}, rot {rot}, cos/sin of {}/{}", x.len(), cos.len(), sin.len()));
+    }
+    let (xe, ce, se) = (Elems::new(dt, x), Elems::new(dt, cos), Elems::new(dt, sin));
+    let mut y = Elems::new(dt, &vec![0.0; n]);
+    let _l = lock();
+    // SAFETY: x covers every strided row; cos, sin hold s * rot / 2 elements, y n; all of dt.
+    let rc = unsafe {
+        rho_emu_rope(dt as i32, xe.ptr(), sb as i64, ss as i64, sh as i64, ce.ptr(), se.ptr(), y.ptr_mut(), s as i32, heads as i32, d as i32, rot as i32, sign, n as i32, grid)
+    };
+    if rc != 0 {
+        return Err("emulator refused the launch".into());
+    }
+    Ok(y.values())
+}
+
 /// 16-bit element bits -> f32.
 pub fn bits_to_f32(dt: KDType, b: u16) -> f32 {
     match dt {

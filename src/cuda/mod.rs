@@ -8,6 +8,8 @@
 //! | `token_ce.cu` token_ce_bwd      | its gradient with respect to the logits                 | [`reference::token_ce_backward`] |
 //! | `norm.cu` rms_norm_fwd, rms_norm_bwd | RMSNorm with its backward (training) | [`norm`] (CPU loops), candle's autograd of the composed ops |
 //! | `optim.cu` adam_moment, adam_apply, sum_sq | AdamW in place, gradient norms (training) | [`optim`] (CPU loops), `train::optim::AdamW::step_composed` |
+//! | `swiglu.cu` swiglu_fwd, swiglu_bwd | silu(gate) * up with its backward (evaluation, training) | [`swiglu`] (CPU loops), candle's autograd of the composed ops |
+//! | `rope.cu` rope | rotary embedding on [b, s, heads, d] views, forward and backward | [`rope`] (CPU loops), candle-nn's rope |
 //!
 //! The same kernel source is compiled twice: to PTX by nvcc with `--features cuda`
 //! (build.rs; loaded by [`flash_attention`] and the loss on CUDA tensors) and, always, for a
@@ -20,6 +22,8 @@ pub mod emu;
 pub mod norm;
 pub mod optim;
 pub mod reference;
+pub mod rope;
+pub mod swiglu;
 #[cfg(feature = "cuda")]
 pub(crate) mod ops;
 
@@ -70,29 +74,38 @@ pub enum Fused {
     Norm = 2,
     /// AdamW and the gradient norm in place (CUDA kernels, CPU loops).
     Optim = 3,
+    /// silu(gate) * up with its backward (CUDA kernels, CPU loops; evaluation and training).
+    Swiglu = 4,
+    /// RoPE on [b, s, heads, d] with its backward (CUDA kernel, CPU loops; evaluation and training).
+    Rope = 5,
 }
 
 impl Fused {
-    pub const ALL: [Fused; 4] = [Fused::Attention, Fused::Loss, Fused::Norm, Fused::Optim];
+    pub const ALL: [Fused; 6] = [Fused::Attention, Fused::Loss, Fused::Norm, Fused::Optim, Fused::Swiglu, Fused::Rope];
     pub fn name(self) -> &'static str {
         match self {
             Fused::Attention => "attention",
             Fused::Loss => "loss",
             Fused::Norm => "norm",
             Fused::Optim => "optim",
+            Fused::Swiglu => "swiglu",
+            Fused::Rope => "rope",
         }
     }
 }
 
+/// Which of [`Fused::ALL`] are on, indexed by `Fused as usize`.
+pub type FusedSet = [bool; Fused::ALL.len()];
+
 /// The value of `RHO_FUSED_KERNELS`: unset, `1`, `on`, `true` or `all`: every fused op;
 /// `0`, `off`, `false` or `none`: none; else a comma-separated list of [`Fused`] names
 /// (`attention,optim`): only those. Returns which are on, indexed by `Fused as usize`.
-pub fn parse_fused(v: Option<&str>) -> std::result::Result<[bool; 4], String> {
+pub fn parse_fused(v: Option<&str>) -> std::result::Result<FusedSet, String> {
     match v.map(str::trim) {
-        None | Some("1" | "on" | "true" | "all") => Ok([true; 4]),
-        Some("0" | "off" | "false" | "none") => Ok([false; 4]),
+        None | Some("1" | "on" | "true" | "all") => Ok([true; Fused::ALL.len()]),
+        Some("0" | "off" | "false" | "none") => Ok([false; Fused::ALL.len()]),
         Some(list) => {
-            let mut on = [false; 4];
+            let mut on = [false; Fused::ALL.len()];
             for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
                 match Fused::ALL.iter().find(|k| k.name() == name) {
                     Some(&k) => on[k as usize] = true,
@@ -110,8 +123,28 @@ pub fn parse_fused(v: Option<&str>) -> std::result::Result<[bool; 4], String> {
 /// Whether the fused op `k` may be used (`RHO_FUSED_KERNELS`, see [`parse_fused`]; the
 /// CLI rejects a bad value before any work).
 pub fn fused_enabled(k: Fused) -> bool {
+    if let Some(on) = FUSED_OVERRIDE.with(|o| o.get()) {
+        return on[k as usize];
+    }
     let v = std::env::var("RHO_FUSED_KERNELS").ok();
     parse_fused(v.as_deref()).map(|on| on[k as usize]).unwrap_or(true)
+}
+
+thread_local! {
+    static FUSED_OVERRIDE: std::cell::Cell<Option<FusedSet>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` with [`fused_enabled`] answering from `on` on this thread, whatever
+/// `RHO_FUSED_KERNELS` says (tests compare the fused and composed paths in one process).
+pub fn with_fused<R>(on: FusedSet, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<FusedSet>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FUSED_OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(FUSED_OVERRIDE.with(|o| o.replace(Some(on))));
+    f()
 }
 
 /// Head dims the flash attention kernel is compiled for.
@@ -465,11 +498,12 @@ mod tests {
 
     #[test]
     fn fused_switch_parses_all_none_and_lists() {
-        assert_eq!(parse_fused(None), Ok([true; 4]));
-        assert_eq!(parse_fused(Some("0")), Ok([false; 4]));
-        assert_eq!(parse_fused(Some("attention, optim")), Ok([true, false, false, true]));
-        assert_eq!(parse_fused(Some("loss,norm")), Ok([false, true, true, false]));
+        assert_eq!(parse_fused(None), Ok([true; 6]));
+        assert_eq!(parse_fused(Some("0")), Ok([false; 6]));
+        assert_eq!(parse_fused(Some("attention, optim")), Ok([true, false, false, true, false, false]));
+        assert_eq!(parse_fused(Some("loss,norm,rope")), Ok([false, true, true, false, false, true]));
+        assert_eq!(parse_fused(Some("swiglu")), Ok([false, false, false, false, true, false]));
         let e = parse_fused(Some("attention,flash")).unwrap_err();
-        assert!(e.contains("`flash`") && e.contains("attention, loss, norm, optim"), "{e}");
+        assert!(e.contains("`flash`") && e.contains("attention, loss, norm, optim, swiglu, rope"), "{e}");
     }
 }

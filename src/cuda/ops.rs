@@ -498,3 +498,121 @@ pub(crate) fn rms_norm_bwd(x: In, w: In, dy: In, eps: f32) -> Result<(CudaStorag
     };
     Ok((CudaStorage { slice, device: dev.clone() }, CudaStorage { slice: CudaStorageSlice::F32(dw), device: dev.clone() }))
 }
+
+const SWIGLU_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/swiglu.ptx"));
+
+/// `swiglu_fwd_*` (swiglu.cu): g, u contiguous, one dtype and length -> silu(g) u like g.
+pub(crate) fn swiglu_fwd(g: In, u: In) -> Result<CudaStorage> {
+    let (gr, ur) = (contiguous_range(g.1, "swiglu")?, contiguous_range(u.1, "swiglu")?);
+    let n = gr.len();
+    if ur.len() != n {
+        candle_core::bail!("swiglu: gate of {n} and up of {} elements", ur.len());
+    }
+    let dev = &g.0.device;
+    macro_rules! launch {
+        ($g:expr, $u:expr, $t:ty, $name:expr) => {{
+            // SAFETY: the kernel writes every element of h.
+            let h = unsafe { dev.alloc::<$t>(n)? };
+            if n > 0 {
+                let (gv, uv) = ($g.slice(gr.clone()), $u.slice(ur.clone()));
+                let func = dev.get_or_load_custom_func($name, "rho_swiglu", SWIGLU_PTX)?;
+                let mut b = func.builder();
+                b.arg(&gv);
+                b.arg(&uv);
+                b.arg(&h);
+                candle_core::builder_arg!(b, n as i64);
+                // SAFETY: arguments match swiglu_fwd_* in swiglu.cu; g, u, h hold n elements.
+                unsafe { b.launch(optim_launch(n)) }.w()?;
+            }
+            h
+        }};
+    }
+    let slice = match (&g.0.slice, &u.0.slice) {
+        (CudaStorageSlice::F32(a), CudaStorageSlice::F32(b)) => CudaStorageSlice::F32(launch!(a, b, f32, "swiglu_fwd_f32")),
+        (CudaStorageSlice::BF16(a), CudaStorageSlice::BF16(b)) => CudaStorageSlice::BF16(launch!(a, b, half::bf16, "swiglu_fwd_bf16")),
+        (CudaStorageSlice::F16(a), CudaStorageSlice::F16(b)) => CudaStorageSlice::F16(launch!(a, b, half::f16, "swiglu_fwd_f16")),
+        _ => candle_core::bail!("swiglu: gate and up must both be f32, bf16 or f16"),
+    };
+    Ok(CudaStorage { slice, device: dev.clone() })
+}
+
+/// `swiglu_bwd_*` (swiglu.cu): (g, u, dh) contiguous, one dtype and length -> [dg; du] (2 n).
+pub(crate) fn swiglu_bwd(g: In, u: In, dh: In) -> Result<CudaStorage> {
+    let (gr, ur, dr) = (contiguous_range(g.1, "swiglu")?, contiguous_range(u.1, "swiglu")?, contiguous_range(dh.1, "swiglu")?);
+    let n = gr.len();
+    if ur.len() != n || dr.len() != n {
+        candle_core::bail!("swiglu backward: gate of {n}, up of {} and dh of {} elements", ur.len(), dr.len());
+    }
+    let dev = &g.0.device;
+    macro_rules! launch {
+        ($g:expr, $u:expr, $d:expr, $t:ty, $name:expr) => {{
+            // SAFETY: the kernel writes every element of dgu (2 n).
+            let dgu = unsafe { dev.alloc::<$t>(2 * n)? };
+            if n > 0 {
+                let (gv, uv, dv) = ($g.slice(gr.clone()), $u.slice(ur.clone()), $d.slice(dr.clone()));
+                let func = dev.get_or_load_custom_func($name, "rho_swiglu", SWIGLU_PTX)?;
+                let mut b = func.builder();
+                b.arg(&gv);
+                b.arg(&uv);
+                b.arg(&dv);
+                b.arg(&dgu);
+                candle_core::builder_arg!(b, n as i64);
+                // SAFETY: arguments match swiglu_bwd_* in swiglu.cu; dgu holds 2 n elements.
+                unsafe { b.launch(optim_launch(n)) }.w()?;
+            }
+            dgu
+        }};
+    }
+    let slice = match (&g.0.slice, &u.0.slice, &dh.0.slice) {
+        (CudaStorageSlice::F32(a), CudaStorageSlice::F32(b), CudaStorageSlice::F32(c)) => CudaStorageSlice::F32(launch!(a, b, c, f32, "swiglu_bwd_f32")),
+        (CudaStorageSlice::BF16(a), CudaStorageSlice::BF16(b), CudaStorageSlice::BF16(c)) => CudaStorageSlice::BF16(launch!(a, b, c, half::bf16, "swiglu_bwd_bf16")),
+        (CudaStorageSlice::F16(a), CudaStorageSlice::F16(b), CudaStorageSlice::F16(c)) => CudaStorageSlice::F16(launch!(a, b, c, half::f16, "swiglu_bwd_f16")),
+        _ => candle_core::bail!("swiglu backward: gate, up and dh must all be f32, bf16 or f16"),
+    };
+    Ok(CudaStorage { slice, device: dev.clone() })
+}
+
+const ROPE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rope.ptx"));
+
+/// `rope_*` (rope.cu): x [b, s, heads, d] with element strides `st` for the first three dims
+/// (the last contiguous), cos and sin [s, r] contiguous, one dtype -> y [b, s, heads, d]
+/// contiguous. sign 1: the rotation, -1: its transpose.
+pub(crate) fn rope(x: In, st: [usize; 3], dims: [usize; 4], cos: In, sin: In, sign: f32) -> Result<CudaStorage> {
+    let (cr, sr) = (contiguous_range(cos.1, "rope")?, contiguous_range(sin.1, "rope")?);
+    let [_, s, heads, d] = dims;
+    let n: usize = dims.iter().product();
+    let rot = if s == 0 { 0 } else { 2 * cr.len() / s };
+    if n > i32::MAX as usize || sr.len() != cr.len() || rot > d {
+        candle_core::bail!("rope: x {dims:?} ({n} elements, at most 2^31 - 1), cos of {} and sin of {} elements", cr.len(), sr.len());
+    }
+    let dev = &x.0.device;
+    let off = x.1.start_offset();
+    macro_rules! launch {
+        ($x:expr, $c:expr, $s:expr, $t:ty, $name:expr) => {{
+            // SAFETY: the kernel writes every element of y.
+            let y = unsafe { dev.alloc::<$t>(n)? };
+            if n > 0 {
+                let (xv, cv, sv) = ($x.slice(off..), $c.slice(cr.clone()), $s.slice(sr.clone()));
+                let func = dev.get_or_load_custom_func($name, "rho_rope", ROPE_PTX)?;
+                let mut b = func.builder();
+                b.arg(&xv);
+                candle_core::builder_arg!(b, st[0] as i64, st[1] as i64, st[2] as i64);
+                b.arg(&cv);
+                b.arg(&sv);
+                b.arg(&y);
+                candle_core::builder_arg!(b, s as i32, heads as i32, d as i32, rot as i32, sign, n as i32);
+                // SAFETY: arguments match rope_* in rope.cu; x's view covers every strided row
+                // (candle's layout), y holds n elements, cos and sin s x rot / 2.
+                unsafe { b.launch(optim_launch(n)) }.w()?;
+            }
+            y
+        }};
+    }
+    let slice = match (&x.0.slice, &cos.0.slice, &sin.0.slice) {
+        (CudaStorageSlice::F32(a), CudaStorageSlice::F32(b), CudaStorageSlice::F32(c)) => CudaStorageSlice::F32(launch!(a, b, c, f32, "rope_f32")),
+        (CudaStorageSlice::BF16(a), CudaStorageSlice::BF16(b), CudaStorageSlice::BF16(c)) => CudaStorageSlice::BF16(launch!(a, b, c, half::bf16, "rope_bf16")),
+        (CudaStorageSlice::F16(a), CudaStorageSlice::F16(b), CudaStorageSlice::F16(c)) => CudaStorageSlice::F16(launch!(a, b, c, half::f16, "rope_f16")),
+        _ => candle_core::bail!("rope: x, cos and sin must all be f32, bf16 or f16"),
+    };
+    Ok(CudaStorage { slice, device: dev.clone() })
+}

@@ -327,6 +327,10 @@ impl Transformer {
     fn mlp(&self, mlp: &Mlp, x: &Tensor) -> Result<Tensor> {
         match mlp {
             Mlp::Gated { gate, up, down } => {
+                if self.cfg.activation == Activation::Silu && crate::cuda::fused_enabled(crate::cuda::Fused::Swiglu) {
+                    // one pass forward and one backward instead of silu, mul and their gradients
+                    return down.forward(&crate::cuda::swiglu::swiglu(&gate.forward(x)?, &up.forward(x)?)?);
+                }
                 let g = act(&gate.forward(x)?, self.cfg.activation)?;
                 down.forward(&(g * up.forward(x)?)?)
             }
@@ -341,33 +345,8 @@ impl Transformer {
         };
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         // q: [b, nh, s, hd], k/v: [b, nkv, s, hd]
-        let (q, k, v) = match &blk.qkv {
-            Qkv::Separate { q, k, v } => (
-                q.forward(x)?.reshape((b, s, nh, hd))?.transpose(1, 2)?,
-                k.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?,
-                v.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?,
-            ),
-            Qkv::NeoxFused(lin) => {
-                let qkv = lin.forward(x)?.reshape((b, s, nh, 3 * hd))?.transpose(1, 2)?;
-                (qkv.narrow(3, 0, hd)?, qkv.narrow(3, hd, hd)?, qkv.narrow(3, 2 * hd, hd)?)
-            }
-            Qkv::Gpt2Fused(lin) => {
-                let qkv = lin.forward(x)?.reshape((b, s, 3, nh, hd))?;
-                let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2);
-                (part(0)?, part(1)?, part(2)?)
-            }
-        };
-        let (q, k) = match &self.rope {
-            Some((cos, sin)) => {
-                let cos = cos.narrow(0, 0, s)?;
-                let sin = sin.narrow(0, 0, s)?;
-                (
-                    apply_rope(&q, &cos, &sin, self.cfg.rotary_dim, self.mode)?,
-                    apply_rope(&k, &cos, &sin, self.cfg.rotary_dim, self.mode)?,
-                )
-            }
-            None => (q, k),
-        };
+        let (q, k, v) = self.qkv_rope(blk, x, b, s)?;
+        let (q, k, v) = (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?);
         let k = repeat_kv(k.contiguous()?, nh / nkv)?;
         let v = repeat_kv(v.contiguous()?, nh / nkv)?;
         let scale = 1.0 / (hd as f64).sqrt();
@@ -387,6 +366,21 @@ impl Transformer {
     /// (strided views of a fused projection are passed as they are), RoPE in that layout,
     /// one kernel for scores, softmax and values. x: [b, s, hidden] -> [b, s, hidden].
     fn attention_flash(&self, blk: &Block, x: &Tensor, b: usize, s: usize) -> Result<Tensor> {
+        let (nh, hd) = (self.cfg.num_heads, self.cfg.head_dim);
+        let (q, k, v) = self.qkv_rope(blk, x, b, s)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let out = match self.mode {
+            Mode::Eval => crate::cuda::flash_attention(&q, &k, &v, scale)?, // [b, s, nh, hd]
+            Mode::Train => crate::cuda::flash_attention_train(&q, &k, &v, scale)?,
+        };
+        blk.o.forward(&out.reshape((b, s, nh * hd))?)
+    }
+}
+
+impl Transformer {
+    /// q [b, s, nh, hd], k and v [b, s, nkv, hd] as the projections produce them (strided
+    /// views of a fused projection, no copies), RoPE applied to q and k.
+    fn qkv_rope(&self, blk: &Block, x: &Tensor, b: usize, s: usize) -> Result<(Tensor, Tensor, Tensor)> {
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let (q, k, v) = match &blk.qkv {
             Qkv::Separate { q, k, v } => (
@@ -404,27 +398,26 @@ impl Transformer {
                 (part(0)?, part(1)?, part(2)?)
             }
         };
-        let (q, k) = match &self.rope {
+        match &self.rope {
             Some((cos, sin)) => {
                 let cos = cos.narrow(0, 0, s)?;
                 let sin = sin.narrow(0, 0, s)?;
                 let rd = self.cfg.rotary_dim;
-                (rope_bshd(&q, &cos, &sin, rd, self.mode)?, rope_bshd(&k, &cos, &sin, rd, self.mode)?)
+                Ok((rope_bshd(&q, &cos, &sin, rd, self.mode)?, rope_bshd(&k, &cos, &sin, rd, self.mode)?, v))
             }
-            None => (q, k),
-        };
-        let scale = 1.0 / (hd as f32).sqrt();
-        let out = match self.mode {
-            Mode::Eval => crate::cuda::flash_attention(&q, &k, &v, scale)?, // [b, s, nh, hd]
-            Mode::Train => crate::cuda::flash_attention_train(&q, &k, &v, scale)?,
-        };
-        blk.o.forward(&out.reshape((b, s, nh * hd))?)
+            None => Ok((q, k, v)),
+        }
     }
 }
 
 /// RoPE (rotate-half) on the first `rotary_dim` dims of x: [b, s, h, hd]; cos, sin [s, rotary_dim / 2].
-/// Eval: candle-nn's fused kernel; Train: basic ops (they have a backward).
+/// rho's op (`cuda::rope`: one pass each way, strided input read in place, any device) unless
+/// `RHO_FUSED_KERNELS` leaves it out; then Eval: candle-nn's fused kernel, Train: basic ops
+/// (they have a backward).
 fn rope_bshd(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: usize, mode: Mode) -> Result<Tensor> {
+    if crate::cuda::fused_enabled(crate::cuda::Fused::Rope) {
+        return crate::cuda::rope::rope(x, cos, sin);
+    }
     let rope = |t: &Tensor| -> Result<Tensor> {
         match mode {
             Mode::Eval => candle_nn::rotary_emb::rope_thd(&t.contiguous()?, cos, sin),
@@ -463,22 +456,6 @@ fn rope_tables(cfg: &ModelConfig, ctx: usize, dtype: DType, dev: &Device) -> Res
     let cos = Tensor::from_vec(cos, (ctx, half), dev)?.to_dtype(dtype)?;
     let sin = Tensor::from_vec(sin, (ctx, half), dev)?.to_dtype(dtype)?;
     Ok((cos, sin))
-}
-
-/// Rotate the first `rotary_dim` dims of x [b, h, s, hd] (rotate-half convention).
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: usize, mode: Mode) -> Result<Tensor> {
-    let hd = x.dim(3)?;
-    let rope = |t: &Tensor| match mode {
-        Mode::Eval => candle_nn::rotary_emb::rope(&t.contiguous()?, cos, sin),
-        Mode::Train => candle_nn::rotary_emb::rope_slow(&t.contiguous()?, cos, sin),
-    };
-    if rotary_dim == hd {
-        rope(x)
-    } else {
-        let rot = rope(&x.narrow(3, 0, rotary_dim)?)?;
-        let pass = x.narrow(3, rotary_dim, hd - rotary_dim)?;
-        Tensor::cat(&[&rot, &pass], 3)
-    }
 }
 
 /// [b, nkv, s, hd] -> [b, nkv * n_rep, s, hd], each kv head repeated n_rep times in place.

@@ -5,6 +5,8 @@
 #include "../kernels/token_ce.cu"
 #include "../kernels/optim.cu"
 #include "../kernels/norm.cu"
+#include "../kernels/swiglu.cu"
+#include "../kernels/rope.cu"
 
 // Run CALL with T the element type of `DT` (0 bf16, 1 f16, 2 f32); return 1 from the entry
 // point for any other.
@@ -158,6 +160,34 @@ extern "C" int rho_emu_rms_norm_bwd(int dtype, const void* x, const void* w, con
     if (h > RHO_NORM_MAX_H) return 1;
     RHO_EMU_DISPATCH(dtype, emu::launch(grid, 1, 1, RHO_NORM_THREADS, [&] {
         rms_norm_bwd_impl<T>((const T*)x, (const T*)w, (const T*)dy, (T*)dx, dw, rows, h, eps);
+    }))
+    return 0;
+}
+
+// SwiGLU (swiglu.cu) and RoPE (rope.cu) on `grid` blocks (grid-stride loops: any grid covers any n).
+extern "C" int rho_emu_swiglu_fwd(int dtype, const void* g, const void* u, void* h, long long n, unsigned grid) {
+    if (n <= 0) return 0;
+    RHO_EMU_DISPATCH(dtype, emu::launch(grid, 1, 1, RHO_SWIGLU_THREADS, [&] {
+        swiglu_fwd_impl<T>((const T*)g, (const T*)u, (T*)h, n);
+    }))
+    return 0;
+}
+
+extern "C" int rho_emu_swiglu_bwd(int dtype, const void* g, const void* u, const void* dh, void* dgu, long long n,
+                                  unsigned grid) {
+    if (n <= 0) return 0;
+    RHO_EMU_DISPATCH(dtype, emu::launch(grid, 1, 1, RHO_SWIGLU_THREADS, [&] {
+        swiglu_bwd_impl<T>((const T*)g, (const T*)u, (const T*)dh, (T*)dgu, n);
+    }))
+    return 0;
+}
+
+extern "C" int rho_emu_rope(int dtype, const void* x, long long sb, long long ss, long long sh, const void* cos,
+                            const void* sin, void* y, int seq, int heads, int d, int rot, float sign, int n,
+                            unsigned grid) {
+    if (n <= 0) return 0;
+    RHO_EMU_DISPATCH(dtype, emu::launch(grid, 1, 1, RHO_ROPE_THREADS, [&] {
+        rope_impl<T>((const T*)x, sb, ss, sh, (const T*)cos, (const T*)sin, (T*)y, seq, heads, d, rot, sign, n);
     }))
     return 0;
 }
