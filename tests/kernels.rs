@@ -153,13 +153,17 @@ fn ce_inputs(n: usize, vocab: usize, rows: Rows, seed: u64) -> (Vec<f32>, Vec<u3
 
 #[test]
 fn token_ce_kernels_match_the_reference() {
-    // contiguous rows, padded rows, a vocabulary of one, and the rows of a [3, 2, vocab]
-    // view of [3, 3, vocab] logits (what narrowing the model's logits to s - 1 gives)
+    // contiguous rows, padded rows (130: every other row misaligned), a vocabulary of one,
+    // and the rows of a [3, 2, vocab] view of [3, 3, vocab] logits (what narrowing the
+    // model's logits to s - 1 gives)
     let cases = [
-        (1000usize, Rows::uniform(1000)),
+        (1002usize, Rows::uniform(1002)),
         (100, Rows::uniform(130)),
         (1, Rows::uniform(1)),
         (4099, Rows { seq: 2, stride_b: 3 * 4099, stride_s: 4099 }),
+        // whole 16-byte vectors on aligned rows (the kernels' vector loads and stores)
+        (4096, Rows { seq: 2, stride_b: 3 * 4096, stride_s: 4096 }),
+        (1000, Rows::uniform(1000)),
     ];
     for (vocab, rows) in cases {
         let n = 6;
@@ -683,7 +687,7 @@ fn kernels_give_the_same_bits_under_every_schedule() {
     }
     // the loss, forward and backward
     {
-        let (n, vocab) = (5usize, 1500usize);
+        let (n, vocab) = (5usize, 1504usize);
         let (x, t) = ce_inputs(n, vocab, Rows::uniform(n), 5);
         let (xb, _) = quantize(KDType::BF16, &x);
         let dloss = normal(&mut rng, n, 1.0);

@@ -43,8 +43,9 @@ peak() { # name, timeout, command...
 }
 
 # 1. Kernels against their CPU references on the GPU (attention forward in 3 variants and
-#    backward, CE forward and backward), then kernel timings (flash variants w4 / w4m4 / w8
-#    vs plain attention; attention forward+backward flash vs plain; fused vs plain CE).
+#    backward, CE, AdamW, RMSNorm, SwiGLU and RoPE forward and backward: 43 checks), then
+#    kernel timings (flash variants w4 / w4m4 / w8 vs plain attention; attention
+#    forward+backward flash vs plain; SwiGLU and RoPE fused vs candle; fused vs plain CE).
 step kernels 200 $RHO bench kernels --device cuda:0
 # 2. Per-token losses: tiny f32 (peer tolerance 2e-3), then the real shape in bf16 (0.15),
 #    with the fused kernels (default) and without (RHO_FUSED_KERNELS=0) for comparison.
@@ -60,7 +61,7 @@ peak torch-eager 200 python3 $PEER --shapes 8x2048,4x1024 --matmul-n 0
 step rho-bf16-again 120 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048,4x1024
 RHO_FLASH_VARIANT=w8 step rho-bf16-w8 120 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048 --iters 5
 # 4. Training steps (CLM, SLM 60%), bf16 weights like the peer: rho (flash attention
-#    forward + backward, fused CE + backward, fused RMSNorm + backward, fused AdamW) against the torch training peer
+#    forward + backward, fused CE, RMSNorm, SwiGLU and RoPE with their backward, fused AdamW) against the torch training peer
 #    (fused AdamW too); and rho with its kernels off for 4x1024.
 peak rho-train 200 $RHO bench train --device cuda:0 --shapes 4x1024,4x2048 --iters 5
 peak torch-train 200 python3 $TPEER --shapes 4x1024,4x2048 --iters 5

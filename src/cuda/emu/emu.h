@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <cstdio>
 #include <functional>
 
 #define RHO_DEVICE static inline
@@ -167,3 +168,22 @@ template <typename T> RHO_DEVICE void rho_cp_async16(T* dst, const T* src, bool 
 }
 RHO_DEVICE void rho_cp_async_commit() { emu::cp_async_commit(); }
 template <int N> RHO_DEVICE void rho_cp_async_wait() { emu::cp_async_wait(N); }
+// 16-byte vector load / store (16-byte aligned, like the hardware's; checked).
+inline void rho_check_aligned16(const void* p, const char* what) {
+    if ((reinterpret_cast<uintptr_t>(p) & 15) != 0) {
+        std::fprintf(stderr, "emu: %s address %p is not 16-byte aligned\n", what, p);
+        std::abort();
+    }
+}
+template <typename T> RHO_DEVICE void rho_load16(const T* p, float* out) {
+    rho_check_aligned16(p, "16-byte load");
+    T v[16 / sizeof(T)];
+    std::memcpy(v, p, 16);
+    for (unsigned i = 0; i < 16 / sizeof(T); i++) out[i] = rho_to_f32(v[i]);
+}
+template <typename T> RHO_DEVICE void rho_store16(T* p, const float* v) {
+    rho_check_aligned16(p, "16-byte store");
+    T t[16 / sizeof(T)];
+    for (unsigned i = 0; i < 16 / sizeof(T); i++) t[i] = rho_from_f32<T>(v[i]);
+    std::memcpy(p, t, 16);
+}

@@ -116,6 +116,49 @@ template <typename T> RHO_DEVICE void rho_cp_async16(T* dst, const T* src, bool 
 RHO_DEVICE void rho_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> RHO_DEVICE void rho_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+// 16 bytes at p (16-byte aligned) as 16 / sizeof(T) floats: one vector load, so that a
+// streaming kernel keeps enough bytes in flight per thread.
+template <typename T> RHO_DEVICE void rho_load16(const T* p, float* out);
+template <> RHO_DEVICE void rho_load16<float>(const float* p, float* out) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x;
+    out[1] = v.y;
+    out[2] = v.z;
+    out[3] = v.w;
+}
+template <> RHO_DEVICE void rho_load16<rho_bf16>(const rho_bf16* p, float* out) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        out[2 * i] = __uint_as_float(w[i] << 16);
+        out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+template <> RHO_DEVICE void rho_load16<rho_f16>(const rho_f16* p, float* out) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+// 16 / sizeof(T) floats rounded to T (nearest even), one 16-byte store at p (16-byte aligned).
+template <typename T> RHO_DEVICE void rho_store16(T* p, const float* v);
+template <> RHO_DEVICE void rho_store16<float>(float* p, const float* v) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+template <> RHO_DEVICE void rho_store16<rho_bf16>(rho_bf16* p, const float* v) {
+    *reinterpret_cast<uint4*>(p) = make_uint4(rho_pack2<rho_bf16>(v[0], v[1]), rho_pack2<rho_bf16>(v[2], v[3]),
+                                              rho_pack2<rho_bf16>(v[4], v[5]), rho_pack2<rho_bf16>(v[6], v[7]));
+}
+template <> RHO_DEVICE void rho_store16<rho_f16>(rho_f16* p, const float* v) {
+    *reinterpret_cast<uint4*>(p) = make_uint4(rho_pack2<rho_f16>(v[0], v[1]), rho_pack2<rho_f16>(v[2], v[3]),
+                                              rho_pack2<rho_f16>(v[4], v[5]), rho_pack2<rho_f16>(v[6], v[7]));
+}
+
 #else
 #include "../emu/emu.h"
 #endif
