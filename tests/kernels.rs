@@ -513,7 +513,8 @@ fn optimizer_kernels_match_the_cpu_ops_on_any_grid() -> candle_core::Result<()> 
     use rho::cuda::optim::{adam_apply, adam_moment, launch_blocks, sum_squares, AdamApply};
     let a = AdamApply { decay: 0.9999, step: 1.1e-3, inv_sqrt_bc2: 2.3, eps: 1e-8 };
     for (dt, kd, ulp) in [(DType::F32, KDType::F32, 2f32.powi(-23)), (DType::BF16, KDType::BF16, 2f32.powi(-7)), (DType::F16, KDType::F16, 2f32.powi(-10))] {
-        for (i, n) in [1usize, 255, 257, 3001].into_iter().enumerate() {
+        // odd sizes take the element-wise loop, whole 16-byte vectors (8 or 4 elements) the vector one
+        for (i, n) in [1usize, 255, 257, 3001, 8, 3000, 4096].into_iter().enumerate() {
             let mut rng = StdRng::seed_from_u64(900 + i as u64);
             let q = |x: Vec<f32>| if kd == KDType::F32 { x } else { quantize(kd, &x).1 };
             let w = q(normal(&mut rng, n, 1.0));
@@ -816,7 +817,7 @@ fn swiglu_kernels_match_the_cpu_op_on_any_grid() -> candle_core::Result<()> {
     // f32: a few units in the last place (the GPU's exp2 against Rust's exp, compounded in
     // the sigmoid's tail); 16-bit: one unit (a rounding boundary)
     for (dt, kd, ulp) in [(DType::F32, KDType::F32, 2e-6f32), (DType::BF16, KDType::BF16, 2f32.powi(-7)), (DType::F16, KDType::F16, 2f32.powi(-10))] {
-        for (i, n) in [1usize, 255, 257, 3001].into_iter().enumerate() {
+        for (i, n) in [1usize, 255, 257, 3001, 8, 3000, 4096].into_iter().enumerate() {
             let mut rng = StdRng::seed_from_u64(300 + i as u64);
             let q = |x: Vec<f32>| if kd == KDType::F32 { x } else { quantize(kd, &x).1 };
             let (g, u, d) = (q(normal(&mut rng, n, 3.0)), q(normal(&mut rng, n, 1.0)), q(normal(&mut rng, n, 1.0)));

@@ -163,6 +163,9 @@ template <> RHO_DEVICE void rho_store16<rho_f16>(rho_f16* p, const float* v) {
 #include "../emu/emu.h"
 #endif
 
+// Whether p may be read or written 16 bytes at a time (rho_load16 / rho_store16).
+RHO_DEVICE bool rho_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
 // Two adjacent 16x8 C fragments (columns 0-7 and 8-15 of a 16x16 block, f32) as one A
 // fragment of the input type: the C layout of m16n8 is the A layout of m16n8k16 split in two.
 template <typename T> RHO_DEVICE void rho_c_to_a(uint32_t* a, const float* c0, const float* c1) {

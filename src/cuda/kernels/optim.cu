@@ -9,7 +9,8 @@
 //                                                          reads w, m, v; writes w
 // sum_sq:      out[0] += sum_i x[i]^2 (f32; out zeroed by the caller; blocks add atomically).
 //
-// Grid-stride loops: any grid size covers any n. CPU references: src/cuda/optim.rs (the same
+// Grid-stride loops: any grid size covers any n; 16 bytes per load and store where every pointer
+// is 16-byte aligned and n a whole number of vectors (else element by element). CPU references: src/cuda/optim.rs (the same
 // update as Rust loops) and train::optim::AdamW::step_composed (one candle op per term).
 #include "compat.cuh"
 
@@ -18,8 +19,25 @@
 template <typename T>
 RHO_DEVICE void adam_moment_impl(T* __restrict__ state, const T* __restrict__ grad, long long n, float beta,
                                  float gscale, int square) {
+    const long long t0 = (long long)rho_block_x() * rho_block_dim_x() + rho_thread_x();
     const long long stride = (long long)rho_grid_dim_x() * rho_block_dim_x();
-    for (long long i = (long long)rho_block_x() * rho_block_dim_x() + rho_thread_x(); i < n; i += stride) {
+    constexpr int V = 16 / sizeof(T);  // 16-byte vectors where the pointers and n allow
+    if (rho_aligned16(state) && rho_aligned16(grad) && n % V == 0) {
+        for (long long c = t0; c < n / V; c += stride) {
+            float st[V], g[V];
+            rho_load16<T>(state + c * V, st);
+            rho_load16<T>(grad + c * V, g);
+#pragma unroll
+            for (int k = 0; k < V; k++) {
+                float x = g[k] * gscale;
+                if (square) x *= x;
+                st[k] = beta * st[k] + (1.f - beta) * x;
+            }
+            rho_store16<T>(state + c * V, st);
+        }
+        return;
+    }
+    for (long long i = t0; i < n; i += stride) {
         float g = rho_to_f32(grad[i]) * gscale;
         if (square) g *= g;
         state[i] = rho_from_f32<T>(beta * rho_to_f32(state[i]) + (1.f - beta) * g);
@@ -29,8 +47,22 @@ RHO_DEVICE void adam_moment_impl(T* __restrict__ state, const T* __restrict__ gr
 template <typename T>
 RHO_DEVICE void adam_apply_impl(T* __restrict__ w, const T* __restrict__ m, const T* __restrict__ v, long long n,
                                 float decay, float step, float inv_sqrt_bc2, float eps) {
+    const long long t0 = (long long)rho_block_x() * rho_block_dim_x() + rho_thread_x();
     const long long stride = (long long)rho_grid_dim_x() * rho_block_dim_x();
-    for (long long i = (long long)rho_block_x() * rho_block_dim_x() + rho_thread_x(); i < n; i += stride) {
+    constexpr int V = 16 / sizeof(T);
+    if (rho_aligned16(w) && rho_aligned16(m) && rho_aligned16(v) && n % V == 0) {
+        for (long long c = t0; c < n / V; c += stride) {
+            float wk[V], mk[V], vk[V];
+            rho_load16<T>(w + c * V, wk);
+            rho_load16<T>(m + c * V, mk);
+            rho_load16<T>(v + c * V, vk);
+#pragma unroll
+            for (int k = 0; k < V; k++) wk[k] = wk[k] * decay - step * mk[k] / (rho_sqrt(vk[k]) * inv_sqrt_bc2 + eps);
+            rho_store16<T>(w + c * V, wk);
+        }
+        return;
+    }
+    for (long long i = t0; i < n; i += stride) {
         const float denom = rho_sqrt(rho_to_f32(v[i])) * inv_sqrt_bc2 + eps;
         w[i] = rho_from_f32<T>(rho_to_f32(w[i]) * decay - step * rho_to_f32(m[i]) / denom);
     }
@@ -40,11 +72,22 @@ template <typename T>
 RHO_DEVICE void sum_sq_impl(const T* __restrict__ x, long long n, float* __restrict__ out) {
     RHO_SHARED float part[RHO_OPT_THREADS / 32];
     const int tid = rho_thread_x();
+    const long long t0 = (long long)rho_block_x() * rho_block_dim_x() + tid;
     const long long stride = (long long)rho_grid_dim_x() * rho_block_dim_x();
+    constexpr int V = 16 / sizeof(T);
     float s = 0.f;
-    for (long long i = (long long)rho_block_x() * rho_block_dim_x() + tid; i < n; i += stride) {
-        const float e = rho_to_f32(x[i]);
-        s += e * e;
+    if (rho_aligned16(x) && n % V == 0) {
+        for (long long c = t0; c < n / V; c += stride) {
+            float e[V];
+            rho_load16<T>(x + c * V, e);
+#pragma unroll
+            for (int k = 0; k < V; k++) s += e[k] * e[k];
+        }
+    } else {
+        for (long long i = t0; i < n; i += stride) {
+            const float e = rho_to_f32(x[i]);
+            s += e * e;
+        }
     }
     for (int off = 16; off > 0; off >>= 1) s += rho_shfl_xor(s, off);
     if (tid % 32 == 0) part[tid / 32] = s;

@@ -29,8 +29,6 @@ RHO_DEVICE void rho_lse_push(float& m, float& s, float e) {
     }
 }
 
-RHO_DEVICE bool rho_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 template <typename T>
 RHO_DEVICE void token_ce_fwd_impl(const T* __restrict__ logits, long long sb, long long ss, long long seq,
                                   const uint32_t* __restrict__ targets, float* __restrict__ loss,
