@@ -749,6 +749,14 @@ fn kernels_give_the_same_bits_under_every_schedule() {
         ));
     }
 
+    // the schedules bite: a kernel with a missing barrier, and one with a missing cp.async
+    // wait, give other bits under some of them
+    for (mode, what) in [(0, "a read of another warp's write without a barrier"), (1, "a cp.async destination read without the wait")] {
+        let want = emu::with_schedule(Schedule::DEFAULT, || emu::race_probe(mode).unwrap());
+        let caught = schedules.iter().filter(|&&s| emu::with_schedule(s, || emu::race_probe(mode).unwrap()) != want).count();
+        assert!(caught > 0, "no schedule exposes {what}");
+    }
+
     for (name, run) in &runs {
         let want = emu::with_schedule(Schedule::DEFAULT, run);
         for s in schedules {
@@ -976,6 +984,9 @@ fn every_family_is_the_same_with_the_fused_ops_as_with_the_composed_ones() {
         let x = Tensor::from_vec(ids.iter().map(|i| i % vocab).collect::<Vec<_>>(), (2, 19), &Device::Cpu).unwrap();
         // evaluation
         let m = ck.load(DType::F32, &Device::Cpu, Mode::Eval).unwrap();
+        // (the switch takes effect on this thread)
+        assert!(with_fused(none, || !Fused::ALL.iter().any(|&k| rho::cuda::fused_enabled(k))));
+        assert!(with_fused(all, || Fused::ALL.iter().all(|&k| rho::cuda::fused_enabled(k))));
         let (a, b) = (with_fused(all, || m.forward(&x).unwrap()), with_fused(none, || m.forward(&x).unwrap()));
         let e = rel_err(&vals(&a), &vals(&b));
         assert!(e < 1e-5, "{family}: logits differ by {e} (relative to the largest)");

@@ -157,14 +157,25 @@ thread_local! {
 
 /// Run `f` with the emulator's launches on this thread under `schedule`.
 pub fn with_schedule<R>(schedule: Schedule, f: impl FnOnce() -> R) -> R {
-    struct Restore(Schedule);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            SCHEDULE.with(|s| s.set(self.0));
-        }
+    super::with_cell(&SCHEDULE, schedule, f)
+}
+
+extern "C" {
+    fn rho_emu_race_probe(mode: i32, input: *const f32, out: *mut f32) -> i32;
+}
+
+/// A deliberately racy kernel (harness.cpp) on 64 threads: `mode` 0 reads another warp's
+/// shared-memory write with no barrier between, 1 reads a `cp.async` destination without
+/// the wait. Its output depends on the schedule: what shows that the schedules bite.
+pub fn race_probe(mode: i32) -> Result<Vec<f32>, String> {
+    let input: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    let mut out = vec![0f32; 64];
+    let _l = lock();
+    // SAFETY: input and out hold the 64 floats the probe reads and writes.
+    if unsafe { rho_emu_race_probe(mode, input.as_ptr(), out.as_mut_ptr()) } != 0 {
+        return Err(format!("race probe: no mode {mode}"));
     }
-    let _restore = Restore(SCHEDULE.with(|s| s.replace(schedule)));
-    f()
+    Ok(out)
 }
 
 /// One launch at a time: the emulator's shared memory is static storage. The guard also

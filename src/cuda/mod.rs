@@ -137,13 +137,18 @@ thread_local! {
 /// Run `f` with [`fused_enabled`] answering from `on` on this thread, whatever
 /// `RHO_FUSED_KERNELS` says (tests compare the fused and composed paths in one process).
 pub fn with_fused<R>(on: FusedSet, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<FusedSet>);
-    impl Drop for Restore {
+    with_cell(&FUSED_OVERRIDE, Some(on), f)
+}
+
+/// Run `f` with the thread-local `cell` set to `v`, restored afterwards (also on a panic).
+pub(crate) fn with_cell<T: Copy + 'static, R>(cell: &'static std::thread::LocalKey<std::cell::Cell<T>>, v: T, f: impl FnOnce() -> R) -> R {
+    struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<std::cell::Cell<T>>, T);
+    impl<T: Copy + 'static> Drop for Restore<T> {
         fn drop(&mut self) {
-            FUSED_OVERRIDE.with(|o| o.set(self.0));
+            self.0.with(|c| c.set(self.1));
         }
     }
-    let _restore = Restore(FUSED_OVERRIDE.with(|o| o.replace(Some(on))));
+    let _restore = Restore(cell, cell.with(|c| c.replace(v)));
     f()
 }
 

@@ -191,3 +191,29 @@ extern "C" int rho_emu_rope(int dtype, const void* x, long long sb, long long ss
     }))
     return 0;
 }
+
+// Two deliberately racy kernels on one block of 64 threads (2 warps), for the test that the
+// emulator's schedules expose races (src/cuda/emu.rs `race_probe`). out[t] after:
+// mode 0: sm[t] = in[t], then a read of sm[(t + 32) % 64], another warp's, with no barrier;
+// mode 1: in[0..64] copied into sm by cp.async, then a barrier but no cp.async wait, then
+//         a read of sm[(t + 5) % 64] (another thread's copy).
+// Both start from sm = -1 behind a barrier, so the result depends only on the schedule.
+extern "C" int rho_emu_race_probe(int mode, const float* in, float* out) {
+    if (mode != 0 && mode != 1) return 1;
+    emu::launch(1, 1, 1, 64, [&] {
+        RHO_SHARED float sm[64];
+        const int t = rho_thread_x();
+        sm[t] = -1.f;
+        rho_sync_threads();
+        if (mode == 0) {
+            sm[t] = in[t];
+            out[t] = sm[(t + 32) % 64];
+        } else {
+            if (t < 16) rho_cp_async16(&sm[4 * t], &in[4 * t], true);
+            rho_cp_async_commit();
+            rho_sync_threads();
+            out[t] = sm[(t + 5) % 64];
+        }
+    });
+    return 0;
+}
