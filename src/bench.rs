@@ -62,6 +62,14 @@ pub struct BenchEvalArgs {
     /// Write weights, ids and per-token losses for `torch_peer.py --check-against`.
     #[arg(long)]
     pub dump: Option<PathBuf>,
+    /// Measure nothing: load a `--dump` file's weights and ids, compute the per-token losses
+    /// here (this --device and --dtype, e.g. the CPU in f32) and compare them with the
+    /// dumped ones: a `CHECK` line per shape, relative tolerance --tol; exit 1 on a failure.
+    #[arg(long, conflicts_with = "dump")]
+    pub check_against: Option<PathBuf>,
+    /// With --check-against: the largest |ours - dumped| / |dumped| per token that passes.
+    #[arg(long, default_value_t = 1e-2)]
+    pub tol: f64,
 }
 
 /// One measured shape.
@@ -219,6 +227,9 @@ pub fn run_bench_eval(a: &BenchEvalArgs) -> Result<Vec<BenchResult>> {
         "tie_word_embeddings": false,
     });
     let cfg = ModelConfig::from_value(&cfg_json, std::path::Path::new("<rho bench eval>"))?;
+    if let Some(path) = &a.check_against {
+        return check_against_dump(&cfg, path, dtype, &device, a.tol).map(|()| Vec::new());
+    }
     let made = Arc::new(Mutex::new(HashMap::new()));
     let t0 = Instant::now();
     let vb = VarBuilder::from_backend(Box::new(RandBackend { made: made.clone(), seed: a.seed }), dtype, device.clone());
@@ -288,6 +299,57 @@ pub fn run_bench_eval(a: &BenchEvalArgs) -> Result<Vec<BenchResult>> {
     Ok(results)
 }
 
+/// `--check-against`: the dump's weights and ids through this build's model on `device` in
+/// `dtype`; every shape's per-token losses against the dumped ones (the acceptance check of
+/// issue 7: bf16 on the GPU against f32 on the CPU, relative 1e-2).
+fn check_against_dump(cfg: &ModelConfig, path: &std::path::Path, dtype: DType, device: &Device, tol: f64) -> Result<()> {
+    let bad = |m: String| Error::file(path, m);
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| bad(format!("not a `rho bench eval --dump` file: {e}")))?;
+    let mut shapes: Vec<(usize, usize)> = tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix("ids_"))
+        .filter_map(|bs| bs.split_once('x').and_then(|(b, s)| Some((b.parse().ok()?, s.parse().ok()?))))
+        .collect();
+    shapes.sort();
+    if shapes.is_empty() {
+        return Err(bad("no ids_BxS tensors (not written by `rho bench eval --dump`?)".into()));
+    }
+    let vb = VarBuilder::from_tensors(tensors.clone(), dtype, device);
+    let model = Transformer::new(cfg, vb, Mode::Eval).map_err(|e| bad(format!("its weights do not fit the model flags: {}", crate::error::candle_msg(&e))))?;
+    let mut failed = 0;
+    for (b, s) in shapes {
+        let get = |k: String| tensors.get(&k).cloned().ok_or_else(|| bad(format!("no tensor `{k}`")));
+        let ids = get(format!("ids_{b}x{s}"))?.to_dtype(DType::U32)?.to_device(device)?;
+        let want = get(format!("loss_{b}x{s}"))?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if ids.dims() != [b, s] || want.len() != b * (s - 1) {
+            return Err(bad(format!("ids_{b}x{s} is {:?} and loss_{b}x{s} has {} values (want [{b}, {s}] and {})", ids.dims(), want.len(), b * (s - 1))));
+        }
+        let logits = model.forward(&ids)?;
+        let targets = ids.narrow(1, 1, s - 1)?.contiguous()?;
+        let got = token_loss_eval(&logits.narrow(1, 0, s - 1)?, &targets)?.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+        let (mut max_rel, mut max_abs) = (0f64, 0f64);
+        for (&g, &w) in got.iter().zip(&want) {
+            let d = (g as f64 - w as f64).abs();
+            // NaN anywhere fails the check
+            let rel = if d.is_nan() { f64::INFINITY } else { d / (w as f64).abs().max(1e-6) };
+            max_rel = max_rel.max(rel);
+            max_abs = max_abs.max(if d.is_nan() { f64::INFINITY } else { d });
+        }
+        let pass = max_rel <= tol;
+        failed += usize::from(!pass);
+        println!(
+            "CHECK kind=loss-vs-dump shape={b}x{s} dtype={} device={} tokens={} max_rel={max_rel:.3e} max_abs={max_abs:.3e} tol={tol:.1e} {}",
+            dtype.as_str(),
+            if device.is_cpu() { "cpu" } else { "cuda" },
+            got.len(),
+            if pass { "PASS" } else { "FAIL" }
+        );
+    }
+    if failed > 0 {
+        return Err(Error::msg(format!("{failed} shape(s) of {} differ by more than --tol {tol}", path.display())));
+    }
+    Ok(())
+}
 
 /// `rho bench train`: training-step throughput with the flags, shapes and output of
 /// `../shared/gpu/torch_train_peer.py` (TinyLlama-1.1B shape, random init). One step is

@@ -107,3 +107,46 @@ fn bench_train_prints_the_train_peers_results_for_clm_and_slm() {
         assert!(stderr(&o).contains(flag), "{}", stderr(&o));
     }
 }
+
+/// `--check-against`: a bf16 dump's per-token losses recomputed in f32 on the CPU (the
+/// acceptance check of the GPU issue, here on the CPU alone): within 1e-2 relative it
+/// passes; a tighter --tol fails with exit 1; a dump of another shape of model, a file
+/// that is not a dump, and --dump together with it are clear errors.
+#[test]
+fn bench_eval_checks_a_dump_against_this_build_in_another_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("bf16.safetensors");
+    let d = dump.to_str().unwrap();
+    let o = rho(&["bench", "eval", "--tiny", "--dtype", "bf16", "--iters", "1", "--warmup", "0", "--dump", d]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = rho(&["bench", "eval", "--tiny", "--dtype", "f32", "--check-against", d]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let checks: Vec<&str> = out.lines().filter(|l| l.starts_with("CHECK ")).collect();
+    assert_eq!(checks.len(), 2, "{out}");
+    let mut worst = 0f64;
+    for (l, shape, n) in [(checks[0], "1x16", "15"), (checks[1], "2x32", "62")] {
+        assert!(l.ends_with(" PASS") && field(l, "shape") == shape && field(l, "tokens") == n && field(l, "dtype") == "f32", "{l}");
+        let rel: f64 = field(l, "max_rel").parse().unwrap();
+        // bf16 against f32: not equal, well within bf16's tolerance
+        assert!(rel > 0.0 && rel < 1e-2, "{l}");
+        worst = worst.max(rel);
+    }
+    let tight = format!("{:e}", worst / 2.0);
+    let o = rho(&["bench", "eval", "--tiny", "--dtype", "f32", "--check-against", d, "--tol", &tight]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(" FAIL"));
+    assert!(stderr(&o).contains(d) && stderr(&o).contains("--tol"), "{}", stderr(&o));
+    // the default (TinyLlama-shaped) flags do not fit the tiny dump's weights
+    let o = rho(&["bench", "eval", "--dtype", "f32", "--check-against", d]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains(d) && stderr(&o).contains("embed_tokens"), "{}", stderr(&o));
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not safetensors").unwrap();
+    let o = rho(&["bench", "eval", "--tiny", "--check-against", junk.to_str().unwrap()]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains(junk.to_str().unwrap()), "{}", stderr(&o));
+    let o = rho(&["bench", "eval", "--tiny", "--check-against", d, "--dump", d]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--check-against"), "{}", stderr(&o));
+}

@@ -47,12 +47,15 @@ peak() { # name, timeout, command...
 #    kernel timings (flash variants w4 / w4m4 / w8 vs plain attention; attention
 #    forward+backward flash vs plain; SwiGLU and RoPE fused vs candle; fused vs plain CE).
 step kernels 200 $RHO bench kernels --device cuda:0
-# 2. Per-token losses: tiny f32 (peer tolerance 2e-3), then the real shape in bf16 (0.15),
-#    with the fused kernels (default) and without (RHO_FUSED_KERNELS=0) for comparison.
+# 2. Per-token losses: tiny f32 (peer tolerance 2e-3), then the real shape in bf16 (0.15)
+#    against transformers, and against rho's own f32 path on the CPU (relative 1e-2).
 step tiny-dump 60 $RHO bench eval --device cuda:0 --tiny --dtype f32 --iters 3 --warmup 1 --dump /tmp/tiny.safetensors
 step tiny-check 120 python3 $PEER --tiny --dtype f32 --check-against /tmp/tiny.safetensors
 step full-dump 120 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 1x2048 --iters 3 --warmup 1 --dump /tmp/full.safetensors
 step full-check 180 python3 $PEER --dtype bf16 --shapes 1x2048 --check-against /tmp/full.safetensors
+#    The acceptance's other half: the same weights and ids through rho's CPU f32 path, every
+#    token's loss within 1e-2 relative of the GPU's bf16 one.
+step full-cpu-f32 150 $RHO bench eval --device cpu --dtype f32 --check-against /tmp/full.safetensors
 rm -f /tmp/full.safetensors
 # 3. Eval throughput and memory, one after the other on the same GPU.
 #    rho twice (before and after torch): the spread between the two is the noise.
