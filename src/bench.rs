@@ -11,7 +11,9 @@
 //!
 //! `--dump FILE` writes the weights (transformers' names), the ids and our
 //! per-token losses of every shape to a safetensors file that
-//! `torch_peer.py --check-against FILE` (same model flags) compares against.
+//! `torch_peer.py --check-against FILE` (same model flags) compares against, and
+//! `rho bench eval --check-against FILE` recomputes with this build on another device
+//! or dtype (the GPU's bf16 losses against the CPU's f32 path).
 
 use crate::error::{Error, Result};
 use crate::model::loss::token_loss_eval;
