@@ -716,16 +716,18 @@ fn kernels_give_the_same_bits_under_every_schedule() {
                 [bits32(&em), bits32(&ev), bits32(&ew), vec![sq.to_bits()]].concat()
             }),
         ));
-        let (rows, h) = (7usize, 300usize);
-        let (x, w, g) = (normal(&mut rng, rows * h, 1.5), normal(&mut rng, h, 1.0), normal(&mut rng, rows * h, 1.0));
-        runs.push((
-            "rms_norm fwd + bwd".into(),
-            Box::new(move || {
-                let y = emu::rms_norm_fwd(KDType::BF16, &x, &w, 1e-5).unwrap();
-                let (dx, dw) = emu::rms_norm_bwd(KDType::BF16, &x, &w, &g, 1e-5, 3).unwrap();
-                [bits32(&y), bits32(&dx), bits32(&dw)].concat()
-            }),
-        ));
+        // h = 300: the element-wise loops; 304: whole 16-byte vectors
+        for (rows, h) in [(7usize, 300usize), (7, 304)] {
+            let (x, w, g) = (normal(&mut rng, rows * h, 1.5), normal(&mut rng, h, 1.0), normal(&mut rng, rows * h, 1.0));
+            runs.push((
+                format!("rms_norm fwd + bwd h={h}"),
+                Box::new(move || {
+                    let y = emu::rms_norm_fwd(KDType::BF16, &x, &w, 1e-5).unwrap();
+                    let (dx, dw) = emu::rms_norm_bwd(KDType::BF16, &x, &w, &g, 1e-5, 3).unwrap();
+                    [bits32(&y), bits32(&dx), bits32(&dw)].concat()
+                }),
+            ));
+        }
     }
 
     // SwiGLU and RoPE (no shared memory: a check that they stay so)

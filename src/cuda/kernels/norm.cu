@@ -9,6 +9,8 @@
 //           (h <= RHO_NORM_MAX_H) and adds it to dw once, atomically.
 // x, dy, y, dx contiguous [rows, h]; w [h]. CPU reference: src/cuda/norm.rs (the same
 // arithmetic as Rust loops), itself checked against candle's autograd of the composed ops.
+// Rows are read and written 16 bytes at a time where the pointers are 16-byte aligned and h a
+// whole number of vectors (h = 2048 in bf16: one vector per thread), element-wise otherwise.
 #include "compat.cuh"
 
 #define RHO_NORM_THREADS 256
@@ -41,17 +43,38 @@ template <typename T>
 RHO_DEVICE void rms_norm_fwd_impl(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, long long h,
                                   float eps) {
     const long long row = rho_block_x();
+    const int tid = rho_thread_x();
     const T* xr = x + row * h;
     T* yr = y + row * h;
+    constexpr int V = 16 / sizeof(T);  // 16-byte vectors where the rows and w allow
+    const bool vec = rho_aligned16(xr) && rho_aligned16(yr) && rho_aligned16(w) && h % V == 0;
     float ss = 0.f, unused = 0.f;
-    for (long long j = rho_thread_x(); j < h; j += RHO_NORM_THREADS) {
-        const float e = rho_to_f32(xr[j]);
-        ss += e * e;
+    if (vec) {
+        for (long long c = tid; c < h / V; c += RHO_NORM_THREADS) {
+            float e[V];
+            rho_load16<T>(xr + c * V, e);
+#pragma unroll
+            for (int k = 0; k < V; k++) ss += e[k] * e[k];
+        }
+    } else {
+        for (long long j = tid; j < h; j += RHO_NORM_THREADS) {
+            const float e = rho_to_f32(xr[j]);
+            ss += e * e;
+        }
     }
     rho_block_sum2(ss, unused);
     const float rs = 1.f / rho_sqrt(ss / (float)h + eps);
-    for (long long j = rho_thread_x(); j < h; j += RHO_NORM_THREADS) {
-        yr[j] = rho_from_f32<T>(rho_to_f32(xr[j]) * rs * rho_to_f32(w[j]));
+    if (vec) {
+        for (long long c = tid; c < h / V; c += RHO_NORM_THREADS) {
+            float e[V], g[V];
+            rho_load16<T>(xr + c * V, e);
+            rho_load16<T>(w + c * V, g);
+#pragma unroll
+            for (int k = 0; k < V; k++) e[k] = e[k] * rs * g[k];
+            rho_store16<T>(yr + c * V, e);
+        }
+    } else {
+        for (long long j = tid; j < h; j += RHO_NORM_THREADS) yr[j] = rho_from_f32<T>(rho_to_f32(xr[j]) * rs * rho_to_f32(w[j]));
     }
 }
 
@@ -60,27 +83,62 @@ RHO_DEVICE void rms_norm_bwd_impl(const T* __restrict__ x, const T* __restrict__
                                   T* __restrict__ dx, float* __restrict__ dw, long long rows, long long h, float eps) {
     RHO_SHARED float dws[RHO_NORM_MAX_H];
     const int tid = rho_thread_x();
+    constexpr int V = 16 / sizeof(T);
+    // 16-byte vectors where every row start and w allow (h a whole number of vectors and
+    // the bases aligned); the same choice for every row of the launch
+    const bool vec = rho_aligned16(x) && rho_aligned16(dy) && rho_aligned16(dx) && rho_aligned16(w) && h % V == 0;
     for (long long j = tid; j < h; j += RHO_NORM_THREADS) dws[j] = 0.f;
-    // (each thread only touches its own columns of dws until the final sum)
+    // dws is updated only after a row's rho_block_sum2, whose barriers order the zeroing
+    // before it (the vector loop's columns of a thread are not its zeroing loop's)
     for (long long row = rho_block_x(); row < rows; row += rho_grid_dim_x()) {
         const T* xr = x + row * h;
         const T* gr = dy + row * h;
         T* dxr = dx + row * h;
         float ss = 0.f, c = 0.f;
-        for (long long j = tid; j < h; j += RHO_NORM_THREADS) {
-            const float e = rho_to_f32(xr[j]);
-            ss += e * e;
-            c += rho_to_f32(gr[j]) * rho_to_f32(w[j]) * e;
+        if (vec) {
+            for (long long q = tid; q < h / V; q += RHO_NORM_THREADS) {
+                float e[V], g[V], wk[V];
+                rho_load16<T>(xr + q * V, e);
+                rho_load16<T>(gr + q * V, g);
+                rho_load16<T>(w + q * V, wk);
+#pragma unroll
+                for (int k = 0; k < V; k++) {
+                    ss += e[k] * e[k];
+                    c += g[k] * wk[k] * e[k];
+                }
+            }
+        } else {
+            for (long long j = tid; j < h; j += RHO_NORM_THREADS) {
+                const float e = rho_to_f32(xr[j]);
+                ss += e * e;
+                c += rho_to_f32(gr[j]) * rho_to_f32(w[j]) * e;
+            }
         }
         rho_block_sum2(ss, c);
         const float rs = 1.f / rho_sqrt(ss / (float)h + eps);
-        const float k = rs * rs * rs * c / (float)h;
-        for (long long j = tid; j < h; j += RHO_NORM_THREADS) {
-            const float e = rho_to_f32(xr[j]), g = rho_to_f32(gr[j]);
-            dxr[j] = rho_from_f32<T>(rs * g * rho_to_f32(w[j]) - e * k);
-            dws[j] += g * e * rs;
+        const float k3 = rs * rs * rs * c / (float)h;
+        if (vec) {
+            for (long long q = tid; q < h / V; q += RHO_NORM_THREADS) {
+                float e[V], g[V], wk[V];
+                rho_load16<T>(xr + q * V, e);
+                rho_load16<T>(gr + q * V, g);
+                rho_load16<T>(w + q * V, wk);
+#pragma unroll
+                for (int k = 0; k < V; k++) {
+                    dws[q * V + k] += g[k] * e[k] * rs;
+                    e[k] = rs * g[k] * wk[k] - e[k] * k3;
+                }
+                rho_store16<T>(dxr + q * V, e);
+            }
+        } else {
+            for (long long j = tid; j < h; j += RHO_NORM_THREADS) {
+                const float e = rho_to_f32(xr[j]), g = rho_to_f32(gr[j]);
+                dxr[j] = rho_from_f32<T>(rs * g * rho_to_f32(w[j]) - e * k3);
+                dws[j] += g * e * rs;
+            }
         }
     }
+    rho_sync_threads();  // every column's sum is complete before any thread reads it
     for (long long j = tid; j < h; j += RHO_NORM_THREADS) rho_atomic_add(dw + j, dws[j]);
 }
 
