@@ -166,6 +166,29 @@ template <> RHO_DEVICE void rho_store16<rho_f16>(rho_f16* p, const float* v) {
 // Whether p may be read or written 16 bytes at a time (rho_load16 / rho_store16).
 RHO_DEVICE bool rho_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
+// sum of x[i]^2 (f32) over one thread's share of n elements: i = t0, t0 + stride, ... in
+// 16-byte vectors where x is 16-byte aligned and n a whole number of them, else element-wise.
+// (RMSNorm's rows and the optimizer's gradient norm.)
+template <typename T>
+RHO_DEVICE float rho_sum_sq_share(const T* __restrict__ x, long long n, long long t0, long long stride) {
+    constexpr int V = 16 / sizeof(T);
+    float s = 0.f;
+    if (rho_aligned16(x) && n % V == 0) {
+        for (long long c = t0; c < n / V; c += stride) {
+            float e[V];
+            rho_load16<T>(x + c * V, e);
+#pragma unroll
+            for (int k = 0; k < V; k++) s += e[k] * e[k];
+        }
+    } else {
+        for (long long i = t0; i < n; i += stride) {
+            const float e = rho_to_f32(x[i]);
+            s += e * e;
+        }
+    }
+    return s;
+}
+
 // Two adjacent 16x8 C fragments (columns 0-7 and 8-15 of a 16x16 block, f32) as one A
 // fragment of the input type: the C layout of m16n8 is the A layout of m16n8k16 split in two.
 template <typename T> RHO_DEVICE void rho_c_to_a(uint32_t* a, const float* c0, const float* c1) {

@@ -48,20 +48,7 @@ RHO_DEVICE void rms_norm_fwd_impl(const T* __restrict__ x, const T* __restrict__
     T* yr = y + row * h;
     constexpr int V = 16 / sizeof(T);  // 16-byte vectors where the rows and w allow
     const bool vec = rho_aligned16(xr) && rho_aligned16(yr) && rho_aligned16(w) && h % V == 0;
-    float ss = 0.f, unused = 0.f;
-    if (vec) {
-        for (long long c = tid; c < h / V; c += RHO_NORM_THREADS) {
-            float e[V];
-            rho_load16<T>(xr + c * V, e);
-#pragma unroll
-            for (int k = 0; k < V; k++) ss += e[k] * e[k];
-        }
-    } else {
-        for (long long j = tid; j < h; j += RHO_NORM_THREADS) {
-            const float e = rho_to_f32(xr[j]);
-            ss += e * e;
-        }
-    }
+    float ss = rho_sum_sq_share(xr, h, tid, RHO_NORM_THREADS), unused = 0.f;
     rho_block_sum2(ss, unused);
     const float rs = 1.f / rho_sqrt(ss / (float)h + eps);
     if (vec) {

@@ -74,21 +74,7 @@ RHO_DEVICE void sum_sq_impl(const T* __restrict__ x, long long n, float* __restr
     const int tid = rho_thread_x();
     const long long t0 = (long long)rho_block_x() * rho_block_dim_x() + tid;
     const long long stride = (long long)rho_grid_dim_x() * rho_block_dim_x();
-    constexpr int V = 16 / sizeof(T);
-    float s = 0.f;
-    if (rho_aligned16(x) && n % V == 0) {
-        for (long long c = t0; c < n / V; c += stride) {
-            float e[V];
-            rho_load16<T>(x + c * V, e);
-#pragma unroll
-            for (int k = 0; k < V; k++) s += e[k] * e[k];
-        }
-    } else {
-        for (long long i = t0; i < n; i += stride) {
-            const float e = rho_to_f32(x[i]);
-            s += e * e;
-        }
-    }
+    float s = rho_sum_sq_share(x, n, t0, stride);
     for (int off = 16; off > 0; off >>= 1) s += rho_shfl_xor(s, off);
     if (tid % 32 == 0) part[tid / 32] = s;
     rho_sync_threads();
