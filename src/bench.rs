@@ -242,7 +242,7 @@ pub fn run_bench_eval(a: &BenchEvalArgs) -> Result<Vec<BenchResult>> {
     let mm_params = a.layers * ((a.heads + 2 * a.kv_heads) * d * a.hidden + a.hidden * a.heads * d + 3 * a.hidden * a.intermediate) + a.vocab * a.hidden;
     let n_params = mm_params + a.vocab * a.hidden;
     println!(
-        "model: rho Llama layers={} hidden={} inter={} heads={} kv_heads={} vocab={} params={:.3}B dtype={:?} device={} built in {:.1}s",
+        "model: rho Llama layers={} hidden={} inter={} heads={} kv_heads={} vocab={} params={:.3}B dtype={:?} device={} pool={} built in {:.1}s",
         a.layers,
         a.hidden,
         a.intermediate,
@@ -252,6 +252,7 @@ pub fn run_bench_eval(a: &BenchEvalArgs) -> Result<Vec<BenchResult>> {
         n_params as f64 / 1e9,
         dtype,
         a.device,
+        crate::cuda::pool_name(),
         t0.elapsed().as_secs_f64()
     );
     let flops = |b: usize, s: usize| 2.0 * (b * s) as f64 * mm_params as f64 + 4.0 * (b * s * s) as f64 * (a.hidden * a.layers) as f64;
@@ -423,7 +424,14 @@ pub fn run_bench_train(a: &BenchTrainArgs) -> Result<Vec<BenchResult>> {
     let n_params: usize = vars.values().map(|v| v.elem_count()).sum();
     let mut opt = AdamW::new(vars, AdamWParams { weight_decay: 0.01, beta2: 0.999, ..AdamWParams::default() })?;
     let fused: Vec<_> = crate::cuda::Fused::ALL.iter().filter(|k| crate::cuda::fused_enabled(**k)).map(|k| k.name()).collect();
-    println!("model params={:.3}B dtype={dtype:?} select={} device={} fused={}", n_params as f64 / 1e9, a.select, a.device, if fused.is_empty() { "none".to_string() } else { fused.join(",") });
+    println!(
+        "model params={:.3}B dtype={dtype:?} select={} device={} fused={} pool={}",
+        n_params as f64 / 1e9,
+        a.select,
+        a.device,
+        if fused.is_empty() { "none".to_string() } else { fused.join(",") },
+        crate::cuda::pool_name()
+    );
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed ^ 7);
     let mut results = Vec::new();
     for &(b, s) in &shapes {

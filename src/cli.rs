@@ -253,7 +253,11 @@ pub fn parse_device(s: &str) -> Result<Device> {
     let r = std::panic::catch_unwind(|| Device::new_cuda(n));
     std::panic::set_hook(prev);
     match r {
-        Ok(d) => d.map_err(|e| Error::flag("--device", format!("{s}: {e}"))),
+        Ok(d) => {
+            let d = d.map_err(|e| Error::flag("--device", format!("{s}: {e}")))?;
+            crate::cuda::configure_pool(&d).map_err(|e| Error::flag("--device", format!("{s}: {e}")))?;
+            Ok(d)
+        }
         Err(p) => {
             let msg = p.downcast_ref::<String>().map(|m| m.as_str()).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("unknown error");
             let first = msg.split(" - ").next().unwrap_or(msg);
@@ -283,6 +287,9 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
 pub fn run(cli: Cli) -> Result<()> {
     if let Ok(v) = std::env::var("RHO_FUSED_KERNELS") {
         crate::cuda::parse_fused(Some(&v)).map_err(|e| Error::flag("RHO_FUSED_KERNELS", e))?;
+    }
+    if let Ok(v) = std::env::var("RHO_CUDA_POOL") {
+        crate::cuda::parse_pool(Some(&v)).map_err(|e| Error::flag("RHO_CUDA_POOL", e))?;
     }
     match cli.command {
         Command::Audit(a) => crate::audit::run_cli(&a),

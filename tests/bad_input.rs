@@ -231,6 +231,29 @@ fn bad_fused_kernels_switch_and_bench_optim_flags_exit_2() {
     assert!(out.contains("impl=fused") && out.contains("impl=composed") && out.contains("step_composed_over_fused="), "{out}");
 }
 
+/// A bad `RHO_CUDA_POOL` is refused before any work, naming the variable and the values;
+/// the two good ones run (on a CPU the pool setting has nothing to do).
+#[test]
+fn bad_cuda_pool_switch_exits_2() {
+    let run = |v: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rho"))
+            .current_dir(root())
+            .args(["bench", "optim", "--params", "0.01", "--iters", "1", "--warmup", "0", "--device", "cpu"])
+            .env("RHO_CUDA_POOL", v)
+            .output()
+            .unwrap();
+        (out.status.code(), stderr(&out), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, err, out) = run("never");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("RHO_CUDA_POOL") && err.contains("`never`") && err.contains("keep or release"), "{err}");
+    assert!(out.is_empty(), "{out}");
+    for good in ["keep", "release"] {
+        let (code, err, _) = run(good);
+        assert_eq!(code, Some(0), "{good}: {err}");
+    }
+}
+
 #[test]
 fn other_data_into_existing_study_is_refused_then_forced() {
     let s = setup();

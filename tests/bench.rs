@@ -76,7 +76,7 @@ fn bench_kernels_checks_every_kernel_in_the_emulator_without_a_gpu() {
         let (err, tol): (f64, f64) = (field(l, "max_err").parse().unwrap(), field(l, "tol").parse().unwrap());
         assert!(err <= tol, "{l}");
     }
-    assert_eq!(checks.len(), 43, "{out}");
+    assert_eq!(checks.len(), 49, "{out}");
     let o = rho(&["bench", "kernels", "--iters", "0"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--iters"), "{}", stderr(&o));

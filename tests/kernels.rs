@@ -228,6 +228,39 @@ fn reference_ce_agrees_with_the_training_loss_and_its_autograd_gradient() -> can
 }
 
 #[test]
+fn the_training_loss_on_cpu_is_the_fused_op_unless_switched_off() -> candle_core::Result<()> {
+    // train_token_loss picks the fused op on CPU (its forward and gradient bits are those of
+    // token_cross_entropy), and per_token_loss's when `loss` is left out of RHO_FUSED_KERNELS.
+    use rho::cuda::{with_fused, Fused};
+    let dev = Device::Cpu;
+    let (b, s, v) = (3, 5, 4099);
+    let logits = (Tensor::randn(0f32, 2.0, (b, s, v), &dev)? * 3.0)?;
+    let targets = Tensor::from_vec((0..b * s).map(|i| (i * 811 % v) as u32).collect::<Vec<_>>(), (b, s), &dev)?;
+    let w = Tensor::from_vec((0..b * s).map(|i| 1.0 + i as f32 / 3.0).collect::<Vec<_>>(), (b, s), &dev)?;
+    let run = |f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>| -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+        let var = candle_core::Var::from_tensor(&logits)?;
+        let loss = f(var.as_tensor())?;
+        let g = (loss.clone() * &w)?.sum_all()?.backward()?;
+        Ok((loss.flatten_all()?.to_vec1()?, g.get(var.as_tensor()).unwrap().flatten_all()?.to_vec1()?))
+    };
+    let mut all = [true; Fused::ALL.len()];
+    let fused = run(&|x| rho::cuda::token_cross_entropy(x, &targets))?;
+    let composed = run(&|x| rho::model::loss::per_token_loss(x, &targets))?;
+    assert_ne!(fused.1, composed.1, "the two paths should differ in the last bits");
+    assert_eq!(with_fused(all, || run(&|x| rho::model::loss::train_token_loss(x, &targets)))?, fused);
+    all[Fused::Loss as usize] = false;
+    assert_eq!(with_fused(all, || run(&|x| rho::model::loss::train_token_loss(x, &targets)))?, composed);
+    // and they agree to f32 rounding: losses and gradients to 1e-5 relative
+    for (a, c) in fused.0.iter().zip(&composed.0) {
+        assert!((a - c).abs() <= 1e-5 * c.abs().max(1.0), "loss {a} vs {c}");
+    }
+    for (a, c) in fused.1.iter().zip(&composed.1) {
+        assert!((a - c).abs() <= 1e-5 * c.abs().max(1e-2), "grad {a} vs {c}");
+    }
+    Ok(())
+}
+
+#[test]
 fn token_cross_entropy_op_and_its_gradient_match_the_training_loss() -> candle_core::Result<()> {
     // The differentiable op (CPU: the references) on a narrowed [b, s - 1, vocab] view,
     // against per_token_loss and candle's autograd, in f32 and bf16.
@@ -359,11 +392,12 @@ fn reference_attention_backward_matches_autograd() -> candle_core::Result<()> {
 
 #[test]
 fn flash_attention_backward_kernel_matches_the_reference() {
-    let gqa = |batch, seq, n_heads, n_kv_heads| AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: 64 };
-    let gqa128 = |batch, seq, n_heads, n_kv_heads| AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: 128 };
+    let gqa_d = |head_dim| move |batch, seq, n_heads, n_kv_heads| AttnShape { batch, seq, n_heads, n_kv_heads, head_dim };
+    let (gqa, gqa128, gqa32, gqa80) = (gqa_d(64), gqa_d(128), gqa_d(32), gqa_d(80));
     // (dtype, shape, fused layout): one partial key tile with grouped-query heads; several key
     // and query tiles; exactly one tile; views of one fused projection; head dim 128
-    // (32-key blocks of 2 warps)
+    // (32-key blocks of 2 warps); head dim 32 (64-key blocks); head dim 80 (32-key blocks,
+    // the odd last 16 columns of S^T = K Q^T and dP^T = V dO^T alone)
     let cases = [
         (KDType::BF16, gqa(1, 77, 2, 1), false),
         (KDType::BF16, gqa(2, 150, 2, 2), false),
@@ -371,6 +405,10 @@ fn flash_attention_backward_kernel_matches_the_reference() {
         (KDType::F16, gqa(1, 100, 2, 2), true),
         (KDType::BF16, gqa128(1, 90, 4, 2), false),
         (KDType::F16, gqa128(1, 65, 2, 2), true),
+        (KDType::BF16, gqa32(1, 140, 4, 2), false),
+        (KDType::F16, gqa32(1, 70, 2, 2), true),
+        (KDType::F16, gqa80(1, 90, 4, 2), false),
+        (KDType::BF16, gqa80(2, 45, 2, 2), true),
     ];
     for (ci, (dt, shape, fused)) in cases.into_iter().enumerate() {
         let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
@@ -467,7 +505,9 @@ fn flash_kernels_are_right_at_every_tile_boundary() {
             assert!(err <= tol(KDType::BF16) && mag > 0.0, "d {d} warps {warps} seq {seq}: max diff {err}");
         }
     }
-    for (d, seq) in [1usize, 2, 63, 64, 65, 128, 129].map(|s| (64usize, s)).into_iter().chain([1usize, 31, 32, 33, 65].map(|s| (128, s))) {
+    let bwd_cases = [1usize, 2, 63, 64, 65, 128, 129].map(|s| (64usize, s)).into_iter().chain([1usize, 31, 32, 33, 65].map(|s| (128, s)));
+    let bwd_cases = bwd_cases.chain([1usize, 63, 64, 65, 129].map(|s| (32, s))).chain([1usize, 31, 32, 33, 65].map(|s| (80, s)));
+    for (d, seq) in bwd_cases {
         let shape = AttnShape { batch: 1, seq, n_heads: 2, n_kv_heads: 1, head_dim: d };
         let mut rng = StdRng::seed_from_u64(2000 + seq as u64);
         let qs = Strides::contiguous(seq, 2, d);
@@ -667,8 +707,8 @@ fn kernels_give_the_same_bits_under_every_schedule() {
             Box::new(move || bits16(&emu::flash_attn_fwd(KDType::BF16, warps, shape, &q, qs, &k, ks, &v, ks, 0.125).unwrap())),
         ));
     }
-    // attention backward (with its forward's normalisers), both head dims, several query tiles
-    for (d, seq) in [(64usize, 150usize), (128, 75)] {
+    // attention backward (with its forward's normalisers), every head dim, several query tiles
+    for (d, seq) in [(64usize, 150usize), (128, 75), (32, 140), (80, 75)] {
         let shape = AttnShape { batch: 1, seq, n_heads: 2, n_kv_heads: 1, head_dim: d };
         let qs = Strides::contiguous(seq, 2, d);
         let ks = Strides::contiguous(seq, 1, d);

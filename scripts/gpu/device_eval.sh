@@ -43,7 +43,7 @@ peak() { # name, timeout, command...
 }
 
 # 1. Kernels against their CPU references on the GPU (attention forward in 3 variants and
-#    backward, CE, AdamW, RMSNorm, SwiGLU and RoPE forward and backward: 43 checks), then
+#    backward, CE, AdamW, RMSNorm, SwiGLU and RoPE forward and backward: 49 checks), then
 #    kernel timings (flash variants w4 / w4m4 / w8 vs plain attention; attention
 #    forward+backward flash vs plain; SwiGLU and RoPE fused vs candle; fused vs plain CE).
 step kernels 200 $RHO bench kernels --device cuda:0
@@ -63,6 +63,9 @@ peak rho-bf16 150 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048,4
 peak torch-eager 200 python3 $PEER --shapes 8x2048,4x1024 --matmul-n 0
 step rho-bf16-again 120 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048,4x1024
 RHO_FLASH_VARIANT=w8 step rho-bf16-w8 120 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048 --iters 5
+#    rho with the CUDA memory pool's default (freed memory unmapped at every synchronisation,
+#    i.e. after every batch) instead of rho's setting (kept): what the setting is worth.
+RHO_CUDA_POOL=release step rho-bf16-pool-release 120 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048,4x1024
 # 4. Training steps (CLM, SLM 60%), bf16 weights like the peer: rho (flash attention
 #    forward + backward, fused CE, RMSNorm, SwiGLU and RoPE with their backward, fused AdamW) against the torch training peer
 #    (fused AdamW too); and rho with its kernels off for 4x1024.
@@ -70,6 +73,7 @@ peak rho-train 200 $RHO bench train --device cuda:0 --shapes 4x1024,4x2048 --ite
 peak torch-train 200 python3 $TPEER --shapes 4x1024,4x2048 --iters 5
 step rho-train-slm 120 $RHO bench train --device cuda:0 --shapes 4x2048 --select 0.6 --iters 5
 RHO_FUSED_KERNELS=0 step rho-train-plain 150 $RHO bench train --device cuda:0 --shapes 4x1024 --iters 3
+RHO_CUDA_POOL=release step rho-train-pool-release 120 $RHO bench train --device cuda:0 --shapes 4x2048 --iters 5
 # 5. The optimizer alone: one AdamW step and gradient norm over TinyLlama's 1.1B bf16
 #    parameters, rho's fused in-place kernels against the same update composed of candle ops.
 step optim 90 $RHO bench optim --device cuda:0 --params 1100

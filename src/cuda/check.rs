@@ -147,7 +147,7 @@ fn check_flash(dev: &Device, dt: DType, shape: AttnShape, fused: bool, q_std: f3
     Ok(Check { kernel: "flash_attn_fwd", what, max_err: max_abs_diff(&got, &want), tol })
 }
 
-/// The attention backward (head dim 64 or 128) on `dev` (GPU: `flash_attention_train` and candle's
+/// The attention backward (head dims 32, 64, 80, 128) on `dev` (GPU: `flash_attention_train` and candle's
 /// autograd, so the forward's saved normalisers and D = rowsum(dO o) are part of the check;
 /// CPU: the emulated forward and backward kernels) against the f64 reference gradients.
 /// One check per gradient: max |kernel - reference| / max |reference|.
@@ -694,9 +694,21 @@ pub fn run_bench_kernels(a: &BenchKernelsArgs) -> Result<Vec<Check>> {
         ]
     };
     let bwd_cases: Vec<(DType, AttnShape)> = if dev.is_cpu() {
-        vec![(DType::BF16, gqa(1, 77, 2, 1, 64)), (DType::F16, gqa(1, 130, 2, 2, 64)), (DType::BF16, gqa(1, 70, 2, 1, 128))]
+        vec![
+            (DType::BF16, gqa(1, 77, 2, 1, 64)),
+            (DType::F16, gqa(1, 130, 2, 2, 64)),
+            (DType::BF16, gqa(1, 70, 2, 1, 128)),
+            (DType::F16, gqa(1, 90, 2, 2, 32)),
+            (DType::BF16, gqa(1, 45, 2, 1, 80)),
+        ]
     } else {
-        vec![(DType::BF16, gqa(1, 700, 4, 2, 64)), (DType::F16, gqa(2, 300, 2, 2, 64)), (DType::BF16, gqa(1, 500, 4, 1, 128))]
+        vec![
+            (DType::BF16, gqa(1, 700, 4, 2, 64)),
+            (DType::F16, gqa(2, 300, 2, 2, 64)),
+            (DType::BF16, gqa(1, 500, 4, 1, 128)),
+            (DType::F16, gqa(1, 600, 4, 2, 32)),
+            (DType::BF16, gqa(1, 500, 4, 4, 80)),
+        ]
     };
     let (cb, cs, cv) = if dev.is_cpu() { (2, 6, 1000) } else { (4, 257, 32000) };
     let mut checks = Vec::new();

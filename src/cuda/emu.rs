@@ -315,7 +315,7 @@ pub fn flash_attn_bwd(
         ("v", v.len(), vs, shape.n_kv_heads),
         ("dout", dout.len(), gs, shape.n_heads),
     ])?;
-    if dtype == KDType::F32 || !matches!(shape.head_dim, 64 | 128) {
+    if dtype == KDType::F32 || !super::FLASH_BWD_HEAD_DIMS.contains(&shape.head_dim) {
         return Err(format!("no flash attention backward for {dtype:?} with head_dim {}", shape.head_dim));
     }
     for (name, st) in [("q", qs), ("k", ks), ("v", vs), ("dout", gs)] {

@@ -152,11 +152,76 @@ pub(crate) fn with_cell<T: Copy + 'static, R>(cell: &'static std::thread::LocalK
     f()
 }
 
+/// `RHO_CUDA_POOL`: what the CUDA memory pool does with freed memory at a synchronisation.
+/// Unset or `keep`: keeps it for the next allocations (rho's setting, [`configure_pool`]);
+/// `release`: the driver's default (returned to the system at every synchronisation, so
+/// that each evaluation batch or training step maps its activations' memory again), for A/B
+/// runs. Returns whether to keep.
+pub fn parse_pool(v: Option<&str>) -> std::result::Result<bool, String> {
+    match v.map(str::trim) {
+        None | Some("keep") => Ok(true),
+        Some("release") => Ok(false),
+        Some(other) => Err(format!("`{other}` is not keep or release")),
+    }
+}
+
+/// `keep` or `release`: the `RHO_CUDA_POOL` setting in use (for the benchmarks' output).
+pub fn pool_name() -> &'static str {
+    match parse_pool(std::env::var("RHO_CUDA_POOL").ok().as_deref()) {
+        Ok(false) => "release",
+        _ => "keep",
+    }
+}
+
+/// Sets the release threshold of `dev`'s current memory pool (the one candle's stream-ordered
+/// allocations come from) per `RHO_CUDA_POOL` ([`parse_pool`]): by default to the maximum, so
+/// that memory freed during a forward pass stays in the pool across the host
+/// synchronisations that end each batch and step (the driver's default, 0, unmaps it at each
+/// and the next batch maps it again). The memory stays reserved for this process, as in
+/// PyTorch's caching allocator. A no-op on other devices; returns the threshold set.
+pub fn configure_pool(dev: &candle_core::Device) -> Result<Option<u64>> {
+    let keep = parse_pool(std::env::var("RHO_CUDA_POOL").ok().as_deref()).map_err(candle_core::Error::Msg)?;
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = dev {
+        use candle_core::cuda_backend::cudarc::driver::{result, sys};
+        let ctx = d.cuda_stream().context().clone();
+        let mut threshold: u64 = if keep { u64::MAX } else { 0 };
+        // SAFETY: the device comes from the context candle created; the attribute takes a u64.
+        unsafe {
+            ctx.bind_to_thread().map_err(|e| candle_core::Error::Msg(format!("CUDA memory pool: {e}")))?;
+            let pool = result::device::get_mem_pool(ctx.cu_device()).map_err(|e| candle_core::Error::Msg(format!("CUDA memory pool: {e}")))?;
+            result::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            )
+            .map_err(|e| candle_core::Error::Msg(format!("CUDA memory pool: setting the release threshold: {e}")))?;
+        }
+        return Ok(Some(threshold));
+    }
+    let _ = (dev, keep);
+    Ok(None)
+}
+
 /// Head dims the flash attention kernel is compiled for.
 pub const FLASH_HEAD_DIMS: [usize; 5] = [32, 64, 80, 128, 256];
 
-/// Head dims the flash attention backward (and the training forward) is compiled for.
-pub const FLASH_BWD_HEAD_DIMS: [usize; 2] = [64, 128];
+/// Head dims the flash attention backward (and the training forward) is compiled for:
+/// Pythia-14m/31m (32), TinyLlama, Pythia-70m..410m, GPT-2 (64), Pythia-2.8b, Phi-2 (80),
+/// Llama, Mistral, Qwen2-1.5b+, Pythia-1.4b/6.9b (128). Pythia-1b's 256 trains through
+/// candle's differentiable ops (the kernel's per-thread dK, dV and dQ accumulators would be
+/// 384 registers).
+pub const FLASH_BWD_HEAD_DIMS: [usize; 4] = [32, 64, 80, 128];
+
+/// Keys per block of the backward kernel for head dim `d` (attention.cu's RHO_FLASH_BWD lines;
+/// the block has `2 x` that many threads).
+pub(crate) fn flash_bwd_keys_per_block(d: usize) -> usize {
+    if d <= 64 {
+        64
+    } else {
+        32
+    }
+}
 
 /// Causal grouped-query attention without the [s, s] matrix.
 ///
@@ -458,6 +523,37 @@ pub(crate) fn cpu_targets<'a>(s: &'a CpuStorage, l: &Layout, n: usize) -> Result
 /// in the logits' dtype.
 struct TokenCeGrad;
 
+/// The CPU backward of the token cross-entropy, rows in parallel: per row (read from `x` at
+/// `rows.at(r)`, `vocab` contiguous elements) the forward's log-sum-exp again (`FusedTokenLoss`'s
+/// arithmetic: f32 max, f32 exponentials summed in f64), then
+/// d[c] = (exp(x[c] - lse) - [c == target]) g[r], rounded once to T. The row is read three
+/// times while it is in cache and the gradient written once: against the ~25 passes over
+/// [tokens, vocab] f32 of `per_token_loss`'s graph and its gradients.
+fn token_ce_grad_cpu<T: Elem>(x: &[T], rows: Rows, targets: &[u32], g: &[f32], vocab: usize) -> Result<Vec<T>> {
+    use rayon::prelude::*;
+    let mut out = vec![T::of(0.0); targets.len() * vocab];
+    if vocab == 0 {
+        return Ok(out);
+    }
+    out.par_chunks_mut(vocab).enumerate().try_for_each(|(r, d)| -> Result<()> {
+        let t = targets[r] as usize;
+        if t >= vocab {
+            candle_core::bail!("token cross-entropy: target id {t} is outside the vocabulary of {vocab}");
+        }
+        let row = &x[rows.at(r)..rows.at(r) + vocab];
+        let m = row.iter().fold(f32::NEG_INFINITY, |m, &e| m.max(e.f()));
+        let sum: f64 = row.iter().map(|&e| (e.f() - m).exp() as f64).sum();
+        let lse = m + sum.ln() as f32;
+        let gr = g[r];
+        for (o, &e) in d.iter_mut().zip(row) {
+            *o = T::of((e.f() - lse).exp() * gr);
+        }
+        d[t] = T::of(((row[t].f() - lse).exp() - 1.0) * gr);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 impl CustomOp3 for TokenCeGrad {
     fn name(&self) -> &'static str {
         "rho-token-ce-grad"
@@ -478,9 +574,14 @@ impl CustomOp3 for TokenCeGrad {
             (CpuStorage::F32(g), Some((a, z))) if z - a == b * s => &g[a..z],
             _ => candle_core::bail!("token cross-entropy: the loss gradient must be {} contiguous f32", b * s),
         };
-        let x = cpu_f32(s1, l1)?;
-        let d = reference::token_ce_backward(&x, rows, t, g, v);
-        Ok((cpu_storage(s1.dtype(), d), Shape::from((b, s, v))))
+        let off = l1.start_offset();
+        let d = match s1 {
+            CpuStorage::F32(x) => CpuStorage::F32(token_ce_grad_cpu(&x[off..], rows, t, g, v)?),
+            CpuStorage::BF16(x) => CpuStorage::BF16(token_ce_grad_cpu(&x[off..], rows, t, g, v)?),
+            CpuStorage::F16(x) => CpuStorage::F16(token_ce_grad_cpu(&x[off..], rows, t, g, v)?),
+            _ => candle_core::bail!("token cross-entropy: logits must be f32, bf16 or f16, got {:?}", s1.dtype()),
+        };
+        Ok((d, Shape::from((b, s, v))))
     }
 
     #[cfg(feature = "cuda")]
@@ -500,6 +601,47 @@ impl CustomOp3 for TokenCeGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `(name, type, D, BC, ...)` arguments of every `MACRO(` line of `src`.
+    fn macro_lines<'a>(src: &'a str, mac: &str) -> Vec<Vec<&'a str>> {
+        src.lines()
+            .filter_map(|l| l.trim().strip_prefix(mac)?.strip_prefix('('))
+            .filter_map(|l| l.strip_suffix(')'))
+            .map(|args| args.split(',').map(str::trim).collect())
+            .collect()
+    }
+
+    #[test]
+    fn compiled_attention_kernels_are_the_ones_the_launchers_name() {
+        // attention.cu's instantiations, the emulator harness's and the Rust launchers' tables
+        // (FLASH_HEAD_DIMS, FLASH_BWD_HEAD_DIMS, flash_bwd_keys_per_block) must agree: a head dim
+        // the launcher accepts without a kernel fails only on a GPU.
+        let cu = include_str!("kernels/attention.cu");
+        let harness = include_str!("emu/harness.cpp");
+        let bwd = macro_lines(cu, "RHO_FLASH_BWD");
+        let emu_bwd = macro_lines(harness, "RHO_EMU_BWD");
+        let fwd = macro_lines(cu, "RHO_FLASH");
+        for dt in ["bf16", "f16"] {
+            let mut dims: Vec<usize> = bwd.iter().filter(|a| a[1] == format!("rho_{dt}")).map(|a| a[2].parse().unwrap()).collect();
+            dims.sort();
+            assert_eq!(dims, FLASH_BWD_HEAD_DIMS, "{dt} backward kernels");
+            let mut lse: Vec<usize> = fwd.iter().filter(|a| a[1] == format!("rho_{dt}") && a[6] == "true").map(|a| a[2].parse().unwrap()).collect();
+            lse.sort();
+            assert_eq!(lse, FLASH_BWD_HEAD_DIMS, "{dt} training forwards");
+            let mut eval: Vec<usize> = fwd.iter().filter(|a| a[1] == format!("rho_{dt}") && a[6] == "false").map(|a| a[2].parse().unwrap()).collect();
+            eval.dedup();
+            eval.sort();
+            eval.dedup();
+            assert_eq!(eval, FLASH_HEAD_DIMS, "{dt} evaluation forwards");
+        }
+        for a in &bwd {
+            let (d, bc): (usize, usize) = (a[2].parse().unwrap(), a[3].parse().unwrap());
+            assert_eq!(a[0], format!("flash_attn_bwd_{}_d{d}", &a[1][4..]), "kernel name");
+            assert_eq!(bc, flash_bwd_keys_per_block(d), "{}: keys per block", a[0]);
+            assert!(emu_bwd.iter().any(|e| e[1] == a[1] && e[2] == a[2] && e[3] == a[3]), "{} is not in the emulator harness", a[0]);
+        }
+        assert_eq!(emu_bwd.len(), bwd.len(), "emulator harness backward lines");
+    }
 
     #[test]
     fn fused_switch_parses_all_none_and_lists() {

@@ -73,7 +73,7 @@ fn f32_view<'a>(x: In<'a>, n: usize, what: &str) -> Result<candle_core::cuda_bac
 /// One input of the backward: storage, layout.
 pub(crate) type In<'a> = (&'a CudaStorage, &'a Layout);
 
-/// Gradients of flash attention (head dim 64 or 128): q, k, v, dout [b, s, heads, d] (rows
+/// Gradients of flash attention (head dims in `FLASH_BWD_HEAD_DIMS`): q, k, v, dout [b, s, heads, d] (rows
 /// 16-byte aligned), lse2 and dsum [b, s, nh] f32 contiguous -> (dq [b, s, nh, d] f32, dk and
 /// dv [b, s, nkv, d] in the inputs' dtype), contiguous.
 pub(crate) fn flash_attn_bwd(
@@ -107,7 +107,7 @@ pub(crate) fn flash_attn_bwd(
     // every key block adds its share of dq: zeros first
     let mut dq = dev.alloc_zeros::<f32>(rows * d)?;
     let n_kv = shape.batch * shape.seq * shape.n_kv_heads * d;
-    let bc = if d == 64 { 64 } else { 32 }; // keys per block, as attention.cu's RHO_FLASH_BWD lines
+    let bc = super::flash_bwd_keys_per_block(d);
     let strides: Vec<i64> = [st[0], st[1], st[2], gst[0]].iter().flat_map(|s| [s.batch as i64, s.head as i64, s.seq as i64]).collect();
     let cfg = LaunchConfig {
         grid_dim: (shape.seq.div_ceil(bc) as u32, shape.n_kv_heads as u32, shape.batch as u32),

@@ -25,10 +25,12 @@ pub fn per_token_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 /// Per-token loss for training (with a backward pass), same contract as [`per_token_loss`]:
-/// on CUDA the fused kernels (`cuda::token_cross_entropy`: no f32 copy of the logits, the
-/// gradient in the logits' dtype) unless `RHO_FUSED_KERNELS=0`; elsewhere `per_token_loss`.
+/// on CUDA and CPU the fused op (`cuda::token_cross_entropy`: one pass over the logits
+/// forward, no f32 copy of them, the gradient in the logits' dtype written in one pass;
+/// CUDA kernels or parallel Rust loops) unless `RHO_FUSED_KERNELS` leaves `loss` out;
+/// elsewhere (Metal) `per_token_loss`.
 pub fn train_token_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    if logits.device().is_cuda()
+    if (logits.device().is_cuda() || logits.device().is_cpu())
         && crate::cuda::fused_enabled(crate::cuda::Fused::Loss)
         && matches!(logits.dtype(), DType::F32 | DType::BF16 | DType::F16)
     {

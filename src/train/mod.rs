@@ -15,7 +15,7 @@ pub use config::{TrainConfig, TrainMode};
 
 use crate::data::Tok;
 use crate::error::{Error, Result, WithPath};
-use crate::model::{loss::per_token_loss, loss::train_token_loss, Checkpoint, Mode, ModelConfig, Transformer, Weights};
+use crate::model::{loss::token_loss_eval, loss::train_token_loss, Checkpoint, Mode, ModelConfig, Transformer, Weights};
 use crate::select::{self, Select};
 use crate::util;
 use candle_core::{DType, Device, Tensor};
@@ -432,7 +432,7 @@ fn probe_frame(
 ) -> Result<DataFrame> {
     let batch = Batch::new(stream, windows, dev)?;
     let logits = model.forward(&batch.input)?.detach();
-    let loss = per_token_loss(&logits.narrow(1, 0, batch.s - 1)?, &batch.targets)?.flatten_all()?.to_vec1::<f32>()?;
+    let loss = token_loss_eval(&logits.narrow(1, 0, batch.s - 1)?, &batch.targets)?.flatten_all()?.to_vec1::<f32>()?;
     let refl = batch.reference(reference)?;
     let kept = match cfg.mode {
         TrainMode::Clm => batch.valid.clone(),

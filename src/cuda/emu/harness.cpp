@@ -113,6 +113,10 @@ extern "C" int rho_emu_flash_attn_bwd(int dtype, int head_dim, const void* q, co
     RHO_EMU_BWD(1, rho_f16, 64, 64)
     RHO_EMU_BWD(0, rho_bf16, 128, 32)
     RHO_EMU_BWD(1, rho_f16, 128, 32)
+    RHO_EMU_BWD(0, rho_bf16, 32, 64)
+    RHO_EMU_BWD(1, rho_f16, 32, 64)
+    RHO_EMU_BWD(0, rho_bf16, 80, 32)
+    RHO_EMU_BWD(1, rho_f16, 80, 32)
     return 1;
 }
 

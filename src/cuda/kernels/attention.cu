@@ -195,7 +195,7 @@ RHO_DEVICE void warp_rows_times_tile_t(float (*acc)[4], const T* a, const T* b, 
     for (int nt = 0; nt < R / 8; ++nt)
         for (int i = 0; i < 4; ++i) acc[nt][i] = 0.f;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk += 2) {
+    for (int kk = 0; kk + 1 < D / 16; kk += 2) {
         uint32_t a0[4], a1[4];
         rho_ldmatrix_x4(a0, a + kk * 16);
         rho_ldmatrix_x4(a1, a + kk * 16 + 16);
@@ -207,10 +207,21 @@ RHO_DEVICE void warp_rows_times_tile_t(float (*acc)[4], const T* a, const T* b, 
             rho_mma16816<T>(acc[nt], a1, bf + 2);
         }
     }
+    if constexpr ((D / 16) % 2 == 1) {  // head dim 80: the last 16 columns alone
+        constexpr int kk = D / 16 - 1;
+        uint32_t a0[4];
+        rho_ldmatrix_x4(a0, a + kk * 16);
+#pragma unroll
+        for (int nt = 0; nt < R / 8; ++nt) {
+            uint32_t bf[2];
+            rho_ldmatrix_x2(bf, b + (nt * 8 + lane % 8) * LD + kk * 16 + (lane / 8 % 2) * 8);
+            rho_mma16816<T>(acc[nt], a0, bf);
+        }
+    }
 }
 
 // Backward of the causal attention above (training), FlashAttention-2's algorithm, head dim
-// 64 (64-key blocks) or 128 (32-key blocks).
+// 32 or 64 (64-key blocks), 80 or 128 (32-key blocks).
 //
 // Inputs: q, k, v, dout (= dL/do) with the forward's layouts (any batch/head/position strides,
 // rows 16-byte aligned), lse2 and dsum [b, s, n_heads] f32: the forward's log2 normaliser
@@ -236,7 +247,9 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
                                     long long g_sh, long long g_ss, int n_heads, int n_kv_heads, int seq,
                                     float scale_log2, float scale) {
     // BC keys per block, 16 per warp; query tiles of BR = BC rows (the dQ step gives each
-    // warp 16 of them). 64 for head dim 64, 32 for 128: within 48 KB of shared memory.
+    // warp 16 of them). 64 for head dims 32 and 64, 32 for 80 and 128: within 48 KB of
+    // shared memory (2 (BC + BR) (D + 8) + BC (BR + 8) elements: 40 KB at d64, 34 KB at
+    // d128, 25 KB at d80, 29 KB at d32; d80 with 64 keys would need 54 KB).
     constexpr int BR = BC, NW = BC / 16, LD = D + 8, LS = BR + 8, CH = D / 8;
     RHO_SHARED T kt[BC * LD];
     RHO_SHARED T vt[BC * LD];
@@ -409,12 +422,16 @@ RHO_FLASH(flash_attn_fwd_bf16_d80, rho_bf16, 80, 64, 4, 3, false)
 RHO_FLASH(flash_attn_fwd_f16_d80, rho_f16, 80, 64, 4, 3, false)
 RHO_FLASH(flash_attn_fwd_bf16_d256, rho_bf16, 256, 16, 4, 2, false)
 RHO_FLASH(flash_attn_fwd_f16_d256, rho_f16, 256, 16, 4, 2, false)
-// training forwards (write lse2 for the backward, head dims 64 and 128 like the backward); on CPU
-// the op's reference serves every head dim
+// training forwards (write lse2 for the backward, the backward's head dims 32, 64, 80, 128); on
+// CPU the op's reference serves every head dim
 RHO_FLASH(flash_attn_fwd_lse_bf16_d64, rho_bf16, 64, 64, 4, 3, true)
 RHO_FLASH(flash_attn_fwd_lse_f16_d64, rho_f16, 64, 64, 4, 3, true)
 RHO_FLASH(flash_attn_fwd_lse_bf16_d128, rho_bf16, 128, 32, 4, 3, true)
 RHO_FLASH(flash_attn_fwd_lse_f16_d128, rho_f16, 128, 32, 4, 3, true)
+RHO_FLASH(flash_attn_fwd_lse_bf16_d32, rho_bf16, 32, 64, 4, 3, true)
+RHO_FLASH(flash_attn_fwd_lse_f16_d32, rho_f16, 32, 64, 4, 3, true)
+RHO_FLASH(flash_attn_fwd_lse_bf16_d80, rho_bf16, 80, 64, 4, 3, true)
+RHO_FLASH(flash_attn_fwd_lse_f16_d80, rho_f16, 80, 64, 4, 3, true)
 #endif
 
 #ifdef __CUDACC__
@@ -433,4 +450,8 @@ RHO_FLASH_BWD(flash_attn_bwd_bf16_d64, rho_bf16, 64, 64)
 RHO_FLASH_BWD(flash_attn_bwd_f16_d64, rho_f16, 64, 64)
 RHO_FLASH_BWD(flash_attn_bwd_bf16_d128, rho_bf16, 128, 32)
 RHO_FLASH_BWD(flash_attn_bwd_f16_d128, rho_f16, 128, 32)
+RHO_FLASH_BWD(flash_attn_bwd_bf16_d32, rho_bf16, 32, 64)
+RHO_FLASH_BWD(flash_attn_bwd_f16_d32, rho_f16, 32, 64)
+RHO_FLASH_BWD(flash_attn_bwd_bf16_d80, rho_bf16, 80, 32)
+RHO_FLASH_BWD(flash_attn_bwd_f16_d80, rho_f16, 80, 32)
 #endif
