@@ -317,16 +317,22 @@ def run_logged(cmd: list[str], log: Path) -> dict:
     seen: set[str] = set()
     with open(log, "w") as f:
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
-        while p.poll() is None:
+        while True:
+            # wait4: this child's own resource usage (its peak RSS), not all children's
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
             seen.update(x.split("(")[0] for x in busy_processes())
             time.sleep(1)
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     foreign = max(0.0, cpu_busy_s() - c0 - cpu)
-    if p.returncode != 0:
-        raise SystemExit(f"failed (exit {p.returncode}): {' '.join(cmd)}\n{log.read_text()[-3000:]}")
-    return {"wall_s": wall, "cpu_s": cpu, "foreign_cpu_s": foreign, "foreign_procs": sorted(seen)}
+    rc = os.waitstatus_to_exitcode(status)
+    if rc != 0:
+        raise SystemExit(f"failed (exit {rc}): {' '.join(cmd)}\n{log.read_text()[-3000:]}")
+    return {"wall_s": wall, "cpu_s": cpu, "foreign_cpu_s": foreign, "foreign_procs": sorted(seen),
+            "peak_rss_gb": ru.ru_maxrss / 1e6}
 
 
 def steady(recs: list[dict], skip: int, secs_key: str) -> dict:
@@ -449,6 +455,8 @@ def report(a, s: dict, res: dict[str, list[dict]], v: dict, score_s: float, date
              f"- Each run: {a.steps} steps, the first {a.skip} dropped; tokens/s = targets / summed step time of the "
              f"remaining {a.steps - a.skip}; {a.rounds} round(s) in the order rho CLM, PyTorch CLM, rho SLM, PyTorch SLM "
              "(each its own process). Median over rounds, single rounds in parentheses.",
+             "- Peak RSS: the process's maximum resident memory (`wait4`'s ru_maxrss), whole process: for PyTorch "
+             "it includes the Python, torch and transformers libraries.",
              ]
     if busy_notes:
         lines.append("- Note: other CPU-heavy processes were running during: " + "; ".join(busy_notes) + ".")
@@ -461,8 +469,8 @@ def report(a, s: dict, res: dict[str, list[dict]], v: dict, score_s: float, date
               "python scripts/bench_train.py peer --mode clm|slm ...  # the PyTorch loop",
               "```", "", f"`$W` is the work folder ({a.workdir}); the model's config.json is written by the script "
               "(LlamaConfig fields as transformers 5 saves them).", "",
-              "| run | tokens/s (steady) | s / step | CPU cores used | kept | loss step 1 -> last | rho / PyTorch |",
-              "|---|---|---|---|---|---|---|"]
+              "| run | tokens/s (steady) | s / step | CPU cores used | peak RSS, GB | kept | loss step 1 -> last | rho / PyTorch |",
+              "|---|---|---|---|---|---|---|---|"]
     names = {"rho_clm": "rho CLM", "peer_clm": "PyTorch CLM", "rho_slm": "rho SLM (ratio 0.6)",
              "peer_slm": "PyTorch SLM (ratio 0.6)"}
     for k in ("rho_clm", "peer_clm", "rho_slm", "peer_slm"):
@@ -471,7 +479,8 @@ def report(a, s: dict, res: dict[str, list[dict]], v: dict, score_s: float, date
         if k.startswith("rho"):
             ratio = f"{med[k] / med['peer_' + k[4:]]:.2f}x"
         lines.append(f"| {names[k]} | {fmt_runs([r['tok_s'] for r in rs])} | {fmt_runs([r['step_s'] for r in rs], '{:.2f}')} | "
-                     f"{statistics.median(r['cpu_s'] / r['wall_s'] for r in rs):.2f} | {100 * rs[0]['kept_frac']:.0f}% | {rs[0]['loss_first']:.3f} -> {rs[0]['loss_last']:.3f} | {ratio} |")
+                     f"{statistics.median(r['cpu_s'] / r['wall_s'] for r in rs):.2f} | {fmt_runs([r['peak_rss_gb'] for r in rs], '{:.2f}')} | "
+                     f"{100 * rs[0]['kept_frac']:.0f}% | {rs[0]['loss_first']:.3f} -> {rs[0]['loss_last']:.3f} | {ratio} |")
     slm_rho = 100 * (step["rho_slm"] / step["rho_clm"] - 1)
     slm_peer = 100 * (step["peer_slm"] / step["peer_clm"] - 1)
     p = res["peer_clm"]

@@ -524,8 +524,8 @@ pub(crate) fn cpu_targets<'a>(s: &'a CpuStorage, l: &Layout, n: usize) -> Result
 struct TokenCeGrad;
 
 /// The CPU backward of the token cross-entropy, rows in parallel: per row (read from `x` at
-/// `rows.at(r)`, `vocab` contiguous elements) the forward's log-sum-exp again (`FusedTokenLoss`'s
-/// arithmetic: f32 max, f32 exponentials summed in f64), then
+/// `rows.at(r)`, `vocab` contiguous elements) the forward's log-sum-exp again
+/// (`loss::max_and_sum_exp`, as `FusedTokenLoss`), then
 /// d[c] = (exp(x[c] - lse) - [c == target]) g[r], rounded once to T. The row is read three
 /// times while it is in cache and the gradient written once: against the ~25 passes over
 /// [tokens, vocab] f32 of `per_token_loss`'s graph and its gradients.
@@ -541,8 +541,7 @@ fn token_ce_grad_cpu<T: Elem>(x: &[T], rows: Rows, targets: &[u32], g: &[f32], v
             candle_core::bail!("token cross-entropy: target id {t} is outside the vocabulary of {vocab}");
         }
         let row = &x[rows.at(r)..rows.at(r) + vocab];
-        let m = row.iter().fold(f32::NEG_INFINITY, |m, &e| m.max(e.f()));
-        let sum: f64 = row.iter().map(|&e| (e.f() - m).exp() as f64).sum();
+        let (m, sum) = crate::model::loss::max_and_sum_exp(row, |e: T| e.f());
         let lse = m + sum.ln() as f32;
         let gr = g[r];
         for (o, &e) in d.iter_mut().zip(row) {

@@ -98,14 +98,7 @@ impl FusedTokenLoss {
             if t >= v {
                 candle_core::bail!("fused token loss: target id {t} is outside the vocabulary of {v}");
             }
-            let mut m = f32::NEG_INFINITY;
-            for &e in x {
-                m = m.max(to_f32(e));
-            }
-            let mut sum = 0f64;
-            for &e in x {
-                sum += (to_f32(e) - m).exp() as f64;
-            }
+            let (m, sum) = max_and_sum_exp(x, &to_f32);
             Ok((sum.ln() - (to_f32(x[t]) - m) as f64) as f32)
         };
         use rayon::prelude::*;
@@ -115,6 +108,13 @@ impl FusedTokenLoss {
         })?;
         Ok(out)
     }
+}
+
+/// One row's max m (f32) and sum of exp(x - m) (each exponential in f32, summed in f64): the
+/// log-sum-exp m + ln(sum) of the fused loss's forward and of its CPU backward.
+pub(crate) fn max_and_sum_exp<T: Copy>(x: &[T], to_f32: impl Fn(T) -> f32) -> (f32, f64) {
+    let m = x.iter().fold(f32::NEG_INFINITY, |m, &e| m.max(to_f32(e)));
+    (m, x.iter().map(|&e| (to_f32(e) - m).exp() as f64).sum())
 }
 
 impl CustomOp2 for FusedTokenLoss {
