@@ -338,8 +338,8 @@ fn flash_attention_op_matches_softmax_attention_on_strided_inputs() -> candle_co
 #[test]
 fn every_family_gives_the_same_logits_through_the_flash_attention_path() {
     // Wiring of the flash path (layouts of the fused projections, RoPE in [b, s, h, d],
-    // partial rotary, grouped-query heads), with the op's CPU reference standing in for
-    // the kernel.
+    // partial rotary, grouped-query heads), with the op's CPU implementation standing in for
+    // the kernel, against candle's composed attention.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let ids: Vec<u32> = (0..2 * 23).map(|i| (i * 37 + 11) % 250).collect();
     for family in ["llama/step-100", "neox/step2000", "neox-seq/step1", "gpt2/checkpoint-20", "qwen2/step-1", "mistral/step-1"] {
@@ -347,10 +347,10 @@ fn every_family_gives_the_same_logits_through_the_flash_attention_path() {
         let ck = Checkpoint::open(&dir).unwrap();
         let vocab = ck.config.vocab_size as u32;
         let x = Tensor::from_vec(ids.iter().map(|i| i % vocab).collect::<Vec<_>>(), (2, 23), &Device::Cpu).unwrap();
-        let plain = ck.load(DType::F32, &Device::Cpu, Mode::Eval).unwrap();
-        assert!(!plain.uses_flash_attention(), "CPU models use the plain path by default");
-        let flash = plain.clone().with_flash_attention(true);
-        assert!(flash.uses_flash_attention());
+        let flash = ck.load(DType::F32, &Device::Cpu, Mode::Eval).unwrap();
+        assert!(flash.uses_flash_attention(), "CPU models use rho's attention op by default");
+        let plain = flash.clone().with_flash_attention(false);
+        assert!(!plain.uses_flash_attention());
         let a = plain.forward(&x).unwrap();
         let b = flash.forward(&x).unwrap();
         let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
@@ -453,9 +453,9 @@ fn flash_attention_backward_kernel_matches_the_reference() {
 
 #[test]
 fn every_family_trains_with_the_same_gradients_through_the_flash_attention_path() {
-    // Mode::Train through the op with its backward (CPU: the f64 references) against the
-    // plain differentiable attention: every parameter's gradient, and each one non-zero
-    // (the differentiable RoPE of the [b, s, h, d] layout included).
+    // Mode::Train through the op with its backward (CPU: attn_cpu) against the plain
+    // differentiable attention: every parameter's gradient, and each one non-zero (the
+    // differentiable RoPE of the [b, s, h, d] layout included).
     use candle_nn::VarBuilder;
     use rho::model::{Transformer, Weights};
     use rho::train::params::ParamSource;
@@ -467,9 +467,10 @@ fn every_family_trains_with_the_same_gradients_through_the_flash_attention_path(
         let src = ParamSource::new(Some(Weights::open(&dir).unwrap()), 0, 0.02);
         let varmap = src.varmap.clone();
         let vb = VarBuilder::from_backend(Box::new(src), DType::F32, Device::Cpu);
-        let plain = Transformer::new(&ck.config, vb, Mode::Train).unwrap();
-        let flash = plain.clone().with_flash_attention(true);
-        assert!(flash.uses_flash_attention());
+        let flash = Transformer::new(&ck.config, vb, Mode::Train).unwrap();
+        assert!(flash.uses_flash_attention(), "CPU training uses rho's attention op by default");
+        let plain = flash.clone().with_flash_attention(false);
+        assert!(!plain.uses_flash_attention());
         let vocab = ck.config.vocab_size as u32;
         let x = Tensor::from_vec(ids.iter().map(|i| i % vocab).collect::<Vec<_>>(), (2, 17), &Device::Cpu).unwrap();
         let targets = x.narrow(1, 1, 16).unwrap().contiguous().unwrap();

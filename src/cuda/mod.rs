@@ -17,6 +17,7 @@
 //! machine without a GPU. `rho bench kernels --device cuda:0` runs the same comparisons on
 //! the GPU.
 
+pub mod attn_cpu;
 pub mod check;
 pub mod emu;
 pub mod norm;
@@ -215,6 +216,7 @@ pub const FLASH_BWD_HEAD_DIMS: [usize; 4] = [32, 64, 80, 128];
 
 /// Keys per block of the backward kernel for head dim `d` (attention.cu's RHO_FLASH_BWD lines;
 /// the block has `2 x` that many threads).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn flash_bwd_keys_per_block(d: usize) -> usize {
     if d <= 64 {
         64
@@ -228,7 +230,7 @@ pub(crate) fn flash_bwd_keys_per_block(d: usize) -> usize {
 /// q: [b, s, n_heads, d], k and v: [b, s, n_kv_heads, d] (any strides; the head dim
 /// contiguous), d in [`FLASH_HEAD_DIMS`] on CUDA. Returns [b, s, n_heads, d] contiguous,
 /// out[b,i,h] = softmax_j<=i(scale q[b,i,h].k[b,j,h/G]) . v[b,j,h/G], G = n_heads / n_kv_heads.
-/// CUDA: the flash kernel (bf16 / f16). CPU: the f64 reference (slow; for tests).
+/// CUDA: the flash kernel (bf16 / f16). CPU: [`attn_cpu`] (f32 arithmetic, any head dim).
 /// No backward pass (evaluation); [`flash_attention_train`] has one.
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
     flash_attention_variant(q, k, v, scale, FlashVariant::from_env())
@@ -236,7 +238,8 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result
 
 /// [`flash_attention`] with a backward pass (training): the forward also keeps each row's
 /// log-sum-exp, the backward is `flash_attn_bwd` on CUDA (head dims in
-/// [`FLASH_BWD_HEAD_DIMS`]) and the f64 reference on CPU. Gradients in the inputs' dtype.
+/// [`FLASH_BWD_HEAD_DIMS`]) and [`attn_cpu::attention_backward`] on CPU. Gradients in the
+/// inputs' dtype.
 pub fn flash_attention_train(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
     let aligned = |t: &Tensor| if aligned16(t) { Ok(t.clone()) } else { t.contiguous() };
     // the backward loads q and k, v 16 bytes at a time
@@ -383,7 +386,7 @@ impl CustomOp3 for FlashAttn {
         shape
             .check(&[("q", q.len(), qs, shape.n_heads), ("k", k.len(), ks, shape.n_kv_heads), ("v", v.len(), vs, shape.n_kv_heads)])
             .map_err(|e| candle_core::Error::Msg(format!("flash attention: {e}")))?;
-        let (o, lse) = reference::causal_attention_lse(shape, &q, qs, &k, ks, &v, vs, self.scale);
+        let (o, lse) = attn_cpu::attention_lse(shape, &q, qs, &k, ks, &v, vs, self.scale);
         if self.train {
             let t = Tensor::from_vec(lse, (shape.batch, shape.seq, shape.n_heads), &candle_core::Device::Cpu)?;
             *self.lse.lock().unwrap() = Some(t);
@@ -415,7 +418,7 @@ impl CustomOp3 for FlashAttn {
         let lse = self.lse.lock().unwrap().clone();
         let Some(lse) = lse else { candle_core::bail!("flash attention backward: the forward kept no normalisers (not a training call)") };
         let (dq, dk, dv) = if q.device().is_cpu() {
-            flash_backward_cpu(self.scale, q, k, v, dout)?
+            flash_backward_cpu(self.scale, q, k, v, o, dout, &lse)?
         } else {
             flash_backward_gpu(self.scale, q, k, v, o, dout, &lse)?
         };
@@ -423,8 +426,9 @@ impl CustomOp3 for FlashAttn {
     }
 }
 
-/// The backward on CPU: the f64 reference, gradients in the inputs' dtype.
-fn flash_backward_cpu(scale: f32, q: &Tensor, k: &Tensor, v: &Tensor, dout: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+/// The backward on CPU ([`attn_cpu::attention_backward`], f32), from the forward's output `o`
+/// and normalisers `lse2`; gradients in the inputs' dtype.
+fn flash_backward_cpu(scale: f32, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, dout: &Tensor, lse2: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let f32_of = |t: &Tensor| -> Result<(Vec<f32>, Strides)> {
         let t = t.to_dtype(DType::F32)?.contiguous()?;
         let (_, s, h, d) = t.dims4()?;
@@ -433,8 +437,9 @@ fn flash_backward_cpu(scale: f32, q: &Tensor, k: &Tensor, v: &Tensor, dout: &Ten
     let (b, s, nh, d) = q.dims4()?;
     let nkv = k.dim(2)?;
     let shape = AttnShape { batch: b, seq: s, n_heads: nh, n_kv_heads: nkv, head_dim: d };
-    let ((qf, qs), (kf, ks), (vf, vs), (gf, gs)) = (f32_of(q)?, f32_of(k)?, f32_of(v)?, f32_of(dout)?);
-    let (dq, dk, dv) = reference::causal_attention_backward(shape, &qf, qs, &kf, ks, &vf, vs, &gf, gs, scale);
+    let ((qf, qs), (kf, ks), (vf, vs), (gf, gs), (of, _)) = (f32_of(q)?, f32_of(k)?, f32_of(v)?, f32_of(dout)?, f32_of(o)?);
+    let lse2 = lse2.flatten_all()?.to_vec1::<f32>()?;
+    let (dq, dk, dv) = attn_cpu::attention_backward(shape, &qf, qs, &kf, ks, &vf, vs, &of, &lse2, &gf, gs, scale);
     let dev = q.device();
     Ok((
         Tensor::from_vec(dq, (b, s, nh, d), dev)?.to_dtype(q.dtype())?,

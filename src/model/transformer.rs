@@ -116,10 +116,11 @@ pub struct Transformer {
     /// [max_ctx, rotary_dim / 2] tables (None for GPT-2).
     rope: Option<(Tensor, Tensor)>,
     pub mode: Mode,
-    /// Attention through `cuda::flash_attention` (no [s, s] scores): on by default on CUDA
-    /// for bf16/f16 with a head dim the kernel has (`RHO_FUSED_KERNELS=0` turns it off), in
-    /// `Mode::Train` only for the backward kernel's head dims (64, 128); on CPU only when asked
-    /// (`with_flash_attention`, tests: the CPU implementation is the slow f64 reference).
+    /// Attention through `cuda::flash_attention` (no [s, s] scores kept): on by default on
+    /// CUDA for bf16/f16 with a head dim the kernel has, in `Mode::Train` only for the
+    /// backward kernel's head dims (`FLASH_BWD_HEAD_DIMS`); on CPU always (`cuda::attn_cpu`).
+    /// `RHO_FUSED_KERNELS` without `attention` turns it off (candle's composed attention);
+    /// `with_flash_attention` sets it (tests).
     flash: bool,
 }
 
@@ -255,16 +256,17 @@ impl Transformer {
             }
         };
         let rope = if cfg.rotary_dim > 0 { Some(rope_tables(cfg, cfg.context_len(), vb.dtype(), &dev)?) } else { None };
-        let flash = dev.is_cuda()
-            && matches!(vb.dtype(), DType::BF16 | DType::F16)
-            && crate::cuda::FLASH_HEAD_DIMS.contains(&hd)
-            && crate::cuda::fused_enabled(crate::cuda::Fused::Attention);
+        // CUDA: the flash kernels (bf16 / f16, their head dims); CPU: rho's attention op
+        // (`cuda::attn_cpu`, any dtype and head dim), which keeps no [b, h, s, s] tensors
+        let flash = crate::cuda::fused_enabled(crate::cuda::Fused::Attention)
+            && ((dev.is_cuda() && matches!(vb.dtype(), DType::BF16 | DType::F16) && crate::cuda::FLASH_HEAD_DIMS.contains(&hd))
+                || dev.is_cpu());
         Ok(Transformer { rope, flash, ..t })
     }
 
-    /// Use (or not) the flash attention op in `Mode::Eval`, whatever the device: tests run
-    /// the whole model through the op's CPU reference to check the wiring (layouts, RoPE,
-    /// fused projections) that the CUDA kernel gets.
+    /// Use (or not) the flash attention op, whatever the device: tests run the whole model
+    /// through the op's CPU implementation and through candle's composed attention, to check
+    /// the wiring (layouts, RoPE, fused projections) that the CUDA kernel gets.
     pub fn with_flash_attention(mut self, on: bool) -> Self {
         self.flash = on;
         self

@@ -1,0 +1,270 @@
+//! Causal grouped-query attention on the CPU, forward (with each row's normaliser) and
+//! backward: the flash attention op's CPU implementation, for training and evaluation.
+//!
+//! Same contracts as [`reference::causal_attention_lse`] and
+//! [`reference::causal_attention_backward`] (f32 in and out, any batch/head/position strides,
+//! the head dim contiguous), but in f32 with the matrix products on the `gemm` crate (the
+//! kernels candle's CPU matmul uses, runtime-dispatched SIMD), one task per (batch, kv head) in
+//! parallel, and blocks of [`BR`] query rows against only the keys up to the block's last row
+//! (causal: half the work of a full product). The [BR, keys] scores of a block live in the
+//! task's buffers and are gone after it: the graph keeps o and the [b, s, heads] normalisers,
+//! where candle's composed attention keeps ~5 tensors of [b, heads, s, s] (scores, mask sum,
+//! max-shifted, exponentials, probabilities) and their gradients.
+//!
+//! Backward (FlashAttention-2's equations): P = exp(scale Q K^T - lse) from the forward's
+//! normalisers, dV += P^T dO, dP = dO V^T, dS = P (dP - D) with D = rowsum(dO o),
+//! dQ = scale dS K, dK += scale dS^T Q; the query heads of a group add into their kv head.
+//!
+//! [`reference::causal_attention_lse`]: super::reference::causal_attention_lse
+//! [`reference::causal_attention_backward`]: super::reference::causal_attention_backward
+
+use super::reference::{AttnShape, Strides};
+use rayon::prelude::*;
+
+/// Query rows per block.
+pub const BR: usize = 64;
+
+/// dst[m x n] (row stride `ldd`, columns contiguous) = (dst if `acc`) + alpha A B, A [m x k] and
+/// B [k x n] given by their (row, column) element strides. Single-threaded (the callers run in
+/// parallel over tasks).
+///
+/// # Safety
+/// Every element addressed through the pointers and strides must lie in its buffer.
+#[allow(clippy::too_many_arguments)]
+unsafe fn mm(m: usize, n: usize, k: usize, dst: *mut f32, ldd: usize, acc: bool, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, b_rs: usize, b_cs: usize, alpha: f32) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ldd as isize,
+        acc,
+        a,
+        a_cs as isize,
+        a_rs as isize,
+        b,
+        b_cs as isize,
+        b_rs as isize,
+        1.0,
+        alpha,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+/// Rows 0..seq of head `h` of batch `b` as a contiguous [seq, d] copy.
+fn head_rows(x: &[f32], st: Strides, b: usize, h: usize, seq: usize, d: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(seq * d);
+    for i in 0..seq {
+        let at = st.at(b, i, h);
+        out.extend_from_slice(&x[at..at + d]);
+    }
+    out
+}
+
+/// The tasks: (batch, kv head) pairs.
+fn tasks(shape: AttnShape) -> impl ParallelIterator<Item = (usize, usize)> {
+    (0..shape.batch * shape.n_kv_heads).into_par_iter().map(move |t| (t / shape.n_kv_heads, t % shape.n_kv_heads))
+}
+
+/// Causal attention and each row's log2 normaliser: (o [b, s, n_heads, d] contiguous,
+/// lse2 [b, s, n_heads]), as [`super::reference::causal_attention_lse`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_lse(shape: AttnShape, q: &[f32], qs: Strides, k: &[f32], ks: Strides, v: &[f32], vs: Strides, scale: f32) -> (Vec<f32>, Vec<f32>) {
+    let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
+    let group = n_heads / n_kv_heads;
+    // per task: the group's heads' outputs [group, seq, d] and normalisers [group, seq]
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = tasks(shape)
+        .map(|(b, kvh)| {
+            let (kf, vf) = (head_rows(k, ks, b, kvh, seq, d), head_rows(v, vs, b, kvh, seq, d));
+            let mut o = vec![0f32; group * seq * d];
+            let mut lse2 = vec![0f32; group * seq];
+            let mut s = vec![0f32; BR * seq];
+            for gi in 0..group {
+                let qf = head_rows(q, qs, b, kvh * group + gi, seq, d);
+                for r0 in (0..seq).step_by(BR) {
+                    let (r1, m) = ((r0 + BR).min(seq), (r0 + BR).min(seq) - r0);
+                    let nk = r1; // keys 0..r1 (causal)
+                    // SAFETY: S [m, nk] in s (m <= BR, nk <= seq); Q rows r0..r1 and K rows 0..nk in bounds.
+                    unsafe { mm(m, nk, d, s.as_mut_ptr(), nk, false, qf[r0 * d..].as_ptr(), d, 1, kf.as_ptr(), 1, d, scale) };
+                    for i in 0..m {
+                        let row = &mut s[i * nk..(i + 1) * nk];
+                        let last = r0 + i; // keys 0..=last
+                        let mx = row[..=last].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                        let mut sum = 0f32;
+                        for x in row[..=last].iter_mut() {
+                            *x = (*x - mx).exp();
+                            sum += *x;
+                        }
+                        let inv = 1.0 / sum;
+                        row[..=last].iter_mut().for_each(|x| *x *= inv);
+                        row[last + 1..].iter_mut().for_each(|x| *x = 0.0);
+                        lse2[gi * seq + last] = (mx + sum.ln()) * std::f32::consts::LOG2_E;
+                    }
+                    // SAFETY: O rows r0..r1 of head gi; P [m, nk]; V rows 0..nk.
+                    unsafe { mm(m, d, nk, o[(gi * seq + r0) * d..].as_mut_ptr(), d, false, s.as_ptr(), nk, 1, vf.as_ptr(), d, 1, 1.0) };
+                }
+            }
+            (o, lse2)
+        })
+        .collect();
+    let mut out = vec![0f32; batch * seq * n_heads * d];
+    let mut lse2 = vec![0f32; batch * seq * n_heads];
+    for (t, (o, l)) in parts.iter().enumerate() {
+        let (b, kvh) = (t / n_kv_heads, t % n_kv_heads);
+        for gi in 0..group {
+            let h = kvh * group + gi;
+            for i in 0..seq {
+                let at = ((b * seq + i) * n_heads + h) * d;
+                out[at..at + d].copy_from_slice(&o[(gi * seq + i) * d..(gi * seq + i + 1) * d]);
+                lse2[(b * seq + i) * n_heads + h] = l[gi * seq + i];
+            }
+        }
+    }
+    (out, lse2)
+}
+
+/// Gradients of causal attention for the output gradient `g` (strides `gs`), given the
+/// forward's output `o` ([b, s, n_heads, d] contiguous) and normalisers `lse2`: (dq
+/// [b, s, n_heads, d], dk and dv [b, s, n_kv_heads, d]), contiguous f32, as
+/// [`super::reference::causal_attention_backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    shape: AttnShape,
+    q: &[f32],
+    qs: Strides,
+    k: &[f32],
+    ks: Strides,
+    v: &[f32],
+    vs: Strides,
+    o: &[f32],
+    lse2: &[f32],
+    g: &[f32],
+    gs: Strides,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
+    let group = n_heads / n_kv_heads;
+    let os = Strides::contiguous(seq, n_heads, d);
+    // per task: dq of the group's heads [group, seq, d], dk and dv [seq, d]
+    let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks(shape)
+        .map(|(b, kvh)| {
+            let (kf, vf) = (head_rows(k, ks, b, kvh, seq, d), head_rows(v, vs, b, kvh, seq, d));
+            let mut dq = vec![0f32; group * seq * d];
+            let (mut dk, mut dv) = (vec![0f32; seq * d], vec![0f32; seq * d]);
+            let (mut p, mut ds) = (vec![0f32; BR * seq], vec![0f32; BR * seq]);
+            for gi in 0..group {
+                let h = kvh * group + gi;
+                let (qf, gf) = (head_rows(q, qs, b, h, seq, d), head_rows(g, gs, b, h, seq, d));
+                let of = head_rows(o, os, b, h, seq, d);
+                for r0 in (0..seq).step_by(BR) {
+                    let (r1, m) = ((r0 + BR).min(seq), (r0 + BR).min(seq) - r0);
+                    let nk = r1;
+                    // P = exp(scale Q K^T - lse), zero after the diagonal
+                    // SAFETY (all products below): P, dS [m, nk] within BR x seq; Q, dO, dQ rows
+                    // r0..r1 and K, V, dK, dV rows 0..nk of [seq, d] buffers.
+                    unsafe { mm(m, nk, d, p.as_mut_ptr(), nk, false, qf[r0 * d..].as_ptr(), d, 1, kf.as_ptr(), 1, d, scale) };
+                    for i in 0..m {
+                        let last = r0 + i;
+                        let lse = lse2[(b * seq + last) * n_heads + h] * std::f32::consts::LN_2;
+                        let row = &mut p[i * nk..(i + 1) * nk];
+                        row[..=last].iter_mut().for_each(|x| *x = (*x - lse).exp());
+                        row[last + 1..].iter_mut().for_each(|x| *x = 0.0);
+                    }
+                    // dV[0..nk] += P^T dO
+                    unsafe { mm(nk, d, m, dv.as_mut_ptr(), d, true, p.as_ptr(), 1, nk, gf[r0 * d..].as_ptr(), d, 1, 1.0) };
+                    // dP = dO V^T, then dS = P (dP - D) in its place
+                    unsafe { mm(m, nk, d, ds.as_mut_ptr(), nk, false, gf[r0 * d..].as_ptr(), d, 1, vf.as_ptr(), 1, d, 1.0) };
+                    for i in 0..m {
+                        let r = r0 + i;
+                        let dsum: f32 = gf[r * d..(r + 1) * d].iter().zip(&of[r * d..(r + 1) * d]).map(|(a, b)| a * b).sum();
+                        for (x, &pv) in ds[i * nk..(i + 1) * nk].iter_mut().zip(&p[i * nk..(i + 1) * nk]) {
+                            *x = pv * (*x - dsum);
+                        }
+                    }
+                    // dQ rows r0..r1 = scale dS K; dK[0..nk] += scale dS^T Q
+                    unsafe { mm(m, d, nk, dq[(gi * seq + r0) * d..].as_mut_ptr(), d, false, ds.as_ptr(), nk, 1, kf.as_ptr(), d, 1, scale) };
+                    unsafe { mm(nk, d, m, dk.as_mut_ptr(), d, true, ds.as_ptr(), 1, nk, qf[r0 * d..].as_ptr(), d, 1, scale) };
+                }
+            }
+            (dq, dk, dv)
+        })
+        .collect();
+    let mut dq = vec![0f32; batch * seq * n_heads * d];
+    let mut dk = vec![0f32; batch * seq * n_kv_heads * d];
+    let mut dv = vec![0f32; batch * seq * n_kv_heads * d];
+    for (t, (pq, pk, pv)) in parts.iter().enumerate() {
+        let (b, kvh) = (t / n_kv_heads, t % n_kv_heads);
+        for i in 0..seq {
+            for gi in 0..group {
+                let at = ((b * seq + i) * n_heads + kvh * group + gi) * d;
+                dq[at..at + d].copy_from_slice(&pq[(gi * seq + i) * d..(gi * seq + i + 1) * d]);
+            }
+            let at = ((b * seq + i) * n_kv_heads + kvh) * d;
+            dk[at..at + d].copy_from_slice(&pk[i * d..(i + 1) * d]);
+            dv[at..at + d].copy_from_slice(&pv[i * d..(i + 1) * d]);
+        }
+    }
+    (dq, dk, dv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::reference;
+    use super::*;
+
+    fn normal(n: usize, seed: u64, std: f32) -> Vec<f32> {
+        // a small deterministic generator (no rand dependency in the unit test)
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                let mut u = [0f32; 2];
+                for v in &mut u {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    *v = ((x >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
+                }
+                std * (-2.0 * u[0].ln()).sqrt() * (2.0 * std::f32::consts::PI * u[1]).cos()
+            })
+            .collect()
+    }
+
+    /// max |got - want| / max |want| (absolute where want is all ~0: one key, no dq or dk)
+    fn max_rel(got: &[f32], want: &[f32]) -> f32 {
+        let mag = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / mag.max(0.1)
+    }
+
+    #[test]
+    fn forward_and_backward_match_the_f64_reference_on_strided_grouped_inputs() {
+        // several query blocks and a partial one (seq 150 > 2 BR), one block exactly, a single
+        // row; grouped-query heads; q, k, v as strided views of one fused projection
+        for (ci, (batch, seq, nh, nkv, d)) in [(2usize, 150usize, 4usize, 2usize, 16usize), (1, 64, 2, 1, 8), (1, 1, 2, 2, 8), (1, 70, 3, 3, 32)].into_iter().enumerate() {
+            let shape = AttnShape { batch, seq, n_heads: nh, n_kv_heads: nkv, head_dim: d };
+            let width = (nh + 2 * nkv) * d;
+            let qkv = normal(batch * seq * width, 1 + ci as u64, 1.0);
+            let st = |heads_before: usize| (Strides { batch: seq * width, seq: width, head: d }, heads_before * d);
+            let ((qs, qo), (ks, ko), (vs, vo)) = (st(0), st(nh), st(nh + nkv));
+            let (q, k, v) = (&qkv[qo..], &qkv[ko..], &qkv[vo..]);
+            let scale = 1.0 / (d as f32).sqrt() * 1.7;
+            let (o, lse2) = attention_lse(shape, q, qs, k, ks, v, vs, scale);
+            let (wo, wl) = reference::causal_attention_lse(shape, q, qs, k, ks, v, vs, scale);
+            assert!(max_rel(&o, &wo) < 1e-5, "case {ci}: o {}", max_rel(&o, &wo));
+            let lse_err = lse2.iter().zip(&wl).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(lse_err < 1e-4, "case {ci}: lse2 {lse_err}");
+            let g = normal(batch * seq * nh * d, 100 + ci as u64, 1.0);
+            let gs = Strides::contiguous(seq, nh, d);
+            let (dq, dk, dv) = attention_backward(shape, q, qs, k, ks, v, vs, &o, &lse2, &g, gs, scale);
+            let (wq, wk, wv) = reference::causal_attention_backward(shape, q, qs, k, ks, v, vs, &g, gs, scale);
+            for (name, got, want) in [("dq", &dq, &wq), ("dk", &dk, &wk), ("dv", &dv, &wv)] {
+                let e = max_rel(got, want);
+                assert!(e < 2e-5, "case {ci} {name}: max |fast - reference| / max |reference| = {e}");
+            }
+        }
+    }
+}
