@@ -220,18 +220,8 @@ mod tests {
     use super::*;
 
     fn normal(n: usize, seed: u64, std: f32) -> Vec<f32> {
-        // a small deterministic generator (no rand dependency in the unit test)
-        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                let mut u = [0f32; 2];
-                for v in &mut u {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    *v = ((x >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
-                }
-                std * (-2.0 * u[0].ln()).sqrt() * (2.0 * std::f32::consts::PI * u[1]).cos()
-            })
-            .collect()
+        use rand::SeedableRng;
+        super::super::check::normal(&mut rand::rngs::StdRng::seed_from_u64(seed), n, std)
     }
 
     /// max |got - want| / max |want| (absolute where want is all ~0: one key, no dq or dk)

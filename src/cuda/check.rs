@@ -59,7 +59,8 @@ impl Check {
     }
 }
 
-fn normal(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
+/// n normal samples of standard deviation `std` (Box-Muller).
+pub(crate) fn normal(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
     (0..n)
         .map(|_| {
             let (u, v): (f32, f32) = (rng.random_range(1e-7..1.0), rng.random_range(0.0..1.0));
