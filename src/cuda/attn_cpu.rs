@@ -118,16 +118,24 @@ pub fn attention_lse(shape: AttnShape, q: &[f32], qs: Strides, k: &[f32], ks: St
     let mut lse2 = vec![0f32; batch * seq * n_heads];
     for (t, (o, l)) in parts.iter().enumerate() {
         let (b, kvh) = (t / n_kv_heads, t % n_kv_heads);
-        for gi in 0..group {
-            let h = kvh * group + gi;
-            for i in 0..seq {
-                let at = ((b * seq + i) * n_heads + h) * d;
-                out[at..at + d].copy_from_slice(&o[(gi * seq + i) * d..(gi * seq + i + 1) * d]);
-                lse2[(b * seq + i) * n_heads + h] = l[gi * seq + i];
-            }
-        }
+        put_heads(&mut out, o, (b, seq, n_heads), kvh * group, d);
+        put_heads(&mut lse2, l, (b, seq, n_heads), kvh * group, 1);
     }
     (out, lse2)
+}
+
+/// A task's rows `part` [n, seq, w] (n consecutive heads from `first`) into their places in
+/// `dst` [batch, seq, heads, w] for batch `b`.
+fn put_heads(dst: &mut [f32], part: &[f32], (b, seq, heads): (usize, usize, usize), first: usize, w: usize) {
+    if seq * w == 0 {
+        return; // nothing to place (and chunks of 0 would panic)
+    }
+    for (g, rows) in part.chunks(seq * w).enumerate() {
+        for (i, row) in rows.chunks(w).enumerate() {
+            let at = ((b * seq + i) * heads + first + g) * w;
+            dst[at..at + w].copy_from_slice(row);
+        }
+    }
 }
 
 /// Gradients of causal attention for the output gradient `g` (strides `gs`), given the
@@ -201,15 +209,9 @@ pub fn attention_backward(
     let mut dv = vec![0f32; batch * seq * n_kv_heads * d];
     for (t, (pq, pk, pv)) in parts.iter().enumerate() {
         let (b, kvh) = (t / n_kv_heads, t % n_kv_heads);
-        for i in 0..seq {
-            for gi in 0..group {
-                let at = ((b * seq + i) * n_heads + kvh * group + gi) * d;
-                dq[at..at + d].copy_from_slice(&pq[(gi * seq + i) * d..(gi * seq + i + 1) * d]);
-            }
-            let at = ((b * seq + i) * n_kv_heads + kvh) * d;
-            dk[at..at + d].copy_from_slice(&pk[i * d..(i + 1) * d]);
-            dv[at..at + d].copy_from_slice(&pv[i * d..(i + 1) * d]);
-        }
+        put_heads(&mut dq, pq, (b, seq, n_heads), kvh * group, d);
+        put_heads(&mut dk, pk, (b, seq, n_kv_heads), kvh, d);
+        put_heads(&mut dv, pv, (b, seq, n_kv_heads), kvh, d);
     }
     (dq, dk, dv)
 }
