@@ -40,6 +40,12 @@ impl Norm {
     /// x: [..., hidden] -> [..., hidden]
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match (self, mode) {
+            // bf16 / f16 on CPU: rho's op, x rs w in f32 with one rounding, as candle's CUDA
+            // kernel computes it; candle-nn's CPU loop rounds rs to the dtype first, a
+            // per-row scale error (docs/gpu.md, "bf16 against f32").
+            (Norm::Rms { w, eps }, Mode::Eval) if x.device().is_cpu() && x.dtype() != DType::F32 => {
+                crate::cuda::norm::rms_norm_train(x, w, *eps as f32)
+            }
             (Norm::Rms { w, eps }, Mode::Eval) => candle_nn::ops::rms_norm(&x.contiguous()?, w, *eps as f32),
             (Norm::Rms { w, eps }, Mode::Train) => {
                 let h = w.dim(0)?;
@@ -475,4 +481,37 @@ fn causal_mask(s: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
         .flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     Tensor::from_vec(m, (s, s), dev)?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Evaluation's RMSNorm in bf16 / f16 on the CPU rounds once, x rs w computed in f32 (as
+    /// candle's CUDA kernel does), not rs first to the dtype as candle-nn's CPU loop does.
+    #[test]
+    fn eval_rms_norm_in_half_precision_on_cpu_rounds_once() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (rows, h) = (16, 96);
+        let xs = crate::cuda::check::normal(&mut rng, rows * h, 3.0);
+        let ws: Vec<f32> = crate::cuda::check::normal(&mut rng, h, 0.5).iter().map(|v| 1.0 + v).collect();
+        for dt in [DType::BF16, DType::F16] {
+            let x = Tensor::from_vec(xs.clone(), (rows, h), &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+            let w = Tensor::from_vec(ws.clone(), h, &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+            let eps = 1e-5;
+            let got = Norm::Rms { w: w.clone(), eps }.forward(&x, Mode::Eval).unwrap();
+            let (xf, wf) = (x.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap(), w.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap());
+            let want: Vec<Vec<f32>> = xf
+                .iter()
+                .map(|r| {
+                    let rs = 1.0 / (r.iter().map(|v| v * v).sum::<f32>() / h as f32 + eps as f32).sqrt();
+                    r.iter().zip(&wf).map(|(v, w)| v * rs * w).collect()
+                })
+                .collect();
+            let want = Tensor::new(want, &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+            let eq = got.eq(&want).unwrap().to_dtype(DType::F32).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(eq, 1.0, "{dt:?}: every element x rs w rounded once");
+        }
+    }
 }
