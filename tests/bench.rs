@@ -150,3 +150,40 @@ fn bench_eval_checks_a_dump_against_this_build_in_another_dtype() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--check-against"), "{}", stderr(&o));
 }
+
+/// The device call is prepared here and run once, on a machine that gets only `.gpu/`: every
+/// file the device script reads from `.gpu/` must be one that `scripts/gpu/package.sh` puts
+/// there, and both scripts must parse (a missing file would cost a device session).
+#[test]
+fn device_script_reads_only_what_the_package_script_copies() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (run, pack) = (root.join("scripts/gpu/device_eval.sh"), root.join("scripts/gpu/package.sh"));
+    for script in [&run, &pack] {
+        let o = std::process::Command::new("bash").arg("-n").arg(script).output().unwrap();
+        assert!(o.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&o.stderr));
+    }
+    let names_after = |text: &str, marker: &str| -> std::collections::BTreeSet<String> {
+        text.split(marker)
+            .skip(1)
+            .map(|rest| rest.chars().take_while(|c| c.is_ascii_alphanumeric() || "._-".contains(*c)).collect::<String>())
+            .filter(|n| !n.is_empty())
+            .collect()
+    };
+    let run_text = std::fs::read_to_string(&run).unwrap();
+    let read = names_after(&run_text, ".gpu/");
+    assert!(read.contains("rho.gz") && read.contains("loss_precision.py"), "{read:?}");
+    let pack_text = std::fs::read_to_string(&pack).unwrap();
+    // what package.sh writes into .gpu/: `> .gpu/NAME` and the files of its `cp ... .gpu/` line
+    let mut written = names_after(&pack_text, "> .gpu/");
+    let cp = pack_text.lines().find(|l| l.starts_with("cp ") && l.trim_end().ends_with(" .gpu/")).expect("package.sh's cp into .gpu/");
+    for word in cp.split_whitespace().skip(1) {
+        let word = word.trim_matches('"');
+        if word != ".gpu/" {
+            written.insert(word.rsplit('/').next().unwrap().to_string());
+        }
+    }
+    let missing: Vec<_> = read.difference(&written).collect();
+    assert!(missing.is_empty(), "device_eval.sh reads {missing:?} from .gpu/, which package.sh does not write (it writes {written:?})");
+    // and the device script itself is among them
+    assert!(written.contains("device_eval.sh"), "{written:?}");
+}
