@@ -130,6 +130,8 @@ fn bench_eval_checks_a_dump_against_this_build_in_another_dtype() {
         let rel: f64 = field(l, "max_rel").parse().unwrap();
         // bf16 against f32: not equal, well within bf16's tolerance
         assert!(rel > 0.0 && rel < 1e-2, "{l}");
+        let (p999, max_abs, mean_abs): (f64, f64, f64) = (field(l, "p999_rel").parse().unwrap(), field(l, "max_abs").parse().unwrap(), field(l, "mean_abs").parse().unwrap());
+        assert!(p999 > 0.0 && p999 <= rel && mean_abs > 0.0 && mean_abs <= max_abs, "{l}");
         worst = worst.max(rel);
     }
     let tight = format!("{:e}", worst / 2.0);
