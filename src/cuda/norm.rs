@@ -6,7 +6,8 @@
 //! dx = rs (dy w) - x rs^3 sum(dy w x) / h, dw = sum over rows of dy x rs. Math in f32,
 //! results rounded once to x's dtype (dw accumulated in f32, then cast to w's). CUDA: the
 //! kernels of `kernels/norm.cu` (h up to 8192); CPU: the same arithmetic as Rust loops over
-//! rows in parallel.
+//! rows in parallel. Evaluation uses the forward too for bf16 / f16 on the CPU (one rounding,
+//! where candle-nn's CPU loop rounds rs to the dtype first).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
