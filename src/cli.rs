@@ -291,6 +291,9 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Ok(v) = std::env::var("RHO_CUDA_POOL") {
         crate::cuda::parse_pool(Some(&v)).map_err(|e| Error::flag("RHO_CUDA_POOL", e))?;
     }
+    if let Ok(v) = std::env::var("RHO_RESIDUAL") {
+        crate::model::transformer::residual_f32(Some(&v)).map_err(|e| Error::flag("RHO_RESIDUAL", e))?;
+    }
     match cli.command {
         Command::Audit(a) => crate::audit::run_cli(&a),
         Command::Export(a) => crate::export::run_cli(&a),

@@ -254,6 +254,21 @@ fn bad_cuda_pool_switch_exits_2() {
     }
 }
 
+/// A bad `RHO_RESIDUAL` is refused before any work, naming the variable and the values.
+#[test]
+fn bad_residual_switch_exits_2() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rho"))
+        .current_dir(root())
+        .args(["bench", "eval", "--tiny", "--iters", "1", "--warmup", "0"])
+        .env("RHO_RESIDUAL", "bf16")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("RHO_RESIDUAL") && err.contains("`bf16`") && err.contains("f32 or model"), "{err}");
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
 #[test]
 fn other_data_into_existing_study_is_refused_then_forced() {
     let s = setup();

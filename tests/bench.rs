@@ -189,3 +189,32 @@ fn device_script_reads_only_what_the_package_script_copies() {
     // and the device script itself is among them
     assert!(written.contains("device_eval.sh"), "{written:?}");
 }
+
+/// Evaluation of a bf16 model keeps its residual stream in f32 (`RHO_RESIDUAL` unset):
+/// every shape's per-token losses closer to f32's than with the stream in bf16
+/// (`RHO_RESIDUAL=model`, transformers' way), by a clear margin on this fixed-seed model.
+#[test]
+fn bf16_evaluation_with_the_f32_residual_stream_is_closer_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let mean_abs = |residual: Option<&str>| -> Vec<f64> {
+        let dump = dir.path().join(format!("{residual:?}.safetensors"));
+        let d = dump.to_str().unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rho"));
+        cmd.args(["bench", "eval", "--tiny", "--dtype", "bf16", "--iters", "1", "--warmup", "0", "--dump", d]);
+        if let Some(r) = residual {
+            cmd.env("RHO_RESIDUAL", r);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = rho(&["bench", "eval", "--tiny", "--dtype", "f32", "--check-against", d]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8(o.stdout).unwrap();
+        out.lines().filter(|l| l.starts_with("CHECK ")).map(|l| field(l, "mean_abs").parse().unwrap()).collect()
+    };
+    let (f32_stream, explicit, bf16_stream) = (mean_abs(None), mean_abs(Some("f32")), mean_abs(Some("model")));
+    assert_eq!(f32_stream.len(), 2);
+    assert_eq!(f32_stream, explicit, "unset and f32 are the same setting");
+    for (a, b) in f32_stream.iter().zip(&bf16_stream) {
+        assert!(*a < 0.85 * b, "mean |diff| to f32: f32 residual {a:e}, bf16 residual {b:e}");
+    }
+}

@@ -66,6 +66,9 @@ rm -f /tmp/full.safetensors
 peak rho-bf16 150 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048,4x1024
 peak torch-eager 200 python3 $PEER --shapes 8x2048,4x1024 --matmul-n 0
 step rho-bf16-again 120 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048,4x1024
+#    rho with the residual stream in bf16 (transformers' numerics) instead of f32 (rho's
+#    default in bf16 evaluation, composed of candle ops: predicted ~10% at 8x2048).
+RHO_RESIDUAL=model step rho-bf16-residual-model 120 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048,4x1024
 RHO_FLASH_VARIANT=w8 step rho-bf16-w8 120 $RHO bench eval --device cuda:0 --dtype bf16 --shapes 8x2048 --iters 5
 #    rho with the CUDA memory pool's default (freed memory unmapped at every synchronisation,
 #    i.e. after every batch) instead of rho's setting (kept): what the setting is worth.

@@ -23,6 +23,18 @@ pub enum Mode {
     Train,
 }
 
+/// `RHO_RESIDUAL`: evaluation's residual stream for a bf16 / f16 model. Unset or `f32`: in
+/// f32 (per-token losses a fifth closer to f32's on average, a third at the worst token;
+/// docs/gpu.md, "bf16 against f32"); `model`: in the model's dtype, as transformers computes
+/// it (A/B runs). Returns whether f32.
+pub fn residual_f32(v: Option<&str>) -> std::result::Result<bool, String> {
+    match v.map(str::trim) {
+        None | Some("f32") => Ok(true),
+        Some("model") => Ok(false),
+        Some(other) => Err(format!("`{other}` is not f32 or model")),
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Norm {
     Rms { w: Tensor, eps: f64 },
@@ -37,8 +49,21 @@ impl Norm {
         Ok(Norm::Layer { w: vb.get(size, "weight")?, b: vb.get(size, "bias")?, eps })
     }
 
-    /// x: [..., hidden] -> [..., hidden]
+    /// x: [..., hidden] -> [..., hidden] in the weights' dtype. An x of another dtype
+    /// (evaluation's f32 residual stream of a bf16 / f16 model) is normalised in its own
+    /// dtype and the result rounded once to the weights'.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let wd = match self {
+            Norm::Rms { w, .. } | Norm::Layer { w, .. } => w.dtype(),
+        };
+        if x.dtype() != wd {
+            let dt = x.dtype();
+            let n = match self {
+                Norm::Rms { w, eps } => Norm::Rms { w: w.to_dtype(dt)?, eps: *eps },
+                Norm::Layer { w, b, eps } => Norm::Layer { w: w.to_dtype(dt)?, b: b.to_dtype(dt)?, eps: *eps },
+            };
+            return n.forward(x, mode)?.to_dtype(wd);
+        }
         match (self, mode) {
             // bf16 / f16 on CPU: rho's op, x rs w in f32 with one rounding, as candle's CUDA
             // kernel computes it; candle-nn's CPU loop rounds rs to the dtype first, a
@@ -128,6 +153,10 @@ pub struct Transformer {
     /// `RHO_FUSED_KERNELS` without `attention` turns it off (candle's composed attention);
     /// `with_flash_attention` sets it (tests).
     flash: bool,
+    /// dtype of the residual stream (the embeddings, every residual add, the norms' inputs):
+    /// f32 in evaluation when the model runs in bf16 / f16 (unless `RHO_RESIDUAL=model`),
+    /// the model's dtype otherwise. The matmuls, attention and MLP stay in the model's dtype.
+    residual: DType,
 }
 
 fn act(x: &Tensor, a: Activation) -> Result<Tensor> {
@@ -186,6 +215,7 @@ impl Transformer {
                     cfg: cfg.clone(),
                     mode,
                     flash: false,
+                    residual: DType::F32,
                 }
             }
             Arch::GptNeox => {
@@ -222,6 +252,7 @@ impl Transformer {
                     cfg: cfg.clone(),
                     mode,
                     flash: false,
+                    residual: DType::F32,
                 }
             }
             Arch::Gpt2 => {
@@ -258,6 +289,7 @@ impl Transformer {
                     cfg: cfg.clone(),
                     mode,
                     flash: false,
+                    residual: DType::F32,
                 }
             }
         };
@@ -267,7 +299,13 @@ impl Transformer {
         let flash = crate::cuda::fused_enabled(crate::cuda::Fused::Attention)
             && ((dev.is_cuda() && matches!(vb.dtype(), DType::BF16 | DType::F16) && crate::cuda::FLASH_HEAD_DIMS.contains(&hd))
                 || dev.is_cpu());
-        Ok(Transformer { rope, flash, ..t })
+        let half = matches!(vb.dtype(), DType::BF16 | DType::F16);
+        let residual = if half && mode == Mode::Eval && residual_f32(std::env::var("RHO_RESIDUAL").ok().as_deref()).map_err(candle_core::Error::Msg)? {
+            DType::F32
+        } else {
+            vb.dtype()
+        };
+        Ok(Transformer { rope, flash, residual, ..t })
     }
 
     /// Use (or not) the flash attention op, whatever the device: tests run the whole model
@@ -303,13 +341,13 @@ impl Transformer {
                 self.cfg.context_len()
             );
         }
-        let mut x = self.embed.forward(input_ids)?;
+        let mut x = self.embed.forward(input_ids)?.to_dtype(self.residual)?;
         if let Some(pe) = &self.pos_embed {
             let pos = Tensor::arange(0u32, s as u32, x.device())?;
-            x = x.broadcast_add(&pe.forward(&pos)?)?;
+            x = x.broadcast_add(&pe.forward(&pos)?.to_dtype(self.residual)?)?;
         }
         // the flash path masks inside its kernel: no [s, s] mask built on the host and uploaded
-        let mask = if self.uses_flash_attention() { None } else { Some(causal_mask(s, x.dtype(), x.device())?) };
+        let mask = if self.uses_flash_attention() { None } else { Some(causal_mask(s, self.dtype(), x.device())?) };
         for blk in &self.blocks {
             x = self.block(blk, &x, mask.as_ref(), b, s)?;
         }
@@ -318,16 +356,18 @@ impl Transformer {
     }
 
     fn block(&self, blk: &Block, x: &Tensor, mask: Option<&Tensor>, b: usize, s: usize) -> Result<Tensor> {
+        // x in the residual dtype; the norms return the model's dtype, the sublayers' outputs
+        // are added in the residual dtype
         let h1 = blk.ln1.forward(x, self.mode)?;
-        let attn = self.attention(blk, &h1, mask, b, s)?;
+        let attn = self.attention(blk, &h1, mask, b, s)?.to_dtype(x.dtype())?;
         if self.cfg.parallel_residual {
             let h2 = blk.ln2.forward(x, self.mode)?;
-            let m = self.mlp(&blk.mlp, &h2)?;
+            let m = self.mlp(&blk.mlp, &h2)?.to_dtype(x.dtype())?;
             (x + attn)? + m
         } else {
             let x = (x + attn)?;
             let h2 = blk.ln2.forward(&x, self.mode)?;
-            let m = self.mlp(&blk.mlp, &h2)?;
+            let m = self.mlp(&blk.mlp, &h2)?.to_dtype(x.dtype())?;
             x + m
         }
     }
