@@ -39,6 +39,9 @@ pub fn residual_f32(v: Option<&str>) -> std::result::Result<bool, String> {
 enum Norm {
     Rms { w: Tensor, eps: f64 },
     Layer { w: Tensor, b: Tensor, eps: f64 },
+    /// A norm whose weights were cast to the residual stream's dtype (f32 in evaluation of a
+    /// bf16 / f16 model) at load: normalises in that dtype, its output rounded once to `out`.
+    Cast { inner: Box<Norm>, out: DType },
 }
 
 impl Norm {
@@ -49,22 +52,28 @@ impl Norm {
         Ok(Norm::Layer { w: vb.get(size, "weight")?, b: vb.get(size, "bias")?, eps })
     }
 
-    /// x: [..., hidden] -> [..., hidden] in the weights' dtype. An x of another dtype
-    /// (evaluation's f32 residual stream of a bf16 / f16 model) is normalised in its own
-    /// dtype and the result rounded once to the weights'.
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let wd = match self {
+    /// The norm taking its input in `dt` and returning the model's dtype (`Cast`), or itself
+    /// where its weights are already in `dt`.
+    fn with_input_dtype(self, dt: DType) -> Result<Self> {
+        let out = match &self {
             Norm::Rms { w, .. } | Norm::Layer { w, .. } => w.dtype(),
+            Norm::Cast { .. } => return Ok(self),
         };
-        if x.dtype() != wd {
-            let dt = x.dtype();
-            let n = match self {
-                Norm::Rms { w, eps } => Norm::Rms { w: w.to_dtype(dt)?, eps: *eps },
-                Norm::Layer { w, b, eps } => Norm::Layer { w: w.to_dtype(dt)?, b: b.to_dtype(dt)?, eps: *eps },
-            };
-            return n.forward(x, mode)?.to_dtype(wd);
+        if out == dt {
+            return Ok(self);
         }
+        let inner = match self {
+            Norm::Rms { w, eps } => Norm::Rms { w: w.to_dtype(dt)?, eps },
+            Norm::Layer { w, b, eps } => Norm::Layer { w: w.to_dtype(dt)?, b: b.to_dtype(dt)?, eps },
+            Norm::Cast { .. } => unreachable!(),
+        };
+        Ok(Norm::Cast { inner: Box::new(inner), out })
+    }
+
+    /// x: [..., hidden] -> [..., hidden]
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match (self, mode) {
+            (Norm::Cast { inner, out }, _) => inner.forward(x, mode)?.to_dtype(*out),
             // bf16 / f16 on CPU: rho's op, x rs w in f32 with one rounding, as candle's CUDA
             // kernel computes it; candle-nn's CPU loop rounds rs to the dtype first, a
             // per-row scale error (docs/gpu.md, "bf16 against f32").
@@ -305,6 +314,16 @@ impl Transformer {
         } else {
             vb.dtype()
         };
+        let t = if residual == t.dtype() {
+            t
+        } else {
+            let blocks = t
+                .blocks
+                .into_iter()
+                .map(|blk| Ok(Block { ln1: blk.ln1.with_input_dtype(residual)?, ln2: blk.ln2.with_input_dtype(residual)?, ..blk }))
+                .collect::<Result<Vec<_>>>()?;
+            Transformer { blocks, norm: t.norm.with_input_dtype(residual)?, ..t }
+        };
         Ok(Transformer { rope, flash, residual, ..t })
     }
 
@@ -356,8 +375,8 @@ impl Transformer {
     }
 
     fn block(&self, blk: &Block, x: &Tensor, mask: Option<&Tensor>, b: usize, s: usize) -> Result<Tensor> {
-        // x in the residual dtype; the norms return the model's dtype, the sublayers' outputs
-        // are added in the residual dtype
+        // x in the residual dtype; the norms take it and return the model's dtype, the
+        // sublayers' outputs are added in the residual dtype
         let h1 = blk.ln1.forward(x, self.mode)?;
         let attn = self.attention(blk, &h1, mask, b, s)?.to_dtype(x.dtype())?;
         if self.cfg.parallel_residual {
