@@ -242,7 +242,7 @@ pub fn run_bench_eval(a: &BenchEvalArgs) -> Result<Vec<BenchResult>> {
     let mm_params = a.layers * ((a.heads + 2 * a.kv_heads) * d * a.hidden + a.hidden * a.heads * d + 3 * a.hidden * a.intermediate) + a.vocab * a.hidden;
     let n_params = mm_params + a.vocab * a.hidden;
     println!(
-        "model: rho Llama layers={} hidden={} inter={} heads={} kv_heads={} vocab={} params={:.3}B dtype={:?} device={} pool={} built in {:.1}s",
+        "model: rho Llama layers={} hidden={} inter={} heads={} kv_heads={} vocab={} params={:.3}B dtype={:?} residual={:?} device={} pool={} built in {:.1}s",
         a.layers,
         a.hidden,
         a.intermediate,
@@ -251,6 +251,7 @@ pub fn run_bench_eval(a: &BenchEvalArgs) -> Result<Vec<BenchResult>> {
         a.vocab,
         n_params as f64 / 1e9,
         dtype,
+        model.residual_dtype(),
         a.device,
         crate::cuda::pool_name(),
         t0.elapsed().as_secs_f64()

@@ -206,6 +206,9 @@ fn bf16_evaluation_with_the_f32_residual_stream_is_closer_to_f32() {
         }
         let o = cmd.output().unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
+        // the run says which stream it used
+        let want = if residual == Some("model") { "residual=BF16" } else { "residual=F32" };
+        assert!(String::from_utf8_lossy(&o.stdout).contains(want), "{}", String::from_utf8_lossy(&o.stdout));
         let o = rho(&["bench", "eval", "--tiny", "--dtype", "f32", "--check-against", d]);
         assert!(o.status.success(), "{}", stderr(&o));
         let out = String::from_utf8(o.stdout).unwrap();

@@ -345,6 +345,12 @@ impl Transformer {
         self.embed.embeddings().device()
     }
 
+    /// The residual stream's dtype (f32 in evaluation of a bf16 / f16 model unless
+    /// `RHO_RESIDUAL=model`; the model's dtype otherwise).
+    pub fn residual_dtype(&self) -> DType {
+        self.residual
+    }
+
     pub fn dtype(&self) -> DType {
         self.embed.embeddings().dtype()
     }
