@@ -55,17 +55,10 @@ impl Norm {
     /// The norm taking its input in `dt` and returning the model's dtype (`Cast`), or itself
     /// where its weights are already in `dt`.
     fn with_input_dtype(self, dt: DType) -> Result<Self> {
-        let out = match &self {
-            Norm::Rms { w, .. } | Norm::Layer { w, .. } => w.dtype(),
-            Norm::Cast { .. } => return Ok(self),
-        };
-        if out == dt {
-            return Ok(self);
-        }
-        let inner = match self {
-            Norm::Rms { w, eps } => Norm::Rms { w: w.to_dtype(dt)?, eps },
-            Norm::Layer { w, b, eps } => Norm::Layer { w: w.to_dtype(dt)?, b: b.to_dtype(dt)?, eps },
-            Norm::Cast { .. } => unreachable!(),
+        let (inner, out) = match self {
+            Norm::Rms { w, eps } if w.dtype() != dt => (Norm::Rms { w: w.to_dtype(dt)?, eps }, w.dtype()),
+            Norm::Layer { w, b, eps } if w.dtype() != dt => (Norm::Layer { w: w.to_dtype(dt)?, b: b.to_dtype(dt)?, eps }, w.dtype()),
+            same => return Ok(same),
         };
         Ok(Norm::Cast { inner: Box::new(inner), out })
     }
@@ -182,6 +175,12 @@ impl Transformer {
     /// (tensor names exactly as transformers saves them).
     pub fn new(cfg: &ModelConfig, vb: VarBuilder, mode: Mode) -> Result<Self> {
         let (h, v, inter) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+        let half = matches!(vb.dtype(), DType::BF16 | DType::F16);
+        let residual = if half && mode == Mode::Eval && residual_f32(std::env::var("RHO_RESIDUAL").ok().as_deref()).map_err(candle_core::Error::Msg)? {
+            DType::F32
+        } else {
+            vb.dtype()
+        };
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let dev = vb.device().clone();
         let t = match cfg.arch {
@@ -224,7 +223,7 @@ impl Transformer {
                     cfg: cfg.clone(),
                     mode,
                     flash: false,
-                    residual: DType::F32,
+                    residual,
                 }
             }
             Arch::GptNeox => {
@@ -261,7 +260,7 @@ impl Transformer {
                     cfg: cfg.clone(),
                     mode,
                     flash: false,
-                    residual: DType::F32,
+                    residual,
                 }
             }
             Arch::Gpt2 => {
@@ -298,7 +297,7 @@ impl Transformer {
                     cfg: cfg.clone(),
                     mode,
                     flash: false,
-                    residual: DType::F32,
+                    residual,
                 }
             }
         };
@@ -308,12 +307,6 @@ impl Transformer {
         let flash = crate::cuda::fused_enabled(crate::cuda::Fused::Attention)
             && ((dev.is_cuda() && matches!(vb.dtype(), DType::BF16 | DType::F16) && crate::cuda::FLASH_HEAD_DIMS.contains(&hd))
                 || dev.is_cpu());
-        let half = matches!(vb.dtype(), DType::BF16 | DType::F16);
-        let residual = if half && mode == Mode::Eval && residual_f32(std::env::var("RHO_RESIDUAL").ok().as_deref()).map_err(candle_core::Error::Msg)? {
-            DType::F32
-        } else {
-            vb.dtype()
-        };
         let t = if residual == t.dtype() {
             t
         } else {
@@ -324,7 +317,7 @@ impl Transformer {
                 .collect::<Result<Vec<_>>>()?;
             Transformer { blocks, norm: t.norm.with_input_dtype(residual)?, ..t }
         };
-        Ok(Transformer { rope, flash, residual, ..t })
+        Ok(Transformer { rope, flash, ..t })
     }
 
     /// Use (or not) the flash attention op, whatever the device: tests run the whole model
