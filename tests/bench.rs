@@ -68,7 +68,7 @@ fn bench_kernels_checks_every_kernel_in_the_emulator_without_a_gpu() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8(o.stdout).unwrap();
     let checks: Vec<&str> = out.lines().filter(|l| l.starts_with("CHECK ")).collect();
-    for k in ["flash_attn_fwd", "flash_attn_bwd", "token_ce_fwd", "token_ce_bwd", "adam_moment+adam_apply", "sum_sq", "rms_norm_bwd", "swiglu_fwd", "swiglu_bwd", "rope"] {
+    for k in ["flash_attn_fwd", "flash_attn_bwd", "token_ce_fwd", "token_ce_bwd", "adam_moment+adam_apply", "sum_sq", "rms_norm_bwd", "swiglu_fwd", "swiglu_bwd", "rope", "rms_norm_cast", "residual_add"] {
         assert!(checks.iter().any(|l| field(l, "kernel") == k), "{k} not checked: {out}");
     }
     for l in &checks {
@@ -76,7 +76,7 @@ fn bench_kernels_checks_every_kernel_in_the_emulator_without_a_gpu() {
         let (err, tol): (f64, f64) = (field(l, "max_err").parse().unwrap(), field(l, "tol").parse().unwrap());
         assert!(err <= tol, "{l}");
     }
-    assert_eq!(checks.len(), 49, "{out}");
+    assert_eq!(checks.len(), 57, "{out}");
     let o = rho(&["bench", "kernels", "--iters", "0"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--iters"), "{}", stderr(&o));

@@ -281,19 +281,10 @@ fn check_optim(dev: &Device, dt: DType, n: usize, seed: u64) -> Result<[Check; 2
         inv_sqrt_bc2: (1.0 / (1.0 - b2.powi(t)).sqrt()) as f32,
         eps: 1e-8,
     };
-    // the reference: f64 from the rounded inputs; the moments rounded to dt before the update.
-    // Each value with the larger magnitude of its two terms (the f32 arithmetic's error scale
-    // when they cancel).
+    // the reference: f64 from the rounded inputs. Each value with the larger magnitude of its
+    // two terms (the f32 arithmetic's error scale when they cancel).
     let rm: Vec<(f64, f64)> = m.iter().zip(&g).map(|(&m, &g)| two_terms(b1 * m as f64, (1.0 - b1) * g as f64 * gs)).collect();
     let rv: Vec<(f64, f64)> = v.iter().zip(&g).map(|(&v, &g)| two_terms(b2 * v as f64, (1.0 - b2) * (g as f64 * gs).powi(2))).collect();
-    let round = |x: &[(f64, f64)]| round_to(dt, &x.iter().map(|&(x, _)| x as f32).collect::<Vec<_>>());
-    let (rm16, rv16) = (round(&rm), round(&rv));
-    let rw: Vec<(f64, f64)> = (0..n)
-        .map(|i| {
-            let denom = (rv16[i] as f64).sqrt() * a.inv_sqrt_bc2 as f64 + a.eps as f64;
-            two_terms(w[i] as f64 * a.decay as f64, -(a.step as f64 * rm16[i] as f64 / denom))
-        })
-        .collect();
     let want_sq: f64 = g.iter().map(|&x| (x as f64).powi(2)).sum();
     let (gm, gv, gw, sq) = if dev.is_cpu() {
         let (kd, grid) = (kdtype(dt), launch_blocks(n));
@@ -315,6 +306,16 @@ fn check_optim(dev: &Device, dt: DType, n: usize, seed: u64) -> Result<[Check; 2
         };
         run().map_err(cerr)?
     };
+    // adam_apply's reference from the moments the moment kernel stored (values of dt), so that
+    // each kernel is judged on its own arithmetic: from the reference moments instead, a
+    // moment's few ulps after cancellation (b1 m against (1 - b1) g) pass on to the update
+    // and, where w is small, show as 5 ulps of w (the H200, 2026-11-30)
+    let rw: Vec<(f64, f64)> = (0..n)
+        .map(|i| {
+            let denom = (gv[i] as f64).sqrt() * a.inv_sqrt_bc2 as f64 + a.eps as f64;
+            two_terms(w[i] as f64 * a.decay as f64, -(a.step as f64 * gm[i] as f64 / denom))
+        })
+        .collect();
     let ulps = |got: &[f32], want: &[(f64, f64)]| -> f32 {
         got.iter()
             .zip(want)
@@ -325,7 +326,8 @@ fn check_optim(dev: &Device, dt: DType, n: usize, seed: u64) -> Result<[Check; 2
     let what = format!("dtype={} n={n}", dt.as_str());
     Ok([
         // 16-bit: the final rounding dominates; f32: the 4-5 roundings of the f32 arithmetic
-        // (and the GPU's approximate division and square root, in the update term)
+        // (the update divides and takes the square root rounded to nearest, as PyTorch's
+        // AdamW does, not with fast math's approximations)
         Check { kernel: "adam_moment+adam_apply", what: format!("{what} (units in the last place)"), max_err: adam_err, tol: if dt == DType::F32 { 4.0 } else { 1.0 } },
         Check { kernel: "sum_sq", what: format!("{what} (relative)"), max_err: ((sq as f64 - want_sq).abs() / want_sq) as f32, tol: 1e-5 },
     ])
@@ -377,6 +379,47 @@ fn check_norm(dev: &Device, dt: DType, rows: usize, h: usize, seed: u64) -> Resu
     Ok([
         Check { kernel: "rms_norm_fwd", what: what.clone(), max_err: rel(&y, &wy), tol },
         Check { kernel: "rms_norm_bwd", what: format!("{what} grad=dx,dw"), max_err: rel(&dx, &wdx).max(rel(&dw, &wdw)), tol },
+    ])
+}
+
+/// `rms_norm_cast` and `residual_add` (evaluation's f32 residual stream of a `dt` model) against
+/// f64: y = x rs w rounded once to dt; out = x + d in f32. x, w f32 (w with dt's values, as the
+/// model's weights cast at load), d rounded to dt.
+fn check_residual(dev: &Device, dt: DType, rows: usize, h: usize, seed: u64) -> Result<[Check; 2]> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x = normal(&mut rng, rows * h, 4.0);
+    let w = round_to(dt, &normal(&mut rng, h, 1.0));
+    let d = round_to(dt, &normal(&mut rng, rows * h, 2.0));
+    let eps = 1e-5f32;
+    let mut wy = vec![0f64; rows * h];
+    for r in 0..rows {
+        let xr = &x[r * h..(r + 1) * h];
+        let rs = 1.0 / (xr.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / h as f64 + eps as f64).sqrt();
+        for j in 0..h {
+            wy[r * h + j] = xr[j] as f64 * rs * w[j] as f64;
+        }
+    }
+    let wadd: Vec<f64> = x.iter().zip(&d).map(|(&a, &b)| a as f64 + b as f64).collect();
+    let (y, add) = if dev.is_cpu() {
+        let kd = kdtype(dt);
+        (emu::rms_norm_cast(kd, &x, &w, eps).map_err(Error::msg)?, emu::residual_add(kd, &x, &d, 3).map_err(Error::msg)?)
+    } else {
+        let run = || -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+            let t = |v: &[f32], shape: &[usize], dt: DType| Tensor::from_vec(v.to_vec(), shape, &Device::Cpu)?.to_dtype(dt)?.to_device(dev);
+            let (xt, wt, dtn) = (t(&x, &[rows, h], DType::F32)?, t(&w, &[h], DType::F32)?, t(&d, &[rows, h], dt)?);
+            let y = super::norm::rms_norm_cast(&xt, &wt, eps, dt)?;
+            let add = super::norm::residual_add(&xt, &dtn)?;
+            let back = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+            Ok((back(&y)?, back(&add)?))
+        };
+        run().map_err(cerr)?
+    };
+    let what = format!("dtype={} rows={rows} h={h} (relative to max)", dt.as_str());
+    Ok([
+        // one rounding to dt
+        Check { kernel: "rms_norm_cast", what: what.clone(), max_err: rel_f64(&y, &wy), tol: storage_tol(dt) },
+        // one f32 rounding (half an f32 ulp of the sum)
+        Check { kernel: "residual_add", what, max_err: rel_f64(&add, &wadd), tol: 1e-6 },
     ])
 }
 
@@ -538,7 +581,7 @@ fn timings(dev: &Device, a: &BenchKernelsArgs) -> candle_core::Result<()> {
     // The two ceilings (the device METHOD): device memory bandwidth from a large copy (bytes
     // read + written), and the bf16 matmul rate through candle's cuBLAS.
     {
-        let x = Tensor::randn(0f32, 1.0, (1 << 30) / 4, dev)?.to_dtype(DType::BF16)?.reshape((1 << 14, 1 << 15))?; // 1 GiB
+        let x = Tensor::randn(0f32, 1.0, 1usize << 29, dev)?.to_dtype(DType::BF16)?.reshape((1 << 14, 1 << 15))?; // 1 GiB
         let t = time(dev, a.warmup, a.iters, || x.copy().map(|_| ()))?;
         println!("RESULT ceiling=copy bytes={} median_ms={:.3} gb_s={:.0}", 2u64 << 30, t * 1e3, (2u64 << 30) as f64 / t / 1e9);
         let n = 8192;
@@ -608,6 +651,22 @@ fn timings(dev: &Device, a: &BenchKernelsArgs) -> candle_core::Result<()> {
         for (name, t) in [("fused", tf), ("plain", tp)] {
             let what = if train { "swiglu_fwd_bwd" } else { "swiglu_fwd" };
             println!("RESULT kernel={what} impl={name} shape={tokens}x{inter} dtype=bf16 median_ms={:.3}", t * 1e3);
+        }
+    }
+    // Evaluation's residual step at 8x2048 tokens x 2048 (TinyLlama): add a sublayer's bf16
+    // output into the stream, then the next norm's bf16 output. f32 stream fused (rho's
+    // default), f32 stream composed of candle ops, and the bf16 stream (RHO_RESIDUAL=model).
+    {
+        let (tokens, h) = (8 * 2048usize, 2048usize);
+        let x = Tensor::randn(0f32, 1.0, (tokens, h), dev)?;
+        let d = Tensor::randn(0f32, 1.0, (tokens, h), dev)?.to_dtype(DType::BF16)?;
+        let w = Tensor::randn(0f32, 1.0, h, dev)?;
+        let (xb, wb) = (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?);
+        let tf = time(dev, a.warmup, a.iters, || super::norm::rms_norm_cast(&super::norm::residual_add(&x, &d)?, &w, 1e-5, DType::BF16).map(|_| ()))?;
+        let tc = time(dev, a.warmup, a.iters, || candle_nn::ops::rms_norm(&(&x + d.to_dtype(DType::F32)?)?, &w, 1e-5)?.to_dtype(DType::BF16).map(|_| ()))?;
+        let tb = time(dev, a.warmup, a.iters, || candle_nn::ops::rms_norm(&(&xb + &d)?, &wb, 1e-5).map(|_| ()))?;
+        for (name, t) in [("fused-f32", tf), ("composed-f32", tc), ("bf16", tb)] {
+            println!("RESULT kernel=residual_add_norm impl={name} shape={tokens}x{h} median_ms={:.3}", t * 1e3);
         }
     }
     // RoPE on q at 4x2048 with TinyLlama's heads: the op against candle-nn's rope_thd
@@ -740,6 +799,14 @@ pub fn run_bench_kernels(a: &BenchKernelsArgs) -> Result<Vec<Check>> {
     let (nr, nh) = if dev.is_cpu() { (9, 300) } else { (4099, 2048) };
     for (i, dt) in [DType::BF16, DType::F16, DType::F32].into_iter().enumerate() {
         for c in check_norm(&dev, dt, nr, nh, a.seed + 300 + i as u64)? {
+            println!("{}", c.line());
+            checks.push(c);
+        }
+    }
+    // evaluation's f32 residual stream: a shape with 16-byte vectors and one without
+    let res_shapes = if dev.is_cpu() { [(9, 304), (5, 300)] } else { [(4099, 2048), (33, 2052)] };
+    for (i, (dt, (rows, h))) in [DType::BF16, DType::F16].into_iter().flat_map(|dt| res_shapes.map(|s| (dt, s))).enumerate() {
+        for c in check_residual(&dev, dt, rows, h, a.seed + 350 + i as u64)? {
             println!("{}", c.line());
             checks.push(c);
         }

@@ -575,6 +575,43 @@ pub fn rms_norm_bwd(dt: KDType, x: &[f32], w: &[f32], dy: &[f32], eps: f32, grid
 }
 
 extern "C" {
+    fn rho_emu_rms_norm_cast(dtype: i32, x: *const f32, w: *const f32, y: *mut u8, rows: i64, h: i64, eps: f32) -> i32;
+    fn rho_emu_residual_add(dtype: i32, x: *const f32, d: *const u8, out: *mut f32, n: i64, grid: u32) -> i32;
+}
+
+/// Emulated `rms_norm_cast_*`: x [rows, h] and w [h] in f32; y as f32 values of `dt` (bf16 or f16).
+pub fn rms_norm_cast(dt: KDType, x: &[f32], w: &[f32], eps: f32) -> Result<Vec<f32>, String> {
+    let h = w.len();
+    if h == 0 || x.len() % h != 0 {
+        return Err(format!("x of {} elements is not rows of w's {h}", x.len()));
+    }
+    let mut y = Elems::new(dt, &vec![0.0; x.len()]);
+    let _l = lock();
+    // SAFETY: x holds rows * h f32, w h f32, y rows * h elements of dt.
+    let rc = unsafe { rho_emu_rms_norm_cast(dt as i32, x.as_ptr(), w.as_ptr(), y.ptr_mut(), (x.len() / h) as i64, h as i64, eps) };
+    if rc != 0 {
+        return Err("emulator refused the launch (f32 output?)".into());
+    }
+    Ok(y.values())
+}
+
+/// Emulated `residual_add_*` on `grid` blocks: x (f32) + d (rounded to `dt`, bf16 or f16) in f32.
+pub fn residual_add(dt: KDType, x: &[f32], d: &[f32], grid: u32) -> Result<Vec<f32>, String> {
+    if d.len() != x.len() {
+        return Err(format!("x of {} and d of {} elements", x.len(), d.len()));
+    }
+    let d = Elems::new(dt, d);
+    let mut out = vec![f32::NAN; x.len()];
+    let _l = lock();
+    // SAFETY: x, out hold n f32, d n elements of dt.
+    let rc = unsafe { rho_emu_residual_add(dt as i32, x.as_ptr(), d.ptr(), out.as_mut_ptr(), x.len() as i64, grid) };
+    if rc != 0 {
+        return Err("emulator refused the launch (f32 d?)".into());
+    }
+    Ok(out)
+}
+
+extern "C" {
     fn rho_emu_swiglu_fwd(dtype: i32, g: *const u8, u: *const u8, h: *mut u8, n: i64, grid: u32) -> i32;
     fn rho_emu_swiglu_bwd(dtype: i32, g: *const u8, u: *const u8, dh: *const u8, dgu: *mut u8, n: i64, grid: u32) -> i32;
     #[allow(clippy::too_many_arguments)]

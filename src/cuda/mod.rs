@@ -7,6 +7,7 @@
 //! | `token_ce.cu` token_ce_fwd      | per-token f32 cross-entropy streamed over the vocabulary | [`reference::token_ce`], `model::loss::FusedTokenLoss` |
 //! | `token_ce.cu` token_ce_bwd      | its gradient with respect to the logits                 | [`reference::token_ce_backward`] |
 //! | `norm.cu` rms_norm_fwd, rms_norm_bwd | RMSNorm with its backward (training) | [`norm`] (CPU loops), candle's autograd of the composed ops |
+//! | `norm.cu` rms_norm_cast, residual_add | evaluation's f32 residual stream of a bf16/f16 model: its norm (output rounded once to the model's dtype) and the add of a sublayer's output | [`norm`] (CPU loops) |
 //! | `optim.cu` adam_moment, adam_apply, sum_sq | AdamW in place, gradient norms (training) | [`optim`] (CPU loops), `train::optim::AdamW::step_composed` |
 //! | `swiglu.cu` swiglu_fwd, swiglu_bwd | silu(gate) * up with its backward (evaluation, training) | [`swiglu`] (CPU loops), candle's autograd of the composed ops |
 //! | `rope.cu` rope | rotary embedding on [b, s, heads, d] views, forward and backward | [`rope`] (CPU loops), candle-nn's rope |
@@ -71,7 +72,9 @@ pub enum Fused {
     Attention = 0,
     /// The streamed per-token cross-entropy on CUDA (and its backward).
     Loss = 1,
-    /// RMSNorm with its backward in training (CUDA kernels, CPU loops).
+    /// RMSNorm with its backward in training (CUDA kernels, CPU loops); in evaluation of a
+    /// bf16 / f16 model, the f32 residual stream's norm and add (`norm::rms_norm_cast`,
+    /// `norm::residual_add`).
     Norm = 2,
     /// AdamW and the gradient norm in place (CUDA kernels, CPU loops).
     Optim = 3,

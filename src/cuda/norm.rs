@@ -8,6 +8,11 @@
 //! kernels of `kernels/norm.cu` (h up to 8192); CPU: the same arithmetic as Rust loops over
 //! rows in parallel. Evaluation uses the forward too for bf16 / f16 on the CPU (one rounding,
 //! where candle-nn's CPU loop rounds rs to the dtype first).
+//!
+//! Evaluation of a bf16 / f16 model keeps its residual stream in f32 (`model::transformer`):
+//! [`rms_norm_cast`] normalises the f32 stream and rounds the output once to the model's dtype,
+//! [`residual_add`] adds a sublayer's output (model dtype) into it; one pass each instead of
+//! candle's two (a norm then a cast; a cast then an add). Forward only.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -81,6 +86,103 @@ fn bwd_cpu<T: Elem>(x: &[T], w: &[T], dy: &[T], eps: f32) -> (Vec<T>, Vec<f32>) 
         })
         .reduce(|| vec![0f64; h], |a, b| a.iter().zip(&b).map(|(a, b)| a + b).collect());
     (dx, dw.into_iter().map(|v| v as f32).collect())
+}
+
+/// Evaluation (no backward): RMSNorm of an f32 residual stream, y = x rs w computed in f32 and
+/// rounded once to `out` (bf16 or f16). x: [..., h] f32 (made contiguous), w: [h] f32.
+/// Returns x's shape in `out`.
+pub fn rms_norm_cast(x: &Tensor, w: &Tensor, eps: f32, out: DType) -> Result<Tensor> {
+    let h = x.dim(candle_core::D::Minus1)?;
+    if w.dims() != [h] || w.dtype() != DType::F32 || x.dtype() != DType::F32 {
+        candle_core::bail!("rms_norm_cast: x {:?} {:?} and w {:?} {:?} (both f32, w [{h}])", x.dims(), x.dtype(), w.dims(), w.dtype());
+    }
+    if !matches!(out, DType::BF16 | DType::F16) {
+        candle_core::bail!("rms_norm_cast: output dtype {out:?} (bf16 or f16 expected)");
+    }
+    x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &RmsNormCast { eps, out })
+}
+
+/// Evaluation (no backward): x + d with x f32 (the residual stream) and d bf16 or f16 (a
+/// sublayer's output) of one shape: d converted exactly, one f32 rounding, as
+/// `x + d.to_dtype(F32)` computes it. Returns an f32 tensor of x's shape.
+pub fn residual_add(x: &Tensor, d: &Tensor) -> Result<Tensor> {
+    if x.dims() != d.dims() || x.dtype() != DType::F32 || !matches!(d.dtype(), DType::BF16 | DType::F16) {
+        candle_core::bail!("residual_add: x {:?} {:?} (f32) and d {:?} {:?} (bf16 or f16) of one shape", x.dims(), x.dtype(), d.dims(), d.dtype());
+    }
+    x.contiguous()?.apply_op2_no_bwd(&d.contiguous()?, &ResidualAdd)
+}
+
+fn cast_cpu<T: Elem>(x: &[f32], w: &[f32], eps: f32) -> Vec<T> {
+    let h = w.len();
+    let mut y = vec![T::of(0.0); x.len()];
+    y.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| {
+        let rs = rs_of(x, eps);
+        for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+            *y = T::of(x * rs * w);
+        }
+    });
+    y
+}
+
+fn add_cpu<T: Elem>(x: &[f32], d: &[T]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14).zip(d.par_chunks(1 << 14))).for_each(|(o, (x, d))| {
+        for ((o, &x), &d) in o.iter_mut().zip(x).zip(d) {
+            *o = x + d.f();
+        }
+    });
+    out
+}
+
+struct RmsNormCast {
+    eps: f32,
+    out: DType,
+}
+
+impl CustomOp2 for RmsNormCast {
+    fn name(&self) -> &'static str {
+        "rho-rms-norm-cast"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
+            candle_core::bail!("rms_norm_cast: x and w must be f32 (got {:?}, {:?})", s1.dtype(), s2.dtype());
+        };
+        let (x, w) = (contiguous(x, l1)?, contiguous(w, l2)?);
+        let y = match self.out {
+            DType::BF16 => CpuStorage::BF16(cast_cpu(x, w, self.eps)),
+            DType::F16 => CpuStorage::F16(cast_cpu(x, w, self.eps)),
+            other => candle_core::bail!("rms_norm_cast: output dtype {other:?} (bf16 or f16 expected)"),
+        };
+        Ok((y, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((super::ops::rms_norm_cast((s1, l1), (s2, l2), self.eps, self.out)?, l1.shape().clone()))
+    }
+}
+
+struct ResidualAdd;
+
+impl CustomOp2 for ResidualAdd {
+    fn name(&self) -> &'static str {
+        "rho-residual-add"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::BF16(d)) => add_cpu(contiguous(x, l1)?, contiguous(d, l2)?),
+            (CpuStorage::F32(x), CpuStorage::F16(d)) => add_cpu(contiguous(x, l1)?, contiguous(d, l2)?),
+            _ => candle_core::bail!("residual_add: x f32 and d bf16 or f16 expected (got {:?}, {:?})", s1.dtype(), s2.dtype()),
+        };
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((super::ops::residual_add((s1, l1), (s2, l2))?, l1.shape().clone()))
+    }
 }
 
 struct RmsNorm {

@@ -4,6 +4,7 @@
 use super::reference::Strides;
 use super::{contiguous_range, FLASH_HEAD_DIMS};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
 
@@ -456,6 +457,79 @@ pub(crate) fn rms_norm_fwd(x: In, w: In, eps: f32) -> Result<CudaStorage> {
         _ => candle_core::bail!("rms_norm: x and w must both be f32, bf16 or f16"),
     };
     Ok(CudaStorage { slice, device: dev.clone() })
+}
+
+/// `rms_norm_cast_*` (norm.cu): x [rows, h] and w [h] f32, contiguous -> y [rows, h] in `out`
+/// (bf16 or f16): evaluation's norm of an f32 residual stream.
+pub(crate) fn rms_norm_cast(x: In, w: In, eps: f32, out: candle_core::DType) -> Result<CudaStorage> {
+    let (xr, wr) = (contiguous_range(x.1, "rms_norm_cast")?, contiguous_range(w.1, "rms_norm_cast")?);
+    let h = wr.len();
+    let rows = if h == 0 { 0 } else { xr.len() / h };
+    let dev = &x.0.device;
+    let (CudaStorageSlice::F32(xs), CudaStorageSlice::F32(ws)) = (&x.0.slice, &w.0.slice) else {
+        candle_core::bail!("rms_norm_cast: x and w must be f32 (got {:?}, {:?})", x.0.dtype(), w.0.dtype());
+    };
+    macro_rules! launch {
+        ($t:ty, $name:expr) => {{
+            // SAFETY: the kernel writes every element of y (rows x h).
+            let y = unsafe { dev.alloc::<$t>(xr.len())? };
+            if rows > 0 {
+                let (xv, wv) = (xs.slice(xr.clone()), ws.slice(wr.clone()));
+                let func = dev.get_or_load_custom_func($name, "rho_norm", NORM_PTX)?;
+                let mut b = func.builder();
+                b.arg(&xv);
+                b.arg(&wv);
+                b.arg(&y);
+                candle_core::builder_arg!(b, h as i64, eps);
+                let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                // SAFETY: arguments match rms_norm_cast_* in norm.cu; x and y hold rows x h elements.
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            y
+        }};
+    }
+    let slice = match out {
+        candle_core::DType::BF16 => CudaStorageSlice::BF16(launch!(half::bf16, "rms_norm_cast_bf16")),
+        candle_core::DType::F16 => CudaStorageSlice::F16(launch!(half::f16, "rms_norm_cast_f16")),
+        other => candle_core::bail!("rms_norm_cast: output dtype {other:?} (bf16 or f16 expected)"),
+    };
+    Ok(CudaStorage { slice, device: dev.clone() })
+}
+
+/// `residual_add_*` (norm.cu): x f32 and d (bf16 or f16) contiguous, one length -> x + d in f32.
+pub(crate) fn residual_add(x: In, d: In) -> Result<CudaStorage> {
+    let (xr, dr) = (contiguous_range(x.1, "residual_add")?, contiguous_range(d.1, "residual_add")?);
+    let n = xr.len();
+    if dr.len() != n {
+        candle_core::bail!("residual_add: x of {n} and d of {} elements", dr.len());
+    }
+    let dev = &x.0.device;
+    let CudaStorageSlice::F32(xs) = &x.0.slice else {
+        candle_core::bail!("residual_add: x must be f32 (got {:?})", x.0.dtype());
+    };
+    // SAFETY: the kernel writes every element of out.
+    let out = unsafe { dev.alloc::<f32>(n)? };
+    macro_rules! launch {
+        ($d:expr, $name:expr) => {{
+            if n > 0 {
+                let (xv, dv) = (xs.slice(xr.clone()), $d.slice(dr.clone()));
+                let func = dev.get_or_load_custom_func($name, "rho_norm", NORM_PTX)?;
+                let mut b = func.builder();
+                b.arg(&xv);
+                b.arg(&dv);
+                b.arg(&out);
+                candle_core::builder_arg!(b, n as i64);
+                // SAFETY: arguments match residual_add_* in norm.cu; x, d, out hold n elements.
+                unsafe { b.launch(optim_launch(n)) }.w()?;
+            }
+        }};
+    }
+    match &d.0.slice {
+        CudaStorageSlice::BF16(ds) => launch!(ds, "residual_add_bf16"),
+        CudaStorageSlice::F16(ds) => launch!(ds, "residual_add_f16"),
+        _ => candle_core::bail!("residual_add: d must be bf16 or f16 (got {:?})", d.0.dtype()),
+    }
+    Ok(CudaStorage { slice: CudaStorageSlice::F32(out), device: dev.clone() })
 }
 
 /// `rms_norm_bwd_*` (norm.cu): (x, w, dy) contiguous, one dtype -> (dx like x, dw [h] f32).

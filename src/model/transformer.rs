@@ -35,6 +35,19 @@ pub fn residual_f32(v: Option<&str>) -> std::result::Result<bool, String> {
     }
 }
 
+/// x + d in the residual stream's dtype (x's). Where d (a sublayer's output, the model's
+/// dtype) differs, one op adds it into the f32 stream (`cuda::norm::residual_add`; the same
+/// numbers as a cast then an add) unless `RHO_FUSED_KERNELS` leaves out `norm`.
+fn add_residual(x: &Tensor, d: &Tensor) -> Result<Tensor> {
+    if x.dtype() == d.dtype() {
+        x + d
+    } else if x.dtype() == DType::F32 && crate::cuda::fused_enabled(crate::cuda::Fused::Norm) {
+        crate::cuda::norm::residual_add(x, d)
+    } else {
+        x + d.to_dtype(x.dtype())?
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Norm {
     Rms { w: Tensor, eps: f64 },
@@ -66,6 +79,14 @@ impl Norm {
     /// x: [..., hidden] -> [..., hidden]
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match (self, mode) {
+            // the f32 residual stream's RMSNorm, output rounded once: one op (CPU loops or a
+            // CUDA kernel) instead of an f32 norm and a cast
+            (Norm::Cast { inner, out }, Mode::Eval) if crate::cuda::fused_enabled(crate::cuda::Fused::Norm) && x.dtype() == DType::F32 => {
+                match inner.as_ref() {
+                    Norm::Rms { w, eps } => crate::cuda::norm::rms_norm_cast(x, w, *eps as f32, *out),
+                    other => other.forward(x, mode)?.to_dtype(*out),
+                }
+            }
             (Norm::Cast { inner, out }, _) => inner.forward(x, mode)?.to_dtype(*out),
             // bf16 / f16 on CPU: rho's op, x rs w in f32 with one rounding, as candle's CUDA
             // kernel computes it; candle-nn's CPU loop rounds rs to the dtype first, a
@@ -377,16 +398,16 @@ impl Transformer {
         // x in the residual dtype; the norms take it and return the model's dtype, the
         // sublayers' outputs are added in the residual dtype
         let h1 = blk.ln1.forward(x, self.mode)?;
-        let attn = self.attention(blk, &h1, mask, b, s)?.to_dtype(x.dtype())?;
+        let attn = self.attention(blk, &h1, mask, b, s)?;
         if self.cfg.parallel_residual {
             let h2 = blk.ln2.forward(x, self.mode)?;
-            let m = self.mlp(&blk.mlp, &h2)?.to_dtype(x.dtype())?;
-            (x + attn)? + m
+            let m = self.mlp(&blk.mlp, &h2)?;
+            add_residual(&add_residual(x, &attn)?, &m)
         } else {
-            let x = (x + attn)?;
+            let x = add_residual(x, &attn)?;
             let h2 = blk.ln2.forward(&x, self.mode)?;
-            let m = self.mlp(&blk.mlp, &h2)?.to_dtype(x.dtype())?;
-            x + m
+            let m = self.mlp(&blk.mlp, &h2)?;
+            add_residual(&x, &m)
         }
     }
 
@@ -570,6 +591,31 @@ mod tests {
             let want = Tensor::new(want, &Device::Cpu).unwrap().to_dtype(dt).unwrap();
             let eq = got.eq(&want).unwrap().to_dtype(DType::F32).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
             assert_eq!(eq, 1.0, "{dt:?}: every element x rs w rounded once");
+        }
+    }
+
+    /// Evaluation's f32 residual stream: the cast norm computes x rs w in f32 and rounds once
+    /// to the model's dtype (the same numbers as the f32 norm then a cast), and the add of a
+    /// sublayer's output is the cast then the f32 add, bit for bit.
+    #[test]
+    fn f32_residual_stream_norm_and_add_are_the_composed_ops_bit_for_bit() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let (rows, h) = (12, 104);
+        let x = Tensor::from_vec(crate::cuda::check::normal(&mut rng, rows * h, 5.0), (rows, h), &Device::Cpu).unwrap();
+        let w = Tensor::from_vec(crate::cuda::check::normal(&mut rng, h, 1.0), h, &Device::Cpu).unwrap();
+        let d = Tensor::from_vec(crate::cuda::check::normal(&mut rng, rows * h, 2.0), (rows, h), &Device::Cpu).unwrap();
+        let same = |a: &Tensor, b: &Tensor| a.eq(b).unwrap().to_dtype(DType::F32).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+        for dt in [DType::BF16, DType::F16] {
+            let wd = w.to_dtype(dt).unwrap().to_dtype(DType::F32).unwrap();
+            let norm = Norm::Rms { w: w.to_dtype(dt).unwrap(), eps: 1e-5 }.with_input_dtype(DType::F32).unwrap();
+            let got = norm.forward(&x, Mode::Eval).unwrap();
+            assert_eq!(got.dtype(), dt);
+            let want = crate::cuda::norm::rms_norm_train(&x, &wd, 1e-5).unwrap().to_dtype(dt).unwrap();
+            assert_eq!(same(&got, &want), 1.0, "{dt:?}: norm");
+            let dd = d.to_dtype(dt).unwrap();
+            let got = add_residual(&x, &dd).unwrap();
+            assert_eq!(got.dtype(), DType::F32);
+            assert_eq!(same(&got, &(&x + dd.to_dtype(DType::F32).unwrap()).unwrap()), 1.0, "{dt:?}: add");
         }
     }
 }

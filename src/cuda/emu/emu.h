@@ -150,6 +150,8 @@ RHO_DEVICE float rho_exp2(float x) { return std::exp2(x); }
 RHO_DEVICE float rho_log(float x) { return std::log(x); }
 RHO_DEVICE float rho_log2(float x) { return std::log2(x); }
 RHO_DEVICE float rho_sqrt(float x) { return std::sqrt(x); }
+RHO_DEVICE float rho_div_rn(float a, float b) { return a / b; }
+RHO_DEVICE float rho_sqrt_rn(float x) { return std::sqrt(x); }
 RHO_DEVICE void rho_atomic_add(float* p, float x) { *p += x; }  // one fiber runs at a time
 RHO_DEVICE float rho_nan() { return NAN; }
 template <typename T> RHO_DEVICE void rho_mma16816(float* d, const uint32_t* a, const uint32_t* b);

@@ -168,6 +168,25 @@ extern "C" int rho_emu_rms_norm_bwd(int dtype, const void* x, const void* w, con
     return 0;
 }
 
+// Evaluation's f32 residual stream (norm.cu): the norm on one block per row, the add on `grid`
+// blocks. dtype: the model's (output of the norm, input d of the add), bf16 or f16.
+extern "C" int rho_emu_rms_norm_cast(int dtype, const float* x, const float* w, void* y, long long rows, long long h,
+                                     float eps) {
+    if (rows <= 0) return 0;
+    if (dtype == 2) return 1;
+    RHO_EMU_DISPATCH(dtype, emu::launch((unsigned)rows, 1, 1, RHO_NORM_THREADS, [&] {
+        rms_norm_cast_impl<T>(x, w, (T*)y, h, eps);
+    }))
+    return 0;
+}
+
+extern "C" int rho_emu_residual_add(int dtype, const float* x, const void* d, float* out, long long n, unsigned grid) {
+    if (n <= 0) return 0;
+    if (dtype == 2) return 1;
+    RHO_EMU_DISPATCH(dtype, emu::launch(grid, 1, 1, RHO_NORM_THREADS, [&] { residual_add_impl<T>(x, (const T*)d, out, n); }))
+    return 0;
+}
+
 // SwiGLU (swiglu.cu) and RoPE (rope.cu) on `grid` blocks (grid-stride loops: any grid covers any n).
 extern "C" int rho_emu_swiglu_fwd(int dtype, const void* g, const void* u, void* h, long long n, unsigned grid) {
     if (n <= 0) return 0;

@@ -129,6 +129,71 @@ RHO_DEVICE void rms_norm_bwd_impl(const T* __restrict__ x, const T* __restrict__
     for (long long j = tid; j < h; j += RHO_NORM_THREADS) rho_atomic_add(dw + j, dws[j]);
 }
 
+// Evaluation of a bf16 / f16 model with its residual stream in f32 (src/model/transformer.rs,
+// `Transformer::residual`); forward only:
+//
+// rms_norm_cast: y[r, j] = T(x[r, j] rs[r] w[j]), x [rows, h] and w [h] in f32, y in the model's
+//                type T: the norm's output rounded once, for the matmuls. One block per row.
+// residual_add:  out[i] = x[i] + d[i], x and out f32, d (a sublayer's output) in T: the exact
+//                conversion of d, one f32 rounding. Grid-stride loop.
+//
+// Bytes per element: the norm reads 4 and writes 2, the add reads 6 and writes 4, where
+// candle's ops (an f32 norm, then a cast; a cast of d, then an f32 add) move 12 and 18, in four
+// launches instead of two. 16-byte vectors of T (8 halves = two f32 vectors) where every
+// pointer is 16-byte aligned and h (n) a whole number of them, element by element otherwise.
+// CPU reference: src/cuda/norm.rs (`rms_norm_cast`, `residual_add`: the same arithmetic as
+// Rust loops).
+template <typename T>
+RHO_DEVICE void rms_norm_cast_impl(const float* __restrict__ x, const float* __restrict__ w, T* __restrict__ y,
+                                   long long h, float eps) {
+    const long long row = rho_block_x();
+    const int tid = rho_thread_x();
+    const float* xr = x + row * h;
+    T* yr = y + row * h;
+    constexpr int V = 16 / sizeof(T);
+    const bool vec = rho_aligned16(xr) && rho_aligned16(yr) && rho_aligned16(w) && h % V == 0;
+    float ss = rho_sum_sq_share(xr, h, tid, RHO_NORM_THREADS), unused = 0.f;
+    rho_block_sum2(ss, unused);
+    const float rs = 1.f / rho_sqrt(ss / (float)h + eps);
+    if (vec) {
+        for (long long c = tid; c < h / V; c += RHO_NORM_THREADS) {
+            float e[V], g[V];
+#pragma unroll
+            for (int q = 0; q < V; q += 4) {
+                rho_load16<float>(xr + c * V + q, e + q);
+                rho_load16<float>(w + c * V + q, g + q);
+            }
+#pragma unroll
+            for (int k = 0; k < V; k++) e[k] = e[k] * rs * g[k];
+            rho_store16<T>(yr + c * V, e);
+        }
+    } else {
+        for (long long j = tid; j < h; j += RHO_NORM_THREADS) yr[j] = rho_from_f32<T>(xr[j] * rs * w[j]);
+    }
+}
+
+template <typename T>
+RHO_DEVICE void residual_add_impl(const float* __restrict__ x, const T* __restrict__ d, float* __restrict__ out,
+                                  long long n) {
+    const long long t0 = (long long)rho_block_x() * rho_block_dim_x() + rho_thread_x();
+    const long long stride = (long long)rho_grid_dim_x() * rho_block_dim_x();
+    constexpr int V = 16 / sizeof(T);
+    if (rho_aligned16(x) && rho_aligned16(d) && rho_aligned16(out) && n % V == 0) {
+        for (long long c = t0; c < n / V; c += stride) {
+            float a[V], b[V];
+            rho_load16<T>(d + c * V, b);
+#pragma unroll
+            for (int q = 0; q < V; q += 4) rho_load16<float>(x + c * V + q, a + q);
+#pragma unroll
+            for (int k = 0; k < V; k++) a[k] += b[k];
+#pragma unroll
+            for (int q = 0; q < V; q += 4) rho_store16<float>(out + c * V + q, a + q);
+        }
+        return;
+    }
+    for (long long i = t0; i < n; i += stride) out[i] = x[i] + rho_to_f32(d[i]);
+}
+
 #ifdef __CUDACC__
 #define RHO_NORM(SUFFIX, T)                                                                                  \
     RHO_GLOBAL void __launch_bounds__(RHO_NORM_THREADS)                                                      \
@@ -143,4 +208,15 @@ RHO_DEVICE void rms_norm_bwd_impl(const T* __restrict__ x, const T* __restrict__
 RHO_NORM(bf16, rho_bf16)
 RHO_NORM(f16, rho_f16)
 RHO_NORM(f32, float)
+#define RHO_NORM_CAST(SUFFIX, T)                                                                             \
+    RHO_GLOBAL void __launch_bounds__(RHO_NORM_THREADS)                                                      \
+        rms_norm_cast_##SUFFIX(const float* x, const float* w, T* y, long long h, float eps) {              \
+        rms_norm_cast_impl<T>(x, w, y, h, eps);                                                              \
+    }                                                                                                        \
+    RHO_GLOBAL void __launch_bounds__(RHO_NORM_THREADS)                                                      \
+        residual_add_##SUFFIX(const float* x, const T* d, float* out, long long n) {                        \
+        residual_add_impl<T>(x, d, out, n);                                                                  \
+    }
+RHO_NORM_CAST(bf16, rho_bf16)
+RHO_NORM_CAST(f16, rho_f16)
 #endif

@@ -57,14 +57,14 @@ RHO_DEVICE void adam_apply_impl(T* __restrict__ w, const T* __restrict__ m, cons
             rho_load16<T>(m + c * V, mk);
             rho_load16<T>(v + c * V, vk);
 #pragma unroll
-            for (int k = 0; k < V; k++) wk[k] = wk[k] * decay - step * mk[k] / (rho_sqrt(vk[k]) * inv_sqrt_bc2 + eps);
+            for (int k = 0; k < V; k++) wk[k] = wk[k] * decay - rho_div_rn(step * mk[k], rho_sqrt_rn(vk[k]) * inv_sqrt_bc2 + eps);
             rho_store16<T>(w + c * V, wk);
         }
         return;
     }
     for (long long i = t0; i < n; i += stride) {
-        const float denom = rho_sqrt(rho_to_f32(v[i])) * inv_sqrt_bc2 + eps;
-        w[i] = rho_from_f32<T>(rho_to_f32(w[i]) * decay - step * rho_to_f32(m[i]) / denom);
+        const float denom = rho_sqrt_rn(rho_to_f32(v[i])) * inv_sqrt_bc2 + eps;
+        w[i] = rho_from_f32<T>(rho_to_f32(w[i]) * decay - rho_div_rn(step * rho_to_f32(m[i]), denom));
     }
 }
 
