@@ -9,11 +9,18 @@
 #
 # Order = priority (a later step may not get its time): kernel checks and kernel timings,
 # per-token loss equivalence with transformers, eval throughput (acceptance: >= 1.0x torch
-# eager at 8x2048 and 4x1024, peak memory not above torch's), training steps.
-# Every step has its own timeout; logs under $OUT; a summary table is printed last.
+# eager at 8x2048 and 4x1024, peak memory not above torch's), training steps, the optimizer,
+# then one eval batch and one training step under ncu (GPU time per kernel, KTIME lines).
+# All of it took 273 s on the H200 on 2026-11-30 (without the ncu steps; those took ~60 s).
+# Every step has its own timeout. The device tool returns at most 8 files from $OUT, so each
+# step's log goes to /tmp/rho-logs and is appended to $OUT/steps.log; $OUT/summary.txt and
+# stdout get the RESULT / CHECK / PRECISION lines.
+# RHO_STEPS (an extended regex, default: every step) picks steps by name, for a second call
+# that runs what the first did not reach, e.g. RHO_STEPS='train|optim'.
 set -u
 OUT=${OUT:-/tmp/rho-gpu-out}
-mkdir -p "$OUT"
+LOGS=/tmp/rho-logs
+mkdir -p "$OUT" "$LOGS"
 source .gpu/cudalibs.sh >/dev/null 2>&1 || source ../shared/gpu/cudalibs.sh
 nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 gunzip -c .gpu/rho.gz > /tmp/rho && chmod +x /tmp/rho
@@ -21,32 +28,36 @@ RHO=/tmp/rho
 PEER=".gpu/torch_peer.py"
 TPEER=".gpu/torch_train_peer.py"
 export RUST_BACKTRACE=0
+wanted() { [[ $1 =~ ${RHO_STEPS:-.} ]]; }
 step() { # name, timeout, command...
     local name=$1 t=$2; shift 2
+    wanted "$name" || return 0
     echo "== $name" | tee -a "$OUT/summary.txt"
     local t0=$(date +%s)
-    timeout "$t" "$@" >"$OUT/$name.log" 2>&1
+    timeout "$t" "$@" >"$LOGS/$name.log" 2>&1
     local rc=$?
-    grep -E "^(RESULT|CHECK|PRECISION|check |all )" "$OUT/$name.log" | tee -a "$OUT/summary.txt"
+    grep -E "^(RESULT|CHECK|PRECISION|KTIME|check |all )" "$LOGS/$name.log" | tee -a "$OUT/summary.txt"
     echo "   ($name: rc=$rc, $(( $(date +%s) - t0 )) s)" | tee -a "$OUT/summary.txt"
-    [ $rc -eq 0 ] || { tail -5 "$OUT/$name.log" | tee -a "$OUT/summary.txt"; }
+    [ $rc -eq 0 ] || { tail -5 "$LOGS/$name.log" | tee -a "$OUT/summary.txt"; }
+    { echo "=== $name rc=$rc"; cat "$LOGS/$name.log"; } >>"$OUT/steps.log"
 }
 # Peak device memory of a process, sampled the same way for rho and torch (nvidia-smi every
 # 50 ms; candle has no allocator statistics): the max of memory.used while it ran.
 peak() { # name, timeout, command...
     local name=$1; shift
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 >"$OUT/$name.mem" &
+    wanted "$name" || return 0
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 >"$LOGS/$name.mem" &
     local smi=$!
     step "$name" "$@"
     kill $smi 2>/dev/null
-    echo "   $name: peak memory.used $(sort -n "$OUT/$name.mem" | tail -1) MiB (whole GPU)" | tee -a "$OUT/summary.txt"
+    echo "   $name: peak memory.used $(sort -n "$LOGS/$name.mem" | tail -1) MiB (whole GPU)" | tee -a "$OUT/summary.txt"
 }
 
 # 1. Kernels against their CPU references on the GPU (attention forward in 3 variants and
 #    backward, CE, AdamW, RMSNorm, SwiGLU and RoPE forward and backward: 49 checks), then
 #    kernel timings (flash variants w4 / w4m4 / w8 vs plain attention; attention
 #    forward+backward flash vs plain; SwiGLU and RoPE fused vs candle; fused vs plain CE).
-step kernels 200 $RHO bench kernels --device cuda:0
+step kernels 120 $RHO bench kernels --device cuda:0
 # 2. Per-token losses: tiny f32 against transformers (peer tolerance 2e-3); then the real
 #    shape in bf16 against transformers in f32 and in bf16 on the same tokens (PRECISION
 #    lines: max / p99.9 relative error, rho's and PyTorch's), and against rho's own f32 path
@@ -79,9 +90,28 @@ RHO_CUDA_POOL=release step rho-bf16-pool-release 120 $RHO bench eval --device cu
 peak rho-train 200 $RHO bench train --device cuda:0 --shapes 4x1024,4x2048 --iters 5
 peak torch-train 200 python3 $TPEER --shapes 4x1024,4x2048 --iters 5
 step rho-train-slm 120 $RHO bench train --device cuda:0 --shapes 4x2048 --select 0.6 --iters 5
+#    The same binary built without the candle backward patch (package.sh; present when
+#    .gpu/rho-stock.gz travelled): a first gradient added to zeros, as candle 0.11 does.
+if [ -f .gpu/rho-stock.gz ] && wanted rho-train-stock; then
+    gunzip -c .gpu/rho-stock.gz > /tmp/rho-stock && chmod +x /tmp/rho-stock
+    step rho-train-stock 200 /tmp/rho-stock bench train --device cuda:0 --shapes 4x1024,4x2048 --iters 5
+fi
 RHO_FUSED_KERNELS=0 step rho-train-plain 150 $RHO bench train --device cuda:0 --shapes 4x1024 --iters 3
 RHO_CUDA_POOL=release step rho-train-pool-release 120 $RHO bench train --device cuda:0 --shapes 4x2048 --iters 5
 # 5. The optimizer alone: one AdamW step and gradient norm over TinyLlama's 1.1B bf16
 #    parameters, rho's fused in-place kernels against the same update composed of candle ops.
 step optim 90 $RHO bench optim --device cuda:0 --params 1100
+# 6. Where the GPU time goes, kernel by kernel (Nsight Compute, one metric, clocks left alone):
+#    one evaluation batch at 8x2048 and one training step at 4x1024, grouped by kernel name.
+NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+profile() { # name, timeout, rho arguments...
+    local name=$1 t=$2; shift 2
+    wanted "$name" || return 0
+    [ -n "$NCU" ] || { echo "== $name: no ncu" | tee -a "$OUT/summary.txt"; return 0; }
+    timeout "$t" "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base $RHO "$@" >"$LOGS/$name.csv" 2>"$LOGS/$name.err"
+    echo "   ($name: ncu rc=$?)" >>"$LOGS/$name.err"
+    step "$name" 30 bash -c "cat $LOGS/$name.err; python3 .gpu/kernel_times.py $LOGS/$name.csv --top 25"
+}
+profile profile-eval 90 bench eval --device cuda:0 --dtype bf16 --shapes 8x2048 --iters 1 --warmup 0
+profile profile-train 150 bench train --device cuda:0 --shapes 4x1024 --iters 1 --warmup 0
 echo "== done" | tee -a "$OUT/summary.txt"
