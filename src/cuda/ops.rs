@@ -425,35 +425,46 @@ pub(crate) fn sum_sq(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
 
 const NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/norm.ptx"));
 
+/// One block per row of `rms_norm_fwd_*` / `rms_norm_cast_*` (norm.cu): x [rows, h] and w [h]
+/// (elements `xr`, `wr` of their slices, contiguous) -> y [rows, h] in TO.
+#[allow(clippy::too_many_arguments)]
+fn norm_rows<TI: DeviceRepr, TO: DeviceRepr>(
+    dev: &CudaDevice,
+    name: &str,
+    x: &CudaSlice<TI>,
+    xr: std::ops::Range<usize>,
+    w: &CudaSlice<TI>,
+    wr: std::ops::Range<usize>,
+    eps: f32,
+) -> Result<CudaSlice<TO>> {
+    let h = wr.len();
+    let rows = if h == 0 { 0 } else { xr.len() / h };
+    // SAFETY: the kernel writes every element of y (rows x h).
+    let y = unsafe { dev.alloc::<TO>(xr.len())? };
+    if rows > 0 {
+        let (xv, wv) = (x.slice(xr), w.slice(wr));
+        let func = dev.get_or_load_custom_func(name, "rho_norm", NORM_PTX)?;
+        let mut b = func.builder();
+        b.arg(&xv);
+        b.arg(&wv);
+        b.arg(&y);
+        candle_core::builder_arg!(b, h as i64, eps);
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: arguments match rms_norm_fwd_* / rms_norm_cast_* in norm.cu (x and w in TI,
+        // y in TO); x and y hold rows x h elements, w h.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    Ok(y)
+}
+
 /// `rms_norm_fwd_*` (norm.cu): x [rows, h] and w [h] contiguous, one dtype -> y like x.
 pub(crate) fn rms_norm_fwd(x: In, w: In, eps: f32) -> Result<CudaStorage> {
     let (xr, wr) = (contiguous_range(x.1, "rms_norm")?, contiguous_range(w.1, "rms_norm")?);
-    let h = wr.len();
-    let rows = if h == 0 { 0 } else { xr.len() / h };
     let dev = &x.0.device;
-    macro_rules! launch {
-        ($x:expr, $w:expr, $t:ty, $name:expr) => {{
-            // SAFETY: the kernel writes every element of y (rows x h).
-            let y = unsafe { dev.alloc::<$t>(xr.len())? };
-            if rows > 0 {
-                let (xv, wv) = ($x.slice(xr.clone()), $w.slice(wr.clone()));
-                let func = dev.get_or_load_custom_func($name, "rho_norm", NORM_PTX)?;
-                let mut b = func.builder();
-                b.arg(&xv);
-                b.arg(&wv);
-                b.arg(&y);
-                candle_core::builder_arg!(b, h as i64, eps);
-                let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-                // SAFETY: arguments match rms_norm_fwd_* in norm.cu; x holds rows x h elements.
-                unsafe { b.launch(cfg) }.w()?;
-            }
-            y
-        }};
-    }
     let slice = match (&x.0.slice, &w.0.slice) {
-        (CudaStorageSlice::F32(a), CudaStorageSlice::F32(b)) => CudaStorageSlice::F32(launch!(a, b, f32, "rms_norm_fwd_f32")),
-        (CudaStorageSlice::BF16(a), CudaStorageSlice::BF16(b)) => CudaStorageSlice::BF16(launch!(a, b, half::bf16, "rms_norm_fwd_bf16")),
-        (CudaStorageSlice::F16(a), CudaStorageSlice::F16(b)) => CudaStorageSlice::F16(launch!(a, b, half::f16, "rms_norm_fwd_f16")),
+        (CudaStorageSlice::F32(a), CudaStorageSlice::F32(b)) => CudaStorageSlice::F32(norm_rows(dev, "rms_norm_fwd_f32", a, xr, b, wr, eps)?),
+        (CudaStorageSlice::BF16(a), CudaStorageSlice::BF16(b)) => CudaStorageSlice::BF16(norm_rows(dev, "rms_norm_fwd_bf16", a, xr, b, wr, eps)?),
+        (CudaStorageSlice::F16(a), CudaStorageSlice::F16(b)) => CudaStorageSlice::F16(norm_rows(dev, "rms_norm_fwd_f16", a, xr, b, wr, eps)?),
         _ => candle_core::bail!("rms_norm: x and w must both be f32, bf16 or f16"),
     };
     Ok(CudaStorage { slice, device: dev.clone() })
@@ -463,34 +474,13 @@ pub(crate) fn rms_norm_fwd(x: In, w: In, eps: f32) -> Result<CudaStorage> {
 /// (bf16 or f16): evaluation's norm of an f32 residual stream.
 pub(crate) fn rms_norm_cast(x: In, w: In, eps: f32, out: candle_core::DType) -> Result<CudaStorage> {
     let (xr, wr) = (contiguous_range(x.1, "rms_norm_cast")?, contiguous_range(w.1, "rms_norm_cast")?);
-    let h = wr.len();
-    let rows = if h == 0 { 0 } else { xr.len() / h };
     let dev = &x.0.device;
     let (CudaStorageSlice::F32(xs), CudaStorageSlice::F32(ws)) = (&x.0.slice, &w.0.slice) else {
         candle_core::bail!("rms_norm_cast: x and w must be f32 (got {:?}, {:?})", x.0.dtype(), w.0.dtype());
     };
-    macro_rules! launch {
-        ($t:ty, $name:expr) => {{
-            // SAFETY: the kernel writes every element of y (rows x h).
-            let y = unsafe { dev.alloc::<$t>(xr.len())? };
-            if rows > 0 {
-                let (xv, wv) = (xs.slice(xr.clone()), ws.slice(wr.clone()));
-                let func = dev.get_or_load_custom_func($name, "rho_norm", NORM_PTX)?;
-                let mut b = func.builder();
-                b.arg(&xv);
-                b.arg(&wv);
-                b.arg(&y);
-                candle_core::builder_arg!(b, h as i64, eps);
-                let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-                // SAFETY: arguments match rms_norm_cast_* in norm.cu; x and y hold rows x h elements.
-                unsafe { b.launch(cfg) }.w()?;
-            }
-            y
-        }};
-    }
     let slice = match out {
-        candle_core::DType::BF16 => CudaStorageSlice::BF16(launch!(half::bf16, "rms_norm_cast_bf16")),
-        candle_core::DType::F16 => CudaStorageSlice::F16(launch!(half::f16, "rms_norm_cast_f16")),
+        candle_core::DType::BF16 => CudaStorageSlice::BF16(norm_rows(dev, "rms_norm_cast_bf16", xs, xr, ws, wr, eps)?),
+        candle_core::DType::F16 => CudaStorageSlice::F16(norm_rows(dev, "rms_norm_cast_f16", xs, xr, ws, wr, eps)?),
         other => candle_core::bail!("rms_norm_cast: output dtype {other:?} (bf16 or f16 expected)"),
     };
     Ok(CudaStorage { slice, device: dev.clone() })

@@ -152,7 +152,7 @@ extern "C" int rho_emu_rms_norm_fwd(int dtype, const void* x, const void* w, voi
                                     float eps) {
     if (rows <= 0) return 0;
     RHO_EMU_DISPATCH(dtype, emu::launch((unsigned)rows, 1, 1, RHO_NORM_THREADS, [&] {
-        rms_norm_fwd_impl<T>((const T*)x, (const T*)w, (T*)y, h, eps);
+        rms_norm_impl<T, T>((const T*)x, (const T*)w, (T*)y, h, eps);
     }))
     return 0;
 }
@@ -175,7 +175,7 @@ extern "C" int rho_emu_rms_norm_cast(int dtype, const float* x, const float* w, 
     if (rows <= 0) return 0;
     if (dtype == 2) return 1;
     RHO_EMU_DISPATCH(dtype, emu::launch((unsigned)rows, 1, 1, RHO_NORM_THREADS, [&] {
-        rms_norm_cast_impl<T>(x, w, (T*)y, h, eps);
+        rms_norm_impl<float, T>(x, w, (T*)y, h, eps);
     }))
     return 0;
 }

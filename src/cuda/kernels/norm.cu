@@ -39,14 +39,17 @@ RHO_DEVICE void rho_block_sum2(float& a, float& b) {
     rho_sync_threads();  // sa, sb are reused by the next call
 }
 
-template <typename T>
-RHO_DEVICE void rms_norm_fwd_impl(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, long long h,
-                                  float eps) {
+// The forward, x and w in TI, y in TO (T, T in training; float, the model's type for
+// evaluation's f32 residual stream: rms_norm_cast below). Vectors of 16 bytes of TO, read as
+// 16-byte loads of TI.
+template <typename TI, typename TO>
+RHO_DEVICE void rms_norm_impl(const TI* __restrict__ x, const TI* __restrict__ w, TO* __restrict__ y, long long h,
+                              float eps) {
     const long long row = rho_block_x();
     const int tid = rho_thread_x();
-    const T* xr = x + row * h;
-    T* yr = y + row * h;
-    constexpr int V = 16 / sizeof(T);  // 16-byte vectors where the rows and w allow
+    const TI* xr = x + row * h;
+    TO* yr = y + row * h;
+    constexpr int V = 16 / sizeof(TO), VI = 16 / sizeof(TI);  // 16-byte vectors where the rows and w allow
     const bool vec = rho_aligned16(xr) && rho_aligned16(yr) && rho_aligned16(w) && h % V == 0;
     float ss = rho_sum_sq_share(xr, h, tid, RHO_NORM_THREADS), unused = 0.f;
     rho_block_sum2(ss, unused);
@@ -54,14 +57,17 @@ RHO_DEVICE void rms_norm_fwd_impl(const T* __restrict__ x, const T* __restrict__
     if (vec) {
         for (long long c = tid; c < h / V; c += RHO_NORM_THREADS) {
             float e[V], g[V];
-            rho_load16<T>(xr + c * V, e);
-            rho_load16<T>(w + c * V, g);
+#pragma unroll
+            for (int q = 0; q < V; q += VI) {
+                rho_load16<TI>(xr + c * V + q, e + q);
+                rho_load16<TI>(w + c * V + q, g + q);
+            }
 #pragma unroll
             for (int k = 0; k < V; k++) e[k] = e[k] * rs * g[k];
-            rho_store16<T>(yr + c * V, e);
+            rho_store16<TO>(yr + c * V, e);
         }
     } else {
-        for (long long j = tid; j < h; j += RHO_NORM_THREADS) yr[j] = rho_from_f32<T>(rho_to_f32(xr[j]) * rs * rho_to_f32(w[j]));
+        for (long long j = tid; j < h; j += RHO_NORM_THREADS) yr[j] = rho_from_f32<TO>(rho_to_f32(xr[j]) * rs * rho_to_f32(w[j]));
     }
 }
 
@@ -133,7 +139,8 @@ RHO_DEVICE void rms_norm_bwd_impl(const T* __restrict__ x, const T* __restrict__
 // `Transformer::residual`); forward only:
 //
 // rms_norm_cast: y[r, j] = T(x[r, j] rs[r] w[j]), x [rows, h] and w [h] in f32, y in the model's
-//                type T: the norm's output rounded once, for the matmuls. One block per row.
+//                type T: the norm's output rounded once, for the matmuls. One block per row
+//                (rms_norm_impl<float, T>).
 // residual_add:  out[i] = x[i] + d[i], x and out f32, d (a sublayer's output) in T: the exact
 //                conversion of d, one f32 rounding. Grid-stride loop.
 //
@@ -143,35 +150,6 @@ RHO_DEVICE void rms_norm_bwd_impl(const T* __restrict__ x, const T* __restrict__
 // pointer is 16-byte aligned and h (n) a whole number of them, element by element otherwise.
 // CPU reference: src/cuda/norm.rs (`rms_norm_cast`, `residual_add`: the same arithmetic as
 // Rust loops).
-template <typename T>
-RHO_DEVICE void rms_norm_cast_impl(const float* __restrict__ x, const float* __restrict__ w, T* __restrict__ y,
-                                   long long h, float eps) {
-    const long long row = rho_block_x();
-    const int tid = rho_thread_x();
-    const float* xr = x + row * h;
-    T* yr = y + row * h;
-    constexpr int V = 16 / sizeof(T);
-    const bool vec = rho_aligned16(xr) && rho_aligned16(yr) && rho_aligned16(w) && h % V == 0;
-    float ss = rho_sum_sq_share(xr, h, tid, RHO_NORM_THREADS), unused = 0.f;
-    rho_block_sum2(ss, unused);
-    const float rs = 1.f / rho_sqrt(ss / (float)h + eps);
-    if (vec) {
-        for (long long c = tid; c < h / V; c += RHO_NORM_THREADS) {
-            float e[V], g[V];
-#pragma unroll
-            for (int q = 0; q < V; q += 4) {
-                rho_load16<float>(xr + c * V + q, e + q);
-                rho_load16<float>(w + c * V + q, g + q);
-            }
-#pragma unroll
-            for (int k = 0; k < V; k++) e[k] = e[k] * rs * g[k];
-            rho_store16<T>(yr + c * V, e);
-        }
-    } else {
-        for (long long j = tid; j < h; j += RHO_NORM_THREADS) yr[j] = rho_from_f32<T>(xr[j] * rs * w[j]);
-    }
-}
-
 template <typename T>
 RHO_DEVICE void residual_add_impl(const float* __restrict__ x, const T* __restrict__ d, float* __restrict__ out,
                                   long long n) {
@@ -198,7 +176,7 @@ RHO_DEVICE void residual_add_impl(const float* __restrict__ x, const T* __restri
 #define RHO_NORM(SUFFIX, T)                                                                                  \
     RHO_GLOBAL void __launch_bounds__(RHO_NORM_THREADS)                                                      \
         rms_norm_fwd_##SUFFIX(const T* x, const T* w, T* y, long long h, float eps) {                       \
-        rms_norm_fwd_impl<T>(x, w, y, h, eps);                                                               \
+        rms_norm_impl<T, T>(x, w, y, h, eps);                                                               \
     }                                                                                                        \
     RHO_GLOBAL void __launch_bounds__(RHO_NORM_THREADS)                                                      \
         rms_norm_bwd_##SUFFIX(const T* x, const T* w, const T* dy, T* dx, float* dw, long long rows,        \
@@ -211,7 +189,7 @@ RHO_NORM(f32, float)
 #define RHO_NORM_CAST(SUFFIX, T)                                                                             \
     RHO_GLOBAL void __launch_bounds__(RHO_NORM_THREADS)                                                      \
         rms_norm_cast_##SUFFIX(const float* x, const float* w, T* y, long long h, float eps) {              \
-        rms_norm_cast_impl<T>(x, w, y, h, eps);                                                              \
+        rms_norm_impl<float, T>(x, w, y, h, eps);                                                              \
     }                                                                                                        \
     RHO_GLOBAL void __launch_bounds__(RHO_NORM_THREADS)                                                      \
         residual_add_##SUFFIX(const float* x, const T* d, float* out, long long n) {                        \
