@@ -50,13 +50,15 @@ fn rs_of<T: Elem>(x: &[T], eps: f32) -> f32 {
     1.0 / (ss / x.len() as f32 + eps).sqrt()
 }
 
-fn fwd_cpu<T: Elem>(x: &[T], w: &[T], eps: f32) -> Vec<T> {
+/// y = x rs w per row, x and w in TI, y in TO (T, T: the training norm; f32, the model's
+/// dtype: evaluation's norm of the f32 residual stream).
+fn fwd_cpu<TI: Elem, TO: Elem>(x: &[TI], w: &[TI], eps: f32) -> Vec<TO> {
     let h = w.len();
-    let mut y = vec![T::of(0.0); x.len()];
+    let mut y = vec![TO::of(0.0); x.len()];
     y.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| {
         let rs = rs_of(x, eps);
         for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
-            *y = T::of(x.f() * rs * w.f());
+            *y = TO::of(x.f() * rs * w.f());
         }
     });
     y
@@ -112,18 +114,6 @@ pub fn residual_add(x: &Tensor, d: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2_no_bwd(&d.contiguous()?, &ResidualAdd)
 }
 
-fn cast_cpu<T: Elem>(x: &[f32], w: &[f32], eps: f32) -> Vec<T> {
-    let h = w.len();
-    let mut y = vec![T::of(0.0); x.len()];
-    y.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| {
-        let rs = rs_of(x, eps);
-        for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
-            *y = T::of(x * rs * w);
-        }
-    });
-    y
-}
-
 fn add_cpu<T: Elem>(x: &[f32], d: &[T]) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14).zip(d.par_chunks(1 << 14))).for_each(|(o, (x, d))| {
@@ -150,8 +140,8 @@ impl CustomOp2 for RmsNormCast {
         };
         let (x, w) = (contiguous(x, l1)?, contiguous(w, l2)?);
         let y = match self.out {
-            DType::BF16 => CpuStorage::BF16(cast_cpu(x, w, self.eps)),
-            DType::F16 => CpuStorage::F16(cast_cpu(x, w, self.eps)),
+            DType::BF16 => CpuStorage::BF16(fwd_cpu(x, w, self.eps)),
+            DType::F16 => CpuStorage::F16(fwd_cpu(x, w, self.eps)),
             other => candle_core::bail!("rms_norm_cast: output dtype {other:?} (bf16 or f16 expected)"),
         };
         Ok((y, l1.shape().clone()))

@@ -79,15 +79,14 @@ impl Norm {
     /// x: [..., hidden] -> [..., hidden]
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match (self, mode) {
-            // the f32 residual stream's RMSNorm, output rounded once: one op (CPU loops or a
-            // CUDA kernel) instead of an f32 norm and a cast
-            (Norm::Cast { inner, out }, Mode::Eval) if crate::cuda::fused_enabled(crate::cuda::Fused::Norm) && x.dtype() == DType::F32 => {
-                match inner.as_ref() {
-                    Norm::Rms { w, eps } => crate::cuda::norm::rms_norm_cast(x, w, *eps as f32, *out),
-                    other => other.forward(x, mode)?.to_dtype(*out),
+            (Norm::Cast { inner, out }, _) => match (inner.as_ref(), mode) {
+                // the f32 residual stream's RMSNorm, output rounded once: one op (CPU loops or
+                // a CUDA kernel) instead of an f32 norm and a cast
+                (Norm::Rms { w, eps }, Mode::Eval) if x.dtype() == DType::F32 && crate::cuda::fused_enabled(crate::cuda::Fused::Norm) => {
+                    crate::cuda::norm::rms_norm_cast(x, w, *eps as f32, *out)
                 }
-            }
-            (Norm::Cast { inner, out }, _) => inner.forward(x, mode)?.to_dtype(*out),
+                _ => inner.forward(x, mode)?.to_dtype(*out),
+            },
             // bf16 / f16 on CPU: rho's op, x rs w in f32 with one rounding, as candle's CUDA
             // kernel computes it; candle-nn's CPU loop rounds rs to the dtype first, a
             // per-row scale error (docs/gpu.md, "bf16 against f32").
