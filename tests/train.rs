@@ -403,3 +403,30 @@ fn mixed_precision_follows_the_f32_run_and_saves_f32_weights() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--dtype"), "{}", stderr(&o));
 }
+
+/// rho builds against third_party/candle-core (Cargo.toml's [patch.crates-io]): candle's
+/// backward stores a gradient's first contribution as it is (`GradStore::accumulate`) instead
+/// of adding it to zeros. A variable reached by two paths still gets the sum, and
+/// `accumulate` inserts, then adds.
+#[test]
+fn candle_backward_stores_first_gradients_as_they_are() {
+    use candle_core::{DType, Device, Tensor, Var};
+    let x = Var::new(&[1f32, -2.0, 3.0], &Device::Cpu).unwrap();
+    // d/dx sum(2x + x * x) = 2 + 2x
+    let y = ((x.as_tensor() * 2.0).unwrap() + x.as_tensor().sqr().unwrap()).unwrap().sum_all().unwrap();
+    let mut grads = y.backward().unwrap();
+    let g = grads.get(x.as_tensor()).unwrap();
+    assert!(g.is_contiguous());
+    assert_eq!(g.to_vec1::<f32>().unwrap(), vec![4.0, -2.0, 8.0]);
+    let one = Tensor::ones(3, DType::F32, &Device::Cpu).unwrap();
+    grads.accumulate(x.as_tensor(), &one).unwrap();
+    assert_eq!(grads.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), vec![5.0, -1.0, 9.0]);
+    // a tensor without a gradient gets the contribution itself, a transposed view stored contiguous
+    let z = Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap();
+    assert!(grads.get(&z).is_none());
+    let m = Tensor::arange(0f32, 6.0, &Device::Cpu).unwrap().reshape((2, 3)).unwrap().t().unwrap();
+    grads.accumulate(&z, &m).unwrap();
+    let stored = grads.get(&z).unwrap();
+    assert!(stored.is_contiguous());
+    assert_eq!(stored.to_vec2::<f32>().unwrap(), vec![vec![0.0, 3.0], vec![1.0, 4.0], vec![2.0, 5.0]]);
+}

@@ -13,9 +13,10 @@ SHARED=${SHARED:-../shared/gpu}
 # build-cuda.sh patches candle through `cargo --config`, which rewrites Cargo.lock: keep ours.
 cp Cargo.lock /tmp/rho-Cargo.lock.keep
 trap 'cp /tmp/rho-Cargo.lock.keep Cargo.lock' EXIT
-# candle's backward with first gradient contributions stored as they are, not added to zeros
-# (scripts/gpu/patch_candle_backprop.py), in the vendored candle-core that build-cuda.sh makes
-# (`--help`: the vendored copy made, nothing built)
+# build-cuda.sh builds against its own copy of candle-core (from crates.io, patched for
+# dynamic loading; `--help`: the copy made, nothing built), which takes precedence over
+# Cargo.toml's [patch] of third_party/candle-core: give it that crate's backward too
+# (first gradient contributions stored as they are, scripts/patch_candle_backprop.py).
 export VENDOR_ROOT=${VENDOR_ROOT:-/tmp/candle-cuda-vendor}
 ver=$(awk '/^name = "candle-core"$/ {getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)
 [ -f "$VENDOR_ROOT/$ver/.patched" ] || "$SHARED/build-cuda.sh" --help >/dev/null
@@ -28,7 +29,7 @@ if [ "${RHO_STOCK:-0}" = 1 ]; then
     strip -o /tmp/rho-cuda target/cuda/release/rho
     gzip -9 -c /tmp/rho-cuda > .gpu/rho-stock.gz
 fi
-python3 scripts/gpu/patch_candle_backprop.py "$VENDOR_ROOT/$ver/candle-core/src/backprop.rs"
+cp third_party/candle-core/src/backprop.rs "$VENDOR_ROOT/$ver/candle-core/src/backprop.rs"
 "$SHARED/build-cuda.sh" --release --features cuda --bin rho
 mkdir -p .gpu
 strip -o /tmp/rho-cuda target/cuda/release/rho

@@ -9,9 +9,11 @@ candle 0.11's backward pass does, for every input of every op,
 
 so each gradient costs a zero fill and a full add even when it has a single contribution
 (almost all of them). On the H200 that add was 42% of a TinyLlama training step's GPU time
-(1,242 `badd_bf16` launches, 59 ms of 140 ms at 4x1024; docs/gpu.md, "Training"). rho cannot
-change this from outside (candle's `Tensor::op()` is crate-private), so the CUDA build
-(scripts/gpu/package.sh) patches the vendored copy that ../shared/gpu/build-cuda.sh makes.
+(1,242 `badd_bf16` launches, 59 ms of 140 ms at 4x1024; BENCHMARKS.md, "GPU"). rho cannot
+change this from outside (candle's `Tensor::op()` is crate-private), so it builds against
+third_party/candle-core, candle-core 0.11.1 from crates.io with this script applied
+(Cargo.toml's [patch.crates-io]; third_party/README.md); scripts/gpu/package.sh copies the
+patched file into the CUDA build's own vendored copy.
 
 Each adjacent pair above becomes `grads.accumulate(arg, &arg_grad)?;`, where `accumulate`
 inserts the contribution itself (made contiguous, as the add made it: candle's matmul
@@ -21,7 +23,7 @@ with one contribution (a copy only where the contribution is a view). Pairs that
 adjacent, or whose contribution reads the stored gradient in another way than its dims, and
 every `sub`, are left as they are.
 
-    python3 scripts/gpu/patch_candle_backprop.py PATH/TO/candle-core/src/backprop.rs
+    python3 scripts/patch_candle_backprop.py PATH/TO/candle-core/src/backprop.rs
 
 Idempotent (a marker comment); exits 1 if the file does not look like candle 0.11's (fewer
 than 40 pairs found), so a new candle version is noticed, not silently half-patched.
