@@ -58,8 +58,7 @@ PAIR = re.compile(
 
 
 def patch(src):
-    if MARK in src:
-        return src, 0, 0
+    """The patched text, the pairs patched and the pairs left (src not yet patched)."""
     kept = 0
 
     def repl(m):
@@ -75,7 +74,7 @@ def patch(src):
     out, n = PAIR.subn(repl, src)
     anchor = "impl GradStore {\n"
     if anchor not in out:
-        raise SystemExit("no `impl GradStore {` in the file: not candle 0.11's backprop.rs")
+        raise ValueError("no `impl GradStore {` in the file: not candle 0.11's backprop.rs")
     out = out.replace(anchor, anchor + ACCUMULATE, 1)
     return out, n - kept, kept
 
@@ -85,10 +84,13 @@ def main():
         raise SystemExit(__doc__)
     path = sys.argv[1]
     src = open(path).read()
-    out, patched, kept = patch(src)
     if MARK in src:
         print(f"{path}: already patched")
         return
+    try:
+        out, patched, kept = patch(src)
+    except ValueError as e:
+        raise SystemExit(f"{path}: {e}")
     if patched < 40:
         raise SystemExit(f"{path}: only {patched} or_insert/add pairs found (candle 0.11 has over 40): not patched")
     open(path, "w").write(out)
