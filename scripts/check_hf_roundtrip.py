@@ -75,6 +75,15 @@ CASES: list[tuple[str, list[str], str]] = [
                       "--tokenizer", str(FIX / "qwen2/step-1/tokenizer.json")], "q/k/v biases"),
     ("mistral random", ["--model-config", str(FIX / "mistral/step-1/config.json"),
                         "--tokenizer", str(FIX / "mistral/step-1/tokenizer.json")], "mistral model_type"),
+    # issue 19's families, continued from their fixture checkpoints (`rho train --init`)
+    ("olmo --init", ["--init", str(FIX / "olmo/step1000-tokens4B")], "OLMo-1: LayerNorm without weights, clip_qkv, biases"),
+    ("olmo2 --init", ["--init", str(FIX / "olmo2/stage1-step600-tokens3B")], "OLMo-2: post-norms, q/k norm (sharded)"),
+    ("olmo3 --init", ["--init", str(FIX / "olmo3/stage1-step2000")], "OLMo-3: sliding layer (window 8), two RoPEs"),
+    ("smollm3 --init", ["--init", str(FIX / "smollm3/step-40000")], "SmolLM3: a layer without RoPE, tied embeddings"),
+    ("qwen3 --init", ["--init", str(FIX / "qwen3/checkpoint-1000")], "Qwen3: per-head q/k norm, sliding layer (bf16)"),
+    ("qwen3 random", ["--model-config", str(FIX / "qwen3/checkpoint-500/config.json"),
+                      "--tokenizer", str(FIX / "qwen3/checkpoint-500/tokenizer.json")], "Qwen3 from a random init"),
+    ("pythia pickle --init", ["--init", str(FIX / "neox-pickle/step512")], "float16 sharded pytorch_model.bin, 4.x config"),
 ]
 
 
@@ -151,6 +160,10 @@ def context_of(ckpt: Path) -> int:
     return cfg.get("max_position_embeddings", cfg.get("n_positions"))
 
 
+# buffers old GPT-NeoX checkpoints carry that the model computes (rho does not save them)
+BUFFERS = ("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")
+
+
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     files = [path / "model.safetensors"] if (path / "model.safetensors").exists() else sorted(path.glob("model-*.safetensors"))
     out = {}
@@ -158,6 +171,11 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         with safe_open(str(f), framework="pt") as sf:
             for k in sf.keys():
                 out[k] = sf.get_tensor(k).to(torch.float32)
+    if not files:  # PyTorch pickles (read with weights_only: nothing in them is run)
+        for f in sorted(path.glob("pytorch_model*.bin")):
+            for k, v in torch.load(f, weights_only=True).items():
+                if not k.endswith(BUFFERS):
+                    out[k] = v.to(torch.float32)
     return out
 
 
@@ -254,8 +272,8 @@ def main() -> int:
     print(f"rho train ({STEPS} steps, seq-len 32, batch-tokens 128, lr 1e-3) -> transformers "
           f"{transformers.__version__} from_pretrained -> losses on fixtures/data/val.jsonl vs rho eval")
     print()
-    print(f"| {'case':<16} | {'source':<58} | {'tokens':>6} | {'train loss 1->3':>15} | {'max |diff|':>10} | result |")
-    print(f"|{'-' * 18}|{'-' * 60}|{'-' * 8}|{'-' * 17}|{'-' * 12}|--------|")
+    print(f"| {'case':<20} | {'source':<58} | {'tokens':>6} | {'train loss 1->3':>15} | {'max |diff|':>10} | result |")
+    print(f"|{'-' * 22}|{'-' * 60}|{'-' * 8}|{'-' * 17}|{'-' * 12}|--------|")
     desc = {n: d for n, _, d in CASES}
     ok_all = True
     for r in results:
@@ -263,7 +281,7 @@ def main() -> int:
         ok_all &= ok
         tl = r.get("train_loss")
         tl = f"{tl[0]:.3f}->{tl[1]:.3f}" if tl else "-"
-        print(f"| {r['case']:<16} | {desc[r['case']]:<58} | {r['n']:>6} | {tl:>15} | {r['max_diff']:>10.2e} | "
+        print(f"| {r['case']:<20} | {desc[r['case']]:<58} | {r['n']:>6} | {tl:>15} | {r['max_diff']:>10.2e} | "
               f"{'PASS' if ok else 'FAIL':<6} |")
     for r in results:
         for p in r["problems"]:

@@ -10,7 +10,8 @@ What it writes (see fixtures/README.md for the formats):
 
 * fixtures/tokenizers/{plain,bos}/tokenizer.json   tiny byte-level BPE tokenizers
 * fixtures/data/val.jsonl, fixtures/data/val.parquet   validation documents
-* fixtures/<family>/<checkpoint>/                  tiny HF checkpoints (safetensors)
+* fixtures/<family>/<checkpoint>/                  tiny HF checkpoints (safetensors; the
+                                                   `neox-pickle` family: PyTorch pickles)
 * fixtures/<family>/golden_tokens.jsonl            token ids + UTF-8 byte offsets per doc
 * fixtures/<family>/golden_losses.jsonl            per-token losses per checkpoint
 * fixtures/configs/*.json                          config-only files for parser tests
@@ -60,7 +61,12 @@ from transformers import (  # noqa: E402
     GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
+    Olmo2Config,
+    Olmo3Config,
+    OlmoConfig,
     Qwen2Config,
+    Qwen3Config,
+    SmolLM3Config,
 )
 
 torch.set_num_threads(1)
@@ -216,6 +222,39 @@ def make_config(arch: str, vocab: int, bos_id: int | None, **kw):
             num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             max_position_embeddings=CONTEXT, rms_norm_eps=1e-5, rope_parameters=dict(ROPE),
             sliding_window=None, tie_word_embeddings=False, bos_token_id=bos_id, **common)
+    # the families of issue 19; each sets what makes it differ from Llama
+    small = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2,
+                 max_position_embeddings=CONTEXT, bos_token_id=bos_id, **common)
+    if arch == "olmo":
+        # LayerNorm without weights, q/k/v/o biases, q/k/v clipped (44% of the first layer's
+        # q values of the first checkpoint are beyond 0.9; logits move by up to 4 without it)
+        return OlmoConfig(rope_parameters=dict(ROPE), attention_bias=True, clip_qkv=0.9,
+                          tie_word_embeddings=False, **small)
+    if arch == "olmo2":
+        # norms after attention and MLP, RMSNorm of the whole q and k projections
+        return Olmo2Config(rope_parameters=dict(ROPE, rope_theta=500000.0), rms_norm_eps=1e-6,
+                           tie_word_embeddings=False, **small)
+    if arch == "olmo3":
+        # a sliding layer (window 8 << context 64) with its own RoPE base, then a full one
+        # with YaRN as Olmo-3's long-context checkpoints (factor 4 over an original 16
+        # positions: the ramp and the attention factor 1.139 both act)
+        return Olmo3Config(
+            layer_types=["sliding_attention", "full_attention"], sliding_window=8,
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 500.0},
+                             "full_attention": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                "original_max_position_embeddings": 16}},
+            rms_norm_eps=1e-6, tie_word_embeddings=False, **small)
+    if arch == "smollm3":
+        # the second layer without RoPE; tied embeddings (SmolLM3's default)
+        return SmolLM3Config(rope_parameters=dict(ROPE), no_rope_layers=[1, 0],
+                             use_sliding_window=False, sliding_window=None,
+                             tie_word_embeddings=True, rms_norm_eps=1e-6, **small)
+    if arch == "qwen3":
+        # per-head q/k RMSNorm, head_dim 24 != hidden / heads; the second layer slides (window 8)
+        return Qwen3Config(rope_parameters=dict(ROPE), head_dim=24, use_sliding_window=True,
+                           sliding_window=8, max_window_layers=1, rms_norm_eps=1e-6,
+                           tie_word_embeddings=False, **small)
     raise ValueError(arch)
 
 
@@ -285,14 +324,103 @@ FAMILIES = [
          ckpts=[("step-1", 30, "bfloat16", None)]),
     dict(name="mistral", arch="mistral", tok="bos", seed=6, kw={},
          ckpts=[("step-1", 30, "bfloat16", None)]),
+    # issue 19: OLMo-1/2/3, SmolLM3, Qwen3, named as their public series are
+    dict(name="olmo", arch="olmo", tok="plain", seed=7, kw={},
+         ckpts=[("step1000-tokens4B", 0, "float32", None),
+                ("step2000-tokens8B", 30, "bfloat16", None)]),
+    dict(name="olmo2", arch="olmo2", tok="plain", seed=8, kw={},
+         ckpts=[("stage1-step150-tokens1B", 0, "float32", None),
+                ("stage1-step600-tokens3B", 10, "float32", "100KB"),
+                ("stage2-ingredient1-step100-tokens4B", 40, "bfloat16", None)]),
+    dict(name="olmo3", arch="olmo3", tok="plain", seed=9, kw={},
+         ckpts=[("stage1-step1000", 0, "float32", None),
+                ("stage1-step2000", 30, "float32", None)]),
+    dict(name="smollm3", arch="smollm3", tok="bos", seed=10, kw={},
+         ckpts=[("step-40000", 30, "float32", None)]),
+    dict(name="qwen3", arch="qwen3", tok="bos", seed=11, kw={},
+         ckpts=[("checkpoint-500", 10, "float32", None),
+                ("checkpoint-1000", 40, "bfloat16", None)]),
+    # Pythia as published: float16 PyTorch pickles (pytorch_model.bin, one checkpoint
+    # sharded with pytorch_model.bin.index.json) with the buffers old GPT-NeoX code saved
+    # (attention.bias, attention.masked_bias, rotary_emb.inv_freq), a transformers 4.x
+    # config; the last checkpoint holds both model.safetensors and a pytorch_model.bin of
+    # other weights (transformers reads the safetensors, and so must rho)
+    dict(name="neox-pickle", arch="gpt_neox", tok="plain", seed=12,
+         kw={"rotary_pct": 0.25, "parallel": True},
+         ckpts=[("step0", 0, "float16", "pickle"),
+                ("step512", 10, "float16", "pickle-sharded"),
+                ("step1000", 40, "float16", "both")],
+         v4_style="all"),
 ]
+
+
+def pythia_buffers(model, sd: dict) -> dict:
+    """The state dict as Pythia's pytorch_model.bin files hold it: every parameter plus
+    the buffers transformers 4.x's GPT-NeoX registered as persistent (the causal mask
+    `attention.bias`, `attention.masked_bias`, RoPE's `rotary_emb.inv_freq`)."""
+    cfg = model.config
+    head = cfg.hidden_size // cfg.num_attention_heads
+    rot = int(head * cfg.rope_parameters.get("partial_rotary_factor", 1.0))
+    inv = 1.0 / (cfg.rope_parameters["rope_theta"] ** (torch.arange(0, rot, 2).float() / rot))
+    out = {}
+    for k, v in sd.items():
+        out[k] = v
+        if k.endswith("attention.dense.bias"):
+            pre = k[: -len("dense.bias")]
+            n = cfg.max_position_embeddings
+            out[pre + "bias"] = torch.tril(torch.ones(n, n, dtype=torch.bool)).view(1, 1, n, n)
+            out[pre + "masked_bias"] = torch.tensor(-1e9)
+            out[pre + "rotary_emb.inv_freq"] = inv.clone()
+    return out
+
+
+def save_pickles(m, path: Path, sharded: bool) -> None:
+    """torch.save of the state dict (with Pythia's buffers): one pytorch_model.bin, or two
+    shards and pytorch_model.bin.index.json as transformers 4.x wrote them."""
+    sd = pythia_buffers(m, {k: v.contiguous() for k, v in m.state_dict().items()})
+    if not sharded:
+        torch.save(sd, path / "pytorch_model.bin")
+        return
+    keys = list(sd)
+    half = len(keys) // 2
+    parts = [keys[:half], keys[half:]]
+    weight_map, total = {}, 0
+    for i, part in enumerate(parts):
+        name = f"pytorch_model-{i + 1:05d}-of-{len(parts):05d}.bin"
+        torch.save({k: sd[k] for k in part}, path / name)
+        for k in part:
+            weight_map[k] = name
+            total += sd[k].numel() * sd[k].element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def save_checkpoint(model, path: Path, dtype: str, shard: str | None, tok_json: str) -> None:
     m = copy.deepcopy(model).to(DTYPES[dtype])
+    if shard in ("pickle", "pickle-sharded"):
+        path.mkdir(parents=True)
+        m.config.dtype = DTYPES[dtype]
+        m.config.save_pretrained(path)
+        save_pickles(m, path, sharded=shard == "pickle-sharded")
+        (path / "tokenizer.json").write_text(tok_json, encoding="utf-8")
+        assert not list(path.glob("*.safetensors"))
+        for f in path.glob("*.bin"):
+            for k, v in torch.load(f, weights_only=True).items():
+                assert v.dtype in (DTYPES[dtype], torch.bool, torch.float32), (f, k, v.dtype)
+        return
+    both = shard == "both"
+    if both:
+        shard = None
+    kwargs = {"max_shard_size": shard} if shard else {}
     kwargs = {"max_shard_size": shard} if shard else {}
     m.save_pretrained(path, safe_serialization=True, **kwargs)
     (path / "tokenizer.json").write_text(tok_json, encoding="utf-8")
+    if both:
+        # a pytorch_model.bin of other weights beside the safetensors: whoever reads the
+        # .bin gets losses far from the goldens
+        stale = copy.deepcopy(model)
+        reinit_(stale, 999)
+        save_pickles(stale.to(DTYPES[dtype]), path, sharded=False)
     files = sorted(path.glob("*.safetensors"))
     if shard:
         assert (path / "model.safetensors.index.json").exists() and len(files) >= 2, files
@@ -552,7 +680,7 @@ def main() -> int:
         for folder, steps, dtype, shard in fam["ckpts"]:
             trainer.run(steps - trainer.steps)
             save_checkpoint(model, fdir / folder, dtype, shard, tok_json[fam["tok"]])
-            if fam.get("v4_style") == folder:
+            if fam.get("v4_style") in (folder, "all"):
                 to_v4_style(fdir / folder, fam["arch"])
 
         # golden tokens (the tokenizer.json copied into each checkpoint is identical)
@@ -583,8 +711,10 @@ def main() -> int:
             summary.append((fam["name"], folder, dtype, len(losses), mean))
             fam_manifest["checkpoints"].append(
                 {"name": folder, "dtype": dtype, "sharded": bool(shard),
-                 "config_style": "transformers-4" if fam.get("v4_style") == folder
+                 "config_style": "transformers-4" if fam.get("v4_style") in (folder, "all")
                  else "transformers-5",
+                 "format": "pickle" if shard and shard.startswith("pickle")
+                 else "safetensors+pickle" if shard == "both" else "safetensors",
                  "n_scored": len(losses), "mean_loss": mean})
         write_jsonl(fdir / "golden_losses.jsonl", rows)
         manifest["families"][fam["name"]] = fam_manifest

@@ -125,3 +125,30 @@ fn qwen2_attention_bias_matches_transformers() {
 fn mistral_matches_transformers() {
     check_family("mistral", 1);
 }
+
+#[test]
+fn olmo_no_affine_norm_clip_qkv_and_biases_match_transformers() {
+    check_family("olmo", 2);
+}
+
+#[test]
+fn olmo2_post_norms_and_whole_qk_norm_sharded_and_bf16_match_transformers() {
+    let series = fixtures().join("olmo2");
+    assert!(series.join("stage1-step600-tokens3B/model.safetensors.index.json").exists(), "the sharded fixture");
+    check_family("olmo2", 3);
+}
+
+#[test]
+fn olmo3_sliding_layer_with_its_own_rope_matches_transformers() {
+    check_family("olmo3", 2);
+}
+
+#[test]
+fn smollm3_layer_without_rope_and_tied_embeddings_match_transformers() {
+    check_family("smollm3", 1);
+}
+
+#[test]
+fn qwen3_per_head_qk_norm_and_sliding_layer_match_transformers() {
+    check_family("qwen3", 2);
+}

@@ -114,7 +114,18 @@ fn batch() -> (Tensor, Tensor) {
 /// family must get a non-zero gradient in training mode.
 #[test]
 fn every_parameter_gets_a_gradient() {
-    for ck in ["llama/step-0", "neox/step1000", "neox-seq/step1", "gpt2/checkpoint-10", "qwen2/step-1"] {
+    for ck in [
+        "llama/step-0",
+        "neox/step1000",
+        "neox-seq/step1",
+        "gpt2/checkpoint-10",
+        "qwen2/step-1",
+        "olmo/step1000-tokens4B",
+        "olmo2/stage1-step150-tokens1B",
+        "olmo3/stage1-step1000",
+        "smollm3/step-40000",
+        "qwen3/checkpoint-500",
+    ] {
         let (model, vm) = train_model(&fixtures().join(ck));
         let (input, targets) = batch();
         let logits = model.forward(&input).unwrap();
@@ -133,7 +144,16 @@ fn every_parameter_gets_a_gradient() {
 /// Training mode and eval mode compute the same losses.
 #[test]
 fn train_and_eval_forward_agree() {
-    for ck in ["llama/step-100", "neox/step2000", "gpt2/checkpoint-20"] {
+    for ck in [
+        "llama/step-100",
+        "neox/step2000",
+        "gpt2/checkpoint-20",
+        "olmo/step2000-tokens8B",
+        "olmo2/stage2-ingredient1-step100-tokens4B",
+        "olmo3/stage1-step2000",
+        "smollm3/step-40000",
+        "qwen3/checkpoint-1000",
+    ] {
         let dir = fixtures().join(ck);
         let (model, _) = train_model(&dir);
         let eval = Checkpoint::open(&dir).unwrap().load(DType::F32, &Device::Cpu, Mode::Eval).unwrap();

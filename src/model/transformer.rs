@@ -1,4 +1,4 @@
-//! One decoder-only transformer covering the three supported families.
+//! One decoder-only transformer covering the supported families.
 //!
 //! | family  | norm      | attention projections            | position       | MLP            | residual   |
 //! |---------|-----------|----------------------------------|----------------|----------------|------------|
@@ -6,11 +6,23 @@
 //! | NeoX    | LayerNorm | fused qkv, interleaved per head   | RoPE (partial) | GELU           | parallel or sequential |
 //! | GPT-2   | LayerNorm | fused qkv (Conv1D, [in, out])     | learned        | GELU (tanh)    | sequential |
 //!
+//! The Llama row covers its relatives, which differ in (config.rs: `NormKind`, `QkNorm`,
+//! `post_norm`, `clip_qkv`, `LayerSpec`):
+//!
+//! | model_type | norm | q/k norm | per layer |
+//! |------------|------|----------|-----------|
+//! | mistral, qwen2 | RMSNorm before | - | sliding window |
+//! | qwen3      | RMSNorm before | RMSNorm per head (head_dim) | sliding window past `max_window_layers` |
+//! | smollm3    | RMSNorm before | - | no RoPE in `no_rope_layers`, sliding window |
+//! | olmo       | LayerNorm without gain or bias, before; `clip_qkv` | - | - |
+//! | olmo2      | RMSNorm AFTER attention and MLP (on their outputs) | RMSNorm of the whole q and k | - |
+//! | olmo3      | as olmo2 | as olmo2 | sliding window and RoPE by `layer_types` |
+//!
 //! `forward` returns logits for EVERY position (candle-transformers' models return
 //! only the last one). With `Mode::Train` every op used has a backward pass
 //! (candle-nn's fused softmax / rms_norm / layer_norm / rope have none).
 
-use super::config::{Activation, Arch, ModelConfig};
+use super::config::{Activation, Arch, ModelConfig, NormKind, QkNorm, Rope};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
@@ -63,6 +75,18 @@ impl Norm {
     }
     fn layer(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
         Ok(Norm::Layer { w: vb.get(size, "weight")?, b: vb.get(size, "bias")?, eps })
+    }
+    /// LayerNorm without gain or bias (OLMo-1): constant ones and zeros, not parameters.
+    fn layer_no_affine(size: usize, eps: f64, dtype: DType, dev: &Device) -> Result<Self> {
+        Ok(Norm::Layer { w: Tensor::ones(size, dtype, dev)?, b: Tensor::zeros(size, dtype, dev)?, eps })
+    }
+    /// The norm of `kind` over `size` features, its weights (if any) under `vb`.
+    fn of_kind(kind: NormKind, vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        match kind {
+            NormKind::Rms => Self::rms(vb, size, eps),
+            NormKind::Layer => Self::layer(vb, size, eps),
+            NormKind::LayerNoAffine => Self::layer_no_affine(size, eps, vb.dtype(), vb.device()),
+        }
     }
 
     /// The norm taking its input in `dt` and returning the model's dtype (`Cast`), or itself
@@ -150,11 +174,30 @@ enum Mlp {
 
 #[derive(Debug, Clone)]
 struct Block {
-    ln1: Norm,
-    ln2: Norm,
+    /// The norms before attention and before the MLP (None: OLMo-2/3, whose norms are after).
+    ln1: Option<Norm>,
+    ln2: Option<Norm>,
+    /// OLMo-2/3: the norms of the attention's and the MLP's outputs, before the residual add.
+    post1: Option<Norm>,
+    post2: Option<Norm>,
+    /// Qwen3 (per head) and OLMo-2/3 (whole projection): RMSNorm of q and k before RoPE.
+    q_norm: Option<Norm>,
+    k_norm: Option<Norm>,
     qkv: Qkv,
     o: Linear,
     mlp: Mlp,
+    /// This layer's rotary tables, an index into `Transformer::ropes` (None: no RoPE).
+    rope: Option<usize>,
+    /// This layer's sliding window (`LayerSpec::window`).
+    window: Option<usize>,
+}
+
+impl Block {
+    /// A pre-norm block without q/k norms; `rope` and `window` are set from the config's
+    /// `LayerSpec`s once every block is built.
+    fn pre_norm(ln1: Norm, ln2: Norm, qkv: Qkv, o: Linear, mlp: Mlp) -> Self {
+        Block { ln1: Some(ln1), ln2: Some(ln2), post1: None, post2: None, q_norm: None, k_norm: None, qkv, o, mlp, rope: None, window: None }
+    }
 }
 
 /// A causal language model that returns logits at every position.
@@ -166,8 +209,9 @@ pub struct Transformer {
     blocks: Vec<Block>,
     norm: Norm,
     lm_head: Linear,
-    /// [max_ctx, rotary_dim / 2] tables (None for GPT-2).
-    rope: Option<(Tensor, Tensor)>,
+    /// [max_ctx, rotary_dim / 2] cos and sin tables, one pair per distinct RoPE of the layers
+    /// (none for GPT-2; two for OLMo-3 where its sliding layers have their own).
+    ropes: Vec<(Tensor, Tensor)>,
     pub mode: Mode,
     /// Attention through `cuda::flash_attention` (no [s, s] scores kept): on by default on
     /// CUDA for bf16/f16 with a head dim the kernel has, in `Mode::Train` only for the
@@ -207,14 +251,37 @@ impl Transformer {
             Arch::Llama => {
                 let m = vb.pp("model");
                 let embed_w = m.get((v, h), "embed_tokens.weight")?;
+                let eps = cfg.norm_eps;
+                let norm = |vb: VarBuilder| Norm::of_kind(cfg.norm, vb, h, eps);
                 let mut blocks = Vec::with_capacity(cfg.num_layers);
                 for i in 0..cfg.num_layers {
                     let l = m.pp(format!("layers.{i}"));
                     let a = l.pp("self_attn");
                     let mlp = l.pp("mlp");
+                    // OLMo-2/3 name their two norms by what they follow: the attention's output
+                    // (`post_attention_layernorm`) and the MLP's (`post_feedforward_layernorm`)
+                    let (ln1, ln2, post1, post2) = if cfg.post_norm {
+                        (None, None, Some(norm(l.pp("post_attention_layernorm"))?), Some(norm(l.pp("post_feedforward_layernorm"))?))
+                    } else {
+                        (Some(norm(l.pp("input_layernorm"))?), Some(norm(l.pp("post_attention_layernorm"))?), None, None)
+                    };
+                    let (qn, kn) = match cfg.qk_norm {
+                        QkNorm::None => (0, 0),
+                        QkNorm::PerHead => (hd, hd),
+                        QkNorm::Whole => (nh * hd, nkv * hd),
+                    };
+                    let (q_norm, k_norm) = if qn > 0 {
+                        (Some(Norm::rms(a.pp("q_norm"), qn, eps)?), Some(Norm::rms(a.pp("k_norm"), kn, eps)?))
+                    } else {
+                        (None, None)
+                    };
                     blocks.push(Block {
-                        ln1: Norm::rms(l.pp("input_layernorm"), h, cfg.norm_eps)?,
-                        ln2: Norm::rms(l.pp("post_attention_layernorm"), h, cfg.norm_eps)?,
+                        ln1,
+                        ln2,
+                        post1,
+                        post2,
+                        q_norm,
+                        k_norm,
                         qkv: Qkv::Separate {
                             q: linear(a.pp("q_proj"), h, nh * hd, cfg.attention_bias)?,
                             k: linear(a.pp("k_proj"), h, nkv * hd, cfg.attention_bias)?,
@@ -226,6 +293,8 @@ impl Transformer {
                             up: linear(mlp.pp("up_proj"), h, inter, cfg.mlp_bias)?,
                             down: linear(mlp.pp("down_proj"), inter, h, cfg.mlp_bias)?,
                         },
+                        rope: None,
+                        window: None,
                     });
                 }
                 let lm_head = if cfg.tie_word_embeddings && !vb.contains_tensor("lm_head.weight") {
@@ -237,9 +306,9 @@ impl Transformer {
                     embed: Embedding::new(embed_w, h),
                     pos_embed: None,
                     blocks,
-                    norm: Norm::rms(m.pp("norm"), h, cfg.norm_eps)?,
+                    norm: norm(m.pp("norm"))?,
                     lm_head,
-                    rope: None,
+                    ropes: Vec::new(),
                     cfg: cfg.clone(),
                     mode,
                     flash: false,
@@ -254,16 +323,16 @@ impl Transformer {
                     let l = m.pp(format!("layers.{i}"));
                     let a = l.pp("attention");
                     let mlp = l.pp("mlp");
-                    blocks.push(Block {
-                        ln1: Norm::layer(l.pp("input_layernorm"), h, cfg.norm_eps)?,
-                        ln2: Norm::layer(l.pp("post_attention_layernorm"), h, cfg.norm_eps)?,
-                        qkv: Qkv::NeoxFused(linear(a.pp("query_key_value"), h, 3 * h, cfg.attention_bias)?),
-                        o: linear(a.pp("dense"), h, h, cfg.attention_out_bias)?,
-                        mlp: Mlp::Plain {
+                    blocks.push(Block::pre_norm(
+                        Norm::layer(l.pp("input_layernorm"), h, cfg.norm_eps)?,
+                        Norm::layer(l.pp("post_attention_layernorm"), h, cfg.norm_eps)?,
+                        Qkv::NeoxFused(linear(a.pp("query_key_value"), h, 3 * h, cfg.attention_bias)?),
+                        linear(a.pp("dense"), h, h, cfg.attention_out_bias)?,
+                        Mlp::Plain {
                             fc: linear(mlp.pp("dense_h_to_4h"), h, inter, cfg.mlp_bias)?,
                             proj: linear(mlp.pp("dense_4h_to_h"), inter, h, cfg.mlp_bias)?,
                         },
-                    });
+                    ));
                 }
                 let lm_head = if cfg.tie_word_embeddings && !vb.contains_tensor("embed_out.weight") {
                     Linear::new(embed_w.clone(), None)
@@ -276,7 +345,7 @@ impl Transformer {
                     blocks,
                     norm: Norm::layer(m.pp("final_layer_norm"), h, cfg.norm_eps)?,
                     lm_head,
-                    rope: None,
+                    ropes: Vec::new(),
                     cfg: cfg.clone(),
                     mode,
                     flash: false,
@@ -291,16 +360,16 @@ impl Transformer {
                 let mut blocks = Vec::with_capacity(cfg.num_layers);
                 for i in 0..cfg.num_layers {
                     let l = m.pp(format!("h.{i}"));
-                    blocks.push(Block {
-                        ln1: Norm::layer(l.pp("ln_1"), h, cfg.norm_eps)?,
-                        ln2: Norm::layer(l.pp("ln_2"), h, cfg.norm_eps)?,
-                        qkv: Qkv::Gpt2Fused(conv1d(l.pp("attn.c_attn"), h, 3 * h)?),
-                        o: conv1d(l.pp("attn.c_proj"), h, h)?,
-                        mlp: Mlp::Plain {
+                    blocks.push(Block::pre_norm(
+                        Norm::layer(l.pp("ln_1"), h, cfg.norm_eps)?,
+                        Norm::layer(l.pp("ln_2"), h, cfg.norm_eps)?,
+                        Qkv::Gpt2Fused(conv1d(l.pp("attn.c_attn"), h, 3 * h)?),
+                        conv1d(l.pp("attn.c_proj"), h, h)?,
+                        Mlp::Plain {
                             fc: conv1d(l.pp("mlp.c_fc"), h, inter)?,
                             proj: conv1d(l.pp("mlp.c_proj"), inter, h)?,
                         },
-                    });
+                    ));
                 }
                 let lm_head = if cfg.tie_word_embeddings || !vb.contains_tensor("lm_head.weight") {
                     Linear::new(embed_w.clone(), None)
@@ -313,7 +382,7 @@ impl Transformer {
                     blocks,
                     norm: Norm::layer(m.pp("ln_f"), h, cfg.norm_eps)?,
                     lm_head,
-                    rope: None,
+                    ropes: Vec::new(),
                     cfg: cfg.clone(),
                     mode,
                     flash: false,
@@ -321,7 +390,24 @@ impl Transformer {
                 }
             }
         };
-        let rope = if cfg.rotary_dim > 0 { Some(rope_tables(cfg, cfg.context_len(), vb.dtype(), &dev)?) } else { None };
+        // each layer's window and RoPE; one pair of tables per distinct RoPE
+        let mut t = t;
+        let mut ropes: Vec<(&Rope, (Tensor, Tensor))> = Vec::new();
+        for (blk, spec) in t.blocks.iter_mut().zip(&cfg.layers) {
+            blk.window = spec.window;
+            blk.rope = match &spec.rope {
+                Some(r) if cfg.rotary_dim > 0 => Some(match ropes.iter().position(|(x, _)| *x == r) {
+                    Some(i) => i,
+                    None => {
+                        let inv = r.inv_freq(cfg.rotary_dim);
+                        ropes.push((r, rope_tables(&inv, r.attention_scaling(), cfg.context_len(), vb.dtype(), &dev)?));
+                        ropes.len() - 1
+                    }
+                }),
+                _ => None,
+            };
+        }
+        let ropes: Vec<(Tensor, Tensor)> = ropes.into_iter().map(|(_, t)| t).collect();
         // CUDA: the flash kernels (bf16 / f16, their head dims); CPU: rho's attention op
         // (`cuda::attn_cpu`, any dtype and head dim), which keeps no [b, h, s, s] tensors
         let flash = crate::cuda::fused_enabled(crate::cuda::Fused::Attention)
@@ -333,11 +419,14 @@ impl Transformer {
             let blocks = t
                 .blocks
                 .into_iter()
-                .map(|blk| Ok(Block { ln1: blk.ln1.with_input_dtype(residual)?, ln2: blk.ln2.with_input_dtype(residual)?, ..blk }))
+                .map(|blk| {
+                    let cast = |n: Option<Norm>| n.map(|n| n.with_input_dtype(residual)).transpose();
+                    Ok(Block { ln1: cast(blk.ln1)?, ln2: cast(blk.ln2)?, ..blk })
+                })
                 .collect::<Result<Vec<_>>>()?;
             Transformer { blocks, norm: t.norm.with_input_dtype(residual)?, ..t }
         };
-        Ok(Transformer { rope, flash, ..t })
+        Ok(Transformer { ropes, flash, ..t })
     }
 
     /// Use (or not) the flash attention op, whatever the device: tests run the whole model
@@ -384,10 +473,23 @@ impl Transformer {
             let pos = Tensor::arange(0u32, s as u32, x.device())?;
             x = x.broadcast_add(&pe.forward(&pos)?.to_dtype(self.residual)?)?;
         }
-        // the flash path masks inside its kernel: no [s, s] mask built on the host and uploaded
-        let mask = if self.uses_flash_attention() { None } else { Some(causal_mask(s, self.dtype(), x.device())?) };
+        // the flash path masks inside its kernel: no [s, s] mask built on the host and uploaded;
+        // the composed path builds one mask per distinct window of its layers
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
         for blk in &self.blocks {
-            x = self.block(blk, &x, mask.as_ref(), b, s)?;
+            let mask = if self.flash_for(blk, s) {
+                None
+            } else {
+                let i = match masks.iter().position(|(w, _)| *w == blk.window) {
+                    Some(i) => i,
+                    None => {
+                        masks.push((blk.window, causal_mask(s, blk.window, self.dtype(), x.device())?));
+                        masks.len() - 1
+                    }
+                };
+                Some(&masks[i].1)
+            };
+            x = self.block(blk, &x, mask, b, s)?;
         }
         let x = self.norm.forward(&x, self.mode)?;
         self.lm_head.forward(&x)
@@ -396,18 +498,41 @@ impl Transformer {
     fn block(&self, blk: &Block, x: &Tensor, mask: Option<&Tensor>, b: usize, s: usize) -> Result<Tensor> {
         // x in the residual dtype; the norms take it and return the model's dtype, the
         // sublayers' outputs are added in the residual dtype
-        let h1 = blk.ln1.forward(x, self.mode)?;
-        let attn = self.attention(blk, &h1, mask, b, s)?;
+        let h1 = self.sublayer_input(blk.ln1.as_ref(), x)?;
+        let attn = self.post(blk.post1.as_ref(), self.attention(blk, &h1, mask, b, s)?)?;
         if self.cfg.parallel_residual {
-            let h2 = blk.ln2.forward(x, self.mode)?;
+            let h2 = self.sublayer_input(blk.ln2.as_ref(), x)?;
             let m = self.mlp(&blk.mlp, &h2)?;
             add_residual(&add_residual(x, &attn)?, &m)
         } else {
             let x = add_residual(x, &attn)?;
-            let h2 = blk.ln2.forward(&x, self.mode)?;
-            let m = self.mlp(&blk.mlp, &h2)?;
+            let h2 = self.sublayer_input(blk.ln2.as_ref(), &x)?;
+            let m = self.post(blk.post2.as_ref(), self.mlp(&blk.mlp, &h2)?)?;
             add_residual(&x, &m)
         }
+    }
+
+    /// A sublayer's input: the residual stream through its norm, or (OLMo-2/3, no norm
+    /// before) the stream itself in the model's dtype.
+    fn sublayer_input(&self, norm: Option<&Norm>, x: &Tensor) -> Result<Tensor> {
+        match norm {
+            Some(n) => n.forward(x, self.mode),
+            None => x.to_dtype(self.dtype()),
+        }
+    }
+
+    /// A sublayer's output through its post-norm (OLMo-2/3), or as it is.
+    fn post(&self, norm: Option<&Norm>, y: Tensor) -> Result<Tensor> {
+        match norm {
+            Some(n) => n.forward(&y, self.mode),
+            None => Ok(y),
+        }
+    }
+
+    /// Whether `blk` attends through the flash attention op at sequence length `s`.
+    fn flash_for(&self, blk: &Block, s: usize) -> bool {
+        // TODO(window): the op takes the window once the attention op has one
+        self.uses_flash_attention() && blk.window.is_none_or(|w| w >= s)
     }
 
     fn mlp(&self, mlp: &Mlp, x: &Tensor) -> Result<Tensor> {
@@ -469,11 +594,29 @@ impl Transformer {
     fn qkv_rope(&self, blk: &Block, x: &Tensor, b: usize, s: usize) -> Result<(Tensor, Tensor, Tensor)> {
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let (q, k, v) = match &blk.qkv {
-            Qkv::Separate { q, k, v } => (
-                q.forward(x)?.reshape((b, s, nh, hd))?,
-                k.forward(x)?.reshape((b, s, nkv, hd))?,
-                v.forward(x)?.reshape((b, s, nkv, hd))?,
-            ),
+            Qkv::Separate { q, k, v } => {
+                let (mut q, mut k, mut v) = (q.forward(x)?, k.forward(x)?, v.forward(x)?);
+                if let Some(c) = self.cfg.clip_qkv {
+                    (q, k, v) = (q.clamp(-c, c)?, k.clamp(-c, c)?, v.clamp(-c, c)?);
+                }
+                // the q/k norms over the whole projection (OLMo-2/3) or each head (Qwen3)
+                let whole = self.cfg.qk_norm == QkNorm::Whole;
+                let qk_norm = |n: &Option<Norm>, t: Tensor| -> Result<Tensor> {
+                    match n {
+                        Some(n) => n.forward(&t, self.mode),
+                        None => Ok(t),
+                    }
+                };
+                if whole {
+                    (q, k) = (qk_norm(&blk.q_norm, q)?, qk_norm(&blk.k_norm, k)?);
+                }
+                let (q, k, v) = (q.reshape((b, s, nh, hd))?, k.reshape((b, s, nkv, hd))?, v.reshape((b, s, nkv, hd))?);
+                if whole {
+                    (q, k, v)
+                } else {
+                    (qk_norm(&blk.q_norm, q)?, qk_norm(&blk.k_norm, k)?, v)
+                }
+            }
             Qkv::NeoxFused(lin) => {
                 let qkv = lin.forward(x)?.reshape((b, s, nh, 3 * hd))?;
                 (qkv.narrow(3, 0, hd)?, qkv.narrow(3, hd, hd)?, qkv.narrow(3, 2 * hd, hd)?)
@@ -484,7 +627,7 @@ impl Transformer {
                 (part(0)?, part(1)?, part(2)?)
             }
         };
-        match &self.rope {
+        match blk.rope.map(|i| &self.ropes[i]) {
             Some((cos, sin)) => {
                 let cos = cos.narrow(0, 0, s)?;
                 let sin = sin.narrow(0, 0, s)?;
@@ -525,18 +668,18 @@ fn rope_bshd(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: usize, mode: Mo
     }
 }
 
-/// cos and sin tables [ctx, rotary_dim / 2] for positions 0..ctx.
-fn rope_tables(cfg: &ModelConfig, ctx: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
-    let inv = cfg.inv_freq();
+/// cos and sin tables [ctx, rotary_dim / 2] for positions 0..ctx, from the inverse frequencies,
+/// each value times `scale` (YaRN's attention factor; 1 otherwise).
+fn rope_tables(inv: &[f32], scale: f32, ctx: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
     let half = inv.len();
     let mut cos = Vec::with_capacity(ctx * half);
     let mut sin = Vec::with_capacity(ctx * half);
     for p in 0..ctx {
-        for &f in &inv {
-            // transformers multiplies in float32, then takes cos/sin in float32.
+        for &f in inv {
+            // transformers multiplies in float32, then takes cos/sin in float32 (and scales them).
             let a = p as f32 * f;
-            cos.push(a.cos());
-            sin.push(a.sin());
+            cos.push(a.cos() * scale);
+            sin.push(a.sin() * scale);
         }
     }
     let cos = Tensor::from_vec(cos, (ctx, half), dev)?.to_dtype(dtype)?;
@@ -553,10 +696,12 @@ fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
     x.unsqueeze(2)?.expand((b, nkv, n_rep, s, hd))?.reshape((b, nkv * n_rep, s, hd))
 }
 
-/// [s, s] additive mask: 0 on and below the diagonal, -inf above.
-fn causal_mask(s: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+/// [s, s] additive mask: 0 where query i attends key j (j <= i, and i - j < window when
+/// there is one), -inf elsewhere.
+fn causal_mask(s: usize, window: Option<usize>, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let w = window.unwrap_or(usize::MAX);
     let m: Vec<f32> = (0..s)
-        .flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| (0..s).map(move |j| if j > i || i - j >= w { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     Tensor::from_vec(m, (s, s), dev)?.to_dtype(dtype)
 }
