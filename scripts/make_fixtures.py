@@ -14,6 +14,7 @@ What it writes (see fixtures/README.md for the formats):
                                                    `neox-pickle` family: PyTorch pickles)
 * fixtures/<family>/golden_tokens.jsonl            token ids + UTF-8 byte offsets per doc
 * fixtures/<family>/golden_losses.jsonl            per-token losses per checkpoint
+* fixtures/<family>/golden_grads.jsonl             gradients of one window's mean loss (first checkpoint)
 * fixtures/configs/*.json                          config-only files for parser tests
 * fixtures/manifest.json, fixtures/versions.json
 
@@ -496,6 +497,27 @@ def score_doc(model, ids: list[int], C: int) -> list[tuple[int, float]]:
     return out
 
 
+GRAD_TOKENS = 40  # > the sliding windows of the fixtures (8), < the context (64)
+
+
+def golden_grads(model, ids: list[int], checkpoint: str) -> list[dict]:
+    """d(mean next-token loss over `ids`)/d(parameter) for every parameter, as its L2 norm
+    and its first 8 values (flattened, row-major). The training side must reproduce them."""
+    model.zero_grad(set_to_none=True)
+    x = torch.tensor(ids, dtype=torch.long)[None]
+    logits = model(input_ids=x).logits[0].to(torch.float32)
+    loss = torch.nn.functional.cross_entropy(logits[:-1], x[0, 1:])
+    loss.backward()
+    rows = []
+    for name, p in sorted(model.named_parameters()):
+        assert p.grad is not None, name
+        g = p.grad.detach().reshape(-1).to(torch.float64)
+        rows.append({"checkpoint": checkpoint, "param": name, "norm": float(g.norm()),
+                     "head": [float(v) for v in g[:8]], "loss": float(loss)})
+    model.zero_grad(set_to_none=True)
+    return rows
+
+
 def load_from_disk(path: Path):
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32, attn_implementation="eager")
@@ -717,6 +739,10 @@ def main() -> int:
                  else "safetensors+pickle" if shard == "both" else "safetensors",
                  "n_scored": len(losses), "mean_loss": mean})
         write_jsonl(fdir / "golden_losses.jsonl", rows)
+        # golden gradients: the first checkpoint, one window of the long document
+        first = fdir / fam["ckpts"][0][0]
+        write_jsonl(fdir / "golden_grads.jsonl",
+                    golden_grads(load_from_disk(first), enc[2].ids[:GRAD_TOKENS], fam["ckpts"][0][0]))
         manifest["families"][fam["name"]] = fam_manifest
 
     (FIX / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -450,3 +450,64 @@ fn candle_backward_stores_first_gradients_as_they_are() {
     assert!(stored.is_contiguous());
     assert_eq!(stored.to_vec2::<f32>().unwrap(), vec![vec![0.0, 3.0], vec![1.0, 4.0], vec![2.0, 5.0]]);
 }
+
+#[derive(serde::Deserialize)]
+struct GoldenGrad {
+    param: String,
+    norm: f64,
+    head: Vec<f64>,
+    loss: f64,
+}
+
+/// Training's gradients against PyTorch's: for the first checkpoint of each family,
+/// d(mean loss of one 40-token window)/d(every parameter), as make_fixtures.py wrote them
+/// (`golden_grads.jsonl`: the gradient's L2 norm and first 8 values). The windows of the
+/// sliding layers (8) bind inside the 40 tokens.
+#[test]
+fn gradients_match_pytorch() {
+    for family in ["llama", "neox", "neox-seq", "gpt2", "qwen2", "mistral", "olmo", "olmo2", "olmo3", "smollm3", "qwen3"] {
+        let dir = fixtures().join(family);
+        let first = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join("golden_losses.jsonl")).unwrap().lines().next().unwrap().to_string())
+            .unwrap()["checkpoint"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let toks: Vec<serde_json::Value> =
+            std::fs::read_to_string(dir.join("golden_tokens.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let ids: Vec<u32> = toks[2]["ids"].as_array().unwrap().iter().take(40).map(|x| x.as_u64().unwrap() as u32).collect();
+        let (model, vm) = train_model(&dir.join(&first));
+        let n = ids.len();
+        let input = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
+        let targets = input.narrow(1, 1, n - 1).unwrap().contiguous().unwrap();
+        let logits = model.forward(&input).unwrap();
+        let loss = rho::model::loss::train_token_loss(&logits.narrow(1, 0, n - 1).unwrap(), &targets).unwrap().mean_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let mut golden: Vec<GoldenGrad> =
+            std::fs::read_to_string(dir.join("golden_grads.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        // transformers 5 names GPT-NeoX's output projection `lm_head` in memory, `embed_out` in files
+        for g in golden.iter_mut().filter(|g| family.starts_with("neox") && g.param == "lm_head.weight") {
+            g.param = "embed_out.weight".into();
+        }
+        let l = loss.to_scalar::<f32>().unwrap() as f64;
+        assert!((l - golden[0].loss).abs() < 1e-4, "{family}: loss {l} vs {}", golden[0].loss);
+        let vars = vm.data().lock().unwrap();
+        // tied output embeddings are one parameter in both
+        let names: std::collections::BTreeSet<&str> = vars.keys().map(|s| s.as_str()).collect();
+        let want: std::collections::BTreeSet<&str> = golden.iter().map(|g| g.param.as_str()).collect();
+        assert_eq!(names, want, "{family}: the trainable parameters are transformers'");
+        let mut worst = 0f64;
+        for g in &golden {
+            let v = &vars[&g.param];
+            let t = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{family}: no gradient for {}", g.param));
+            let flat = t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            let norm = flat.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let rel = (norm - g.norm).abs() / g.norm.max(1e-12);
+            worst = worst.max(rel);
+            assert!(rel < 1e-4, "{family} {}: gradient norm {norm} vs PyTorch {}", g.param, g.norm);
+            for (i, (a, b)) in flat.iter().zip(&g.head).enumerate() {
+                assert!((a - b).abs() <= 1e-6 + 1e-3 * b.abs(), "{family} {}[{i}]: {a} vs PyTorch {b}", g.param);
+            }
+        }
+        eprintln!("{family}: {} parameters, worst relative norm difference {worst:.1e}", golden.len());
+    }
+}
