@@ -467,11 +467,8 @@ struct GoldenGrad {
 fn gradients_match_pytorch() {
     for family in ["llama", "neox", "neox-seq", "gpt2", "qwen2", "mistral", "olmo", "olmo2", "olmo3", "smollm3", "qwen3"] {
         let dir = fixtures().join(family);
-        let first = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join("golden_losses.jsonl")).unwrap().lines().next().unwrap().to_string())
-            .unwrap()["checkpoint"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let losses = std::fs::read_to_string(dir.join("golden_losses.jsonl")).unwrap();
+        let first = serde_json::from_str::<serde_json::Value>(losses.lines().next().unwrap()).unwrap()["checkpoint"].as_str().unwrap().to_string();
         let toks: Vec<serde_json::Value> =
             std::fs::read_to_string(dir.join("golden_tokens.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let ids: Vec<u32> = toks[2]["ids"].as_array().unwrap().iter().take(40).map(|x| x.as_u64().unwrap() as u32).collect();

@@ -985,12 +985,12 @@ mod tests {
                 "full_attention": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16}}}))
         .unwrap();
         let full = c.layers[1].rope.as_ref().unwrap();
-        let want = [1.0f32, 0.07905694097280502, 0.02500000037252903, 0.007905694656074047, 0.0024999999441206455, 0.0007905694656074047, 0.0002500000118743628, 7.905694656074047e-05];
+        let want = [1.0f64, 0.07905694097280502, 0.02500000037252903, 0.007905694656074047, 0.0024999999441206455, 0.0007905694656074047, 0.0002500000118743628, 7.905694656074047e-05];
         let got = full.inv_freq(16);
-        for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() <= 1e-6 * w, "{got:?}");
+        for (&g, w) in got.iter().zip(want) {
+            assert!((g as f64 - w).abs() <= 1e-6 * w, "{got:?}");
         }
-        assert!((full.attention_scaling() - 1.138629436111989) .abs() < 1e-6, "get_mscale(4)");
+        assert!((full.attention_scaling() as f64 - 1.138629436111989).abs() < 1e-6, "get_mscale(4)");
         assert_eq!(c.layers[0].rope.as_ref().unwrap().attention_scaling(), 1.0);
         // Olmo-3-7B's full-attention RoPE: some dims between interpolation and extrapolation
         let c = family("olmo3", 2, serde_json::json!({"max_position_embeddings": 65536,
@@ -1000,11 +1000,11 @@ mod tests {
                     "attention_factor": 1.2079441541679836, "beta_fast": 32, "beta_slow": 1}}}))
         .unwrap();
         let full = c.layers[1].rope.as_ref().unwrap();
-        let want = [1.0f32, 0.193922758102417, 0.03760603070259094, 0.005165637470781803, 0.0005892555927857757, 3.428102354519069e-05, 6.647869668086059e-06, 1.289173155782919e-06];
+        let want = [1.0f64, 0.193922758102417, 0.03760603070259094, 0.005165637470781803, 0.0005892555927857757, 3.428102354519069e-05, 6.647869668086059e-06, 1.289173155782919e-06];
         let got = full.inv_freq(16);
-        for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() <= 1e-6 * w, "{got:?}");
+        for (&g, w) in got.iter().zip(want) {
+            assert!((g as f64 - w).abs() <= 1e-6 * w, "{got:?}");
         }
-        assert_eq!(full.attention_scaling(), 1.2079441541679836f64 as f32);
+        assert_eq!(full.attention_scaling(), 1.207_944_2);
     }
 }
