@@ -333,10 +333,14 @@ fn run(a: Args) -> rho::Result<()> {
                 let r = (i as usize * n / a.shards as usize)..((i as usize + 1) * n / a.shards as usize);
                 let part_losses = &losses[r.clone()];
                 let p = rho::eval::study::part_path(&out, &name, sh, "parquet");
-                rho::eval::write_losses(&p, &name, step, &rows.slice(r.clone()), part_losses)?;
+                rho::eval::write_losses(&p, &name, Some(step), &rows.slice(r.clone()), part_losses)?;
                 let rec = rho::eval::study::PartEntry {
                     name: name.clone(),
-                    step,
+                    step: Some(step),
+                    tokens_seen: None,
+                    stage: None,
+                    order: Some(c as u32),
+                    after: c.checked_sub(1).map(|p| format!("step-{}", (p as i64 + 1) * a.step_every)),
                     path: Path::new("synthetic").join(&name),
                     fingerprint: fingerprint.clone(),
                     shard: i,
@@ -352,17 +356,19 @@ fn run(a: Args) -> rho::Result<()> {
             eprintln!("  {name}: {n} tokens in {} parts, mean loss {mean_loss:.4}", a.shards);
             continue;
         }
-        rho::eval::write_losses(&Manifest::losses_path(&out, &name), &name, step, &rows, &losses)?;
+        rho::eval::write_losses(&Manifest::losses_path(&out, &name), &name, Some(step), &rows, &losses)?;
+        // Written in training order: pushed last, kept last.
         manifest.checkpoints.push(CheckpointEntry {
             name: name.clone(),
-            step,
+            step: Some(step),
+            tokens_seen: None,
+            stage: None,
             path: Path::new("synthetic").join(&name),
             fingerprint: fingerprint.clone(),
             n_tokens: n as u64,
             mean_loss,
             shards: None,
         });
-        manifest.sort();
         manifest.save(&out)?;
         eprintln!("  {name}: {n} tokens, mean loss {mean_loss:.4}");
     }

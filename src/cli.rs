@@ -66,6 +66,12 @@ pub struct ReportArgs {
     /// Output folder [default: <study>/report].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// What the charts over the checkpoints put on the x-axis: the training step, or training
+    /// tokens seen (recorded by `rho eval` from trainer_state.json or the folder names; every
+    /// checkpoint must have them). Either falls back to the checkpoint's index when it does not
+    /// increase along the series (stages that count from 0 again).
+    #[arg(long, value_enum, default_value_t = crate::report::XAxis::Step)]
+    pub x_axis: crate::report::XAxis,
     /// Print nothing.
     #[arg(long)]
     pub quiet: bool,
@@ -465,7 +471,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Report(a) => {
-            let r = crate::report::run_report(&a.study, a.out.as_deref())?;
+            let r = crate::report::run_report_x(&a.study, a.out.as_deref(), a.x_axis)?;
             if !a.quiet {
                 for c in &r.charts {
                     println!("{}", r.out.join(&c.file).display());

@@ -332,7 +332,16 @@ fn validate_with_own_cli(a: &SlurmEvalArgs) -> Result<()> {
     argv.extend(a.eval_args.iter().cloned());
     argv.extend(["--study".into(), a.study.display().to_string(), "--shard".into(), format!("0/{}", a.shards)]);
     match crate::cli::Cli::try_parse_from(&argv) {
-        Ok(_) => Ok(()),
+        Ok(cli) => {
+            // A folder of checkpoints that cannot be put in training order would fail every task:
+            // refused here, when the folders are visible from this node.
+            if let crate::cli::Command::Eval(e) = cli.command {
+                if !e.checkpoints.is_empty() && e.checkpoints.iter().all(|p| p.exists()) {
+                    crate::eval::resolve_checkpoints(&e.checkpoints)?;
+                }
+            }
+            Ok(())
+        }
         Err(e) => {
             // clap's message without the usage block: "unexpected argument '--x' found; tip: ...".
             let text = e.to_string();
@@ -595,6 +604,26 @@ mod tests {
         // A value that merely looks similar is fine.
         let a = parse(&["--shards", "2", "--study", "/s", "--rho", "/r", "--", "--data", "--studyish"]);
         sbatch_script(&a).unwrap();
+    }
+
+    #[test]
+    fn a_folder_that_cannot_be_ordered_is_refused_before_submission() {
+        let dir = tempfile::tempdir().unwrap();
+        let series = dir.path().join("series");
+        for name in ["checkpoint-500", "final"] {
+            std::fs::create_dir_all(series.join(name)).unwrap();
+            std::fs::write(series.join(name).join("config.json"), "{}").unwrap();
+        }
+        let study = dir.path().join("study");
+        let (sr, st) = (series.to_str().unwrap(), study.to_str().unwrap());
+        let a = parse(&["--shards", "2", "--study", st, "--dry-run", "--", "--checkpoints", sr, "--data", "x.jsonl"]);
+        let e = run(SlurmCommand::Eval(a)).unwrap_err().to_string();
+        assert!(e.contains("final") && e.contains("training order"), "{e}");
+        assert!(!study.exists(), "nothing written");
+        // the same folders given one by one are submitted
+        let (f, c) = (series.join("final"), series.join("checkpoint-500"));
+        let a = parse(&["--shards", "2", "--study", st, "--dry-run", "--", "--checkpoints", f.to_str().unwrap(), c.to_str().unwrap(), "--data", "x.jsonl"]);
+        run(SlurmCommand::Eval(a)).unwrap();
     }
 
     #[test]

@@ -56,7 +56,7 @@ fn max_tokens_truncates_and_explicit_checkpoints_keep_order() {
     assert_eq!(losses(&study, "step-0").len(), 37);
     let m = rho::eval::study::Manifest::load(&study).unwrap();
     let names: Vec<&str> = m.checkpoints.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["step-0", "step-200"], "ordered by step");
+    assert_eq!(names, ["step-200", "step-0"], "the order given is kept (never re-sorted by step)");
 }
 
 /// --pack: documents joined with EOS and cut into context-long windows; each window's

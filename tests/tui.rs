@@ -31,6 +31,15 @@ fn base() -> &'static Path {
         // a study with no trajectories yet (2 checkpoints, not categorized)
         let bare = d.join("uncategorized");
         eval(&bare, vec![fixtures().join("llama/step-0"), fixtures().join("llama/step-100")]);
+        // TinyLlama-named checkpoints (tokens seen in the names), categorized
+        let series = d.join("tiny-series");
+        std::fs::create_dir_all(&series).unwrap();
+        for (name, fx) in [("TinyLlama-1.1B-step-50K-105b", "step-0"), ("TinyLlama-1.1B-intermediate-step-480k-1T", "step-100"), ("TinyLlama-1.1B-intermediate-step-715k-1.5T", "step-200")] {
+            std::os::unix::fs::symlink(fixtures().join("llama").join(fx), series.join(name)).unwrap();
+        }
+        let tiny = d.join("tiny");
+        eval(&tiny, vec![series]);
+        rho::dynamics::categorize_study(&tiny, &Default::default()).unwrap();
         d
     })
 }
@@ -45,7 +54,11 @@ fn open(name: &str) -> App {
 
 /// The full study with the category means computed (what the background job sends).
 fn full() -> App {
-    let mut app = open("llama");
+    with_means("llama")
+}
+
+fn with_means(name: &str) -> App {
+    let mut app = open(name);
     let cats = app.study.traj.as_ref().unwrap().cat.clone();
     let m = rho::tui::data::category_means(&app.study.root, app.study.checkpoints(), &cats).unwrap();
     app.handle(Event::Job(JobMsg::Means(Ok(m))));
@@ -321,12 +334,44 @@ fn snapshot_empty_states() {
     insta::assert_snapshot!("no_study_80x24", render(&mut app, 80, 24));
 }
 
+/// `t`: the charts over checkpoints against tokens seen, when every checkpoint records them.
+#[test]
+fn x_axis_step_or_tokens_seen() {
+    let mut app = full();
+    key(&mut app, KeyCode::Char('t'));
+    assert_eq!(app.x_axis, rho::report::XAxis::Step);
+    assert!(app.status.contains("tokens seen are not recorded for 3 of the 3 checkpoints"), "{}", app.status);
+
+    let mut app = with_means("tiny");
+    let names: Vec<&str> = app.study.checkpoints().iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names[0], "TinyLlama-1.1B-step-50K-105b", "training order");
+    let step = render(&mut app, 120, 32);
+    assert!(step.contains("50000") && !step.contains("tokens seen"), "{step}");
+    key(&mut app, KeyCode::Char('t'));
+    assert_eq!(app.x_axis, rho::report::XAxis::Tokens);
+    assert_eq!(rho::tui::ui::checkpoint_x(&app), (vec![0.105, 1.0, 1.5], "tokens (T)".to_string()));
+    let tokens = render(&mut app, 120, 32);
+    assert!(tokens.contains("tokens seen") && tokens.contains("105B") && tokens.contains("1.5T"), "{tokens}");
+    assert_ne!(step, tokens);
+    // the token view's chart: its ends are the tokens seen
+    key(&mut app, KeyCode::Tab);
+    let view = render(&mut app, 120, 32);
+    assert!(view.contains("105B") && view.contains("1.5T"), "{view}");
+    // exported against tokens seen too
+    key(&mut app, KeyCode::Char('p'));
+    assert!(app.status.starts_with("exported exports/"), "{}", app.status);
+    key(&mut app, KeyCode::Char('t'));
+    assert_eq!(app.x_axis, rho::report::XAxis::Step);
+    assert_eq!(rho::tui::ui::checkpoint_x(&app).0, vec![50_000.0, 480_000.0, 715_000.0]);
+}
+
 /// `e` on the Overview evaluates the series' new checkpoint in the background
 /// (progress messages), categorizes, and the app reads the study again.
 #[test]
 fn evaluate_new_checkpoints_in_the_background() {
     let dir = base().join("series");
-    let cks = vec![fixtures().join("llama/step-0"), fixtures().join("llama/step-100")];
+    // step-100 is the new one: evaluated later, it falls into its place in the series.
+    let cks = vec![fixtures().join("llama/step-0"), fixtures().join("llama/step-200")];
     rho::eval::run_eval(&rho::eval::EvalOptions { quiet: true, ..rho::eval::EvalOptions::new(cks, val_data(), dir.clone()) })
     .unwrap();
     let (tx, rx) = mpsc::channel();
@@ -347,7 +392,8 @@ fn evaluate_new_checkpoints_in_the_background() {
     }
     assert_eq!(progress, 1);
     assert_eq!(app.jobs[0].status, JobStatus::Done, "{}", app.jobs[0].message);
-    assert_eq!(app.study.checkpoints().len(), 3);
+    let names: Vec<&str> = app.study.checkpoints().iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["step-0", "step-100", "step-200"]);
     assert!(app.study.traj.is_some() && app.study.new_checkpoints.is_empty());
 }
 
@@ -393,7 +439,7 @@ fn incomplete_sharded_study_opens_with_what_is_complete() {
     eval(vec![fixtures().join("llama")], Some(rho::eval::Shard { index: 0, count: 2 }));
     let st = Study::open(&study).unwrap();
     assert_eq!(st.checkpoints().iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["step-0", "step-100"]);
-    assert_eq!(st.incomplete, vec![("step-200".to_string(), 200, "1/2 parts".to_string())]);
+    assert_eq!(st.incomplete, vec![("step-200".to_string(), Some(200), "1/2 parts".to_string())]);
     assert!(st.warnings.iter().any(|w| w.contains("missing shards 1")), "{:?}", st.warnings);
     let (tx, rx) = mpsc::channel();
     std::mem::forget(rx);

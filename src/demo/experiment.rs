@@ -160,7 +160,8 @@ fn val_curve(study: &Path, classes: &[Class]) -> Result<Vec<(i64, f64, f64)>> {
         }
         let all = loss.iter().map(|&x| x as f64).sum::<f64>() / loss.len() as f64;
         let (s, n) = loss.iter().zip(classes).filter(|(_, c)| **c != Class::Noise).fold((0f64, 0usize), |a, (l, _)| (a.0 + *l as f64, a.1 + 1));
-        out.push((c.step, all, s / n.max(1) as f64));
+        let step = c.step.ok_or_else(|| Error::file(Manifest::path(study), format!("checkpoint `{}` has no training step", c.name)))?;
+        out.push((step, all, s / n.max(1) as f64));
     }
     Ok(out)
 }

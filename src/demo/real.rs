@@ -378,7 +378,15 @@ pub fn run_real(dir: &Path, cfg: &RealConfig) -> Result<RealResults> {
 
 /// (step, mean loss) per checkpoint of a study.
 fn curve(study: &Path) -> Result<Vec<(i64, f64)>> {
-    Ok(Manifest::load(study)?.checkpoints.iter().map(|c| (c.step, c.mean_loss)).collect())
+    Manifest::load(study)?
+        .checkpoints
+        .iter()
+        .map(|c| {
+            c.step
+                .map(|s| (s, c.mean_loss))
+                .ok_or_else(|| Error::file(Manifest::path(study), format!("checkpoint `{}` has no training step", c.name)))
+        })
+        .collect()
 }
 
 /// Kept / seen tokens, by corpus file and by token kind, of the run's selection

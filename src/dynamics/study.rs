@@ -361,7 +361,9 @@ mod tests {
             write_losses(study, NAMES[c], step, &KEYS, &losses);
             m.checkpoints.push(CheckpointEntry {
                 name: NAMES[c].into(),
-                step,
+                step: Some(step),
+                tokens_seen: None,
+                stage: None,
                 path: PathBuf::from(format!("/ckpts/{}", NAMES[c])),
                 fingerprint: "fp".into(),
                 n_tokens: KEYS.len() as u64,
@@ -582,7 +584,11 @@ mod tests {
             crate::util::write_parquet(&crate::eval::study::part_path(dir.path(), "c1", sh, "parquet"), &mut df).unwrap();
             let rec = crate::eval::study::PartEntry {
                 name: "c1".into(),
-                step: 200,
+                step: Some(200),
+                tokens_seen: None,
+                stage: None,
+                order: None,
+                after: None,
                 path: PathBuf::from("/ckpts/c1"),
                 fingerprint: "fp".into(),
                 shard: i as u32,

@@ -5,6 +5,7 @@
 //! and records it in `study.json`. A re-run skips checkpoints already scored with
 //! the same fingerprint (data, tokenizer, settings).
 pub mod devices;
+pub mod order;
 pub mod plan;
 pub mod shard;
 pub mod status;
@@ -76,70 +77,114 @@ pub struct EvalReport {
     pub seconds: f64,
 }
 
-/// The training step in a checkpoint folder name: the last run of digits
-/// (`step-100`, `step1000`, `checkpoint-2000`, `iter_0003000`, `global_step500`).
-pub fn step_from_name(name: &str) -> Option<i64> {
-    let bytes = name.as_bytes();
-    let mut end = None;
-    for i in (0..bytes.len()).rev() {
-        if bytes[i].is_ascii_digit() {
-            if end.is_none() {
-                end = Some(i + 1);
-            }
-        } else if let Some(e) = end {
-            return name[i + 1..e].parse().ok();
-        }
-    }
-    end.and_then(|e| name[..e].parse().ok())
-}
-
 fn looks_like_checkpoint(dir: &Path) -> bool {
     ["config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
         .iter()
         .any(|f| dir.join(f).exists())
 }
 
-/// Resolve `--checkpoints`: a folder of checkpoint subfolders (ordered by step),
-/// or explicit checkpoint folders (in the order given).
-pub fn resolve_checkpoints(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// The checkpoints of `--checkpoints`, in training order, with their positions.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub checkpoints: Vec<(PathBuf, order::Position)>,
+    /// `true`: a folder of checkpoints, ordered by position; `false`: folders given one by one, in the order given.
+    pub by_position: bool,
+    /// Things to tell the user (an order given against the steps, an unreadable trainer_state.json).
+    pub warnings: Vec<String>,
+}
+
+/// Resolve `--checkpoints`: a folder of checkpoint subfolders, put in training order by
+/// [`order::order`] (an error listing what cannot be ordered, and how to give the order), or
+/// checkpoint folders given one by one, kept in the order given (their positions parsed for
+/// the record; an order against them is a warning, never a re-sort).
+pub fn resolve_checkpoints(args: &[PathBuf]) -> Result<Resolved> {
     if args.is_empty() {
         return Err(Error::flag("--checkpoints", "give a folder of checkpoints or checkpoint folders"));
     }
     if args.len() == 1 && args[0].is_dir() && !looks_like_checkpoint(&args[0]) {
         let dir = &args[0];
-        let mut subs: Vec<(i64, String, PathBuf)> = std::fs::read_dir(dir)
+        let mut subs: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.is_dir() && looks_like_checkpoint(p))
-            .map(|p| {
-                let name = p.file_name().unwrap().to_string_lossy().into_owned();
-                (step_from_name(&name).unwrap_or(0), name, p)
-            })
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p))
             .collect();
         if subs.is_empty() {
             return Err(Error::file(dir, "no checkpoints here: no subfolder holds a config.json or model.safetensors"));
         }
         subs.sort();
-        return Ok(subs.into_iter().map(|s| s.2).collect());
+        let items: Vec<(String, order::Position)> =
+            subs.iter().map(|(n, p)| order::position(p).map(|pos| (n.clone(), pos))).collect::<Result<_>>()?;
+        let idx = order::order(&items).map_err(|problems| {
+            let names: Vec<String> = items.iter().map(|i| i.0.clone()).collect();
+            order::order_error(dir, &names, &problems)
+        })?;
+        let checkpoints = idx.into_iter().map(|i| (subs[i].1.clone(), items[i].1.clone())).collect();
+        return Ok(Resolved { checkpoints, by_position: true, warnings: Vec::new() });
     }
+    let mut warnings = Vec::new();
+    let mut items: Vec<(String, order::Position)> = Vec::new();
     for a in args {
         if !a.exists() {
             return Err(Error::file(a, "checkpoint folder does not exist"));
         }
+        let name = a.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // Listed one by one, the order is the user's: a bad trainer_state.json only loses the record.
+        let pos = order::position(a).unwrap_or_else(|e| {
+            warnings.push(format!("{e}; the step is read from the folder name"));
+            order::parse_name(&name)
+        });
+        items.push((name, pos));
     }
-    Ok(args.to_vec())
+    for (i, j) in order::contradictions(&items) {
+        warnings.push(format!(
+            "the checkpoints are given with {} ({}) before {} ({}), the other way round from their positions; \
+             the order given is kept (the study, its categories and charts follow it)",
+            items[i].0,
+            order::brief(&items[i].1),
+            items[j].0,
+            order::brief(&items[j].1)
+        ));
+    }
+    let checkpoints = args.iter().cloned().zip(items.into_iter().map(|i| i.1)).collect();
+    Ok(Resolved { checkpoints, by_position: false, warnings })
+}
+
+/// The table `rho eval` prints before it starts: the order it will use.
+pub fn order_table(r: &Resolved) -> String {
+    let how = if r.by_position {
+        "in training order (stage, step, then tokens seen; from trainer_state.json, else the folder name)"
+    } else {
+        "in the order given"
+    };
+    let names: Vec<String> = r.checkpoints.iter().map(|(d, _)| d.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+    let w = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    let iw = r.checkpoints.len().to_string().len();
+    let mut out = format!("rho eval: {} checkpoints, {how}:\n", r.checkpoints.len());
+    for (i, (n, (_, p))) in names.iter().zip(&r.checkpoints).enumerate() {
+        out += &format!("  {:>iw$}  {n:<w$}  {}\n", i + 1, order::describe(p));
+    }
+    out
 }
 
 /// Run the evaluation. Already-evaluated checkpoints (same fingerprint) are skipped.
 pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
     let t0 = Instant::now();
-    let dirs = resolve_checkpoints(&opts.checkpoints)?;
-    let ckpts: Vec<Checkpoint> = dirs.iter().map(|d| Checkpoint::open(d)).collect::<Result<_>>()?;
+    let resolved = resolve_checkpoints(&opts.checkpoints)?;
+    let ckpts: Vec<Checkpoint> = resolved.checkpoints.iter().map(|(d, _)| Checkpoint::open(d)).collect::<Result<_>>()?;
     let mut names = std::collections::HashSet::new();
     for c in &ckpts {
         if !names.insert(c.name()) {
             return Err(Error::file(&c.dir, format!("two checkpoints are named `{}`", c.name())));
+        }
+    }
+    let positions: std::collections::HashMap<String, order::Position> =
+        ckpts.iter().zip(&resolved.checkpoints).map(|(c, (_, p))| (c.name(), p.clone())).collect();
+    if !opts.quiet {
+        eprint!("{}", order_table(&resolved));
+        for w in &resolved.warnings {
+            eprintln!("warning: {w}");
         }
     }
 
@@ -261,7 +306,21 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
     if (opts.force && opts.shard.is_none()) || !tokens_path.exists() {
         write_tokens(&tokens_path, &rows, &tok)?;
     }
+    // The study's order after this run: its checkpoints as recorded, this run's merged in
+    // (by position when everything agrees, else this run's order for its own).
+    let run_keys: Vec<(String, order::Key)> = ckpts.iter().map(|c| (c.name(), positions[&c.name()].key())).collect();
+    let old_keys: Vec<(String, order::Key)> = manifest
+        .checkpoints
+        .iter()
+        .map(|e| {
+            // Read again where the folder is still there (a study written by an older rho has other steps).
+            let fresh = if e.path.is_dir() { order::position(&e.path).ok() } else { None };
+            (e.name.clone(), fresh.map(|p| p.key()).unwrap_or_else(|| e.key()))
+        })
+        .collect();
+    let series = order::merge(&old_keys, &run_keys);
     if opts.shard.is_none() {
+        manifest.arrange(&series);
         manifest.save(study)?;
     }
 
@@ -330,7 +389,8 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
         let model = c.load(opts.dtype, &opts.device, Mode::Eval)?;
         let losses = score_units(&model, &units, n_rows, opts.batch_tokens, |n| progress.inc(n as u64))
             .map_err(|e| Error::file(&c.dir, format!("evaluation failed: {}", crate::error::candle_msg(&e))))?;
-        let step = step_from_name(&name).unwrap_or(0);
+        let pos = &positions[&name];
+        let step = pos.step.map(|s| s as i64);
         let loss_sum = losses.iter().map(|&x| x as f64).sum::<f64>();
         let mean_loss = loss_sum / losses.len().max(1) as f64;
         match opts.shard {
@@ -341,21 +401,28 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
                 manifest.checkpoints.push(CheckpointEntry {
                     name: name.clone(),
                     step,
+                    tokens_seen: pos.tokens,
+                    stage: pos.stage,
                     path: c.dir.clone(),
                     fingerprint: fingerprint.clone(),
                     n_tokens: n_rows as u64,
                     mean_loss,
                     shards: None,
                 });
-                manifest.sort();
+                manifest.arrange(&series);
                 manifest.save(study)?;
             }
             Some(sh) => {
                 // The part, then its record: the part counts as done only once the record exists.
                 write_losses(&study::part_path(study, &name, sh, "parquet"), &name, step, my_rows, &losses)?;
+                let at = ckpts.iter().position(|k| k.name() == name).unwrap_or(0);
                 let part = PartEntry {
                     name: name.clone(),
                     step,
+                    tokens_seen: pos.tokens,
+                    stage: pos.stage,
+                    order: Some(at as u32),
+                    after: at.checked_sub(1).map(|i| ckpts[i].name()),
                     path: c.dir.clone(),
                     fingerprint: fingerprint.clone(),
                     shard: sh.index,
@@ -440,7 +507,7 @@ pub fn write_tokens_table<S: AsRef<str>>(path: &Path, rows: &Rows, text: Vec<S>)
 }
 
 /// `losses/<name>.parquet`: one checkpoint's loss for every scored row.
-pub fn write_losses(path: &Path, name: &str, step: i64, rows: &Rows, losses: &[f32]) -> Result<()> {
+pub fn write_losses(path: &Path, name: &str, step: Option<i64>, rows: &Rows, losses: &[f32]) -> Result<()> {
     let n = rows.len();
     let mut df = DataFrame::new(vec![
         Column::new("checkpoint".into(), vec![name; n]),
@@ -495,27 +562,6 @@ impl Progress {
     fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn steps_from_names() {
-        for (n, s) in [
-            ("step-100", Some(100)),
-            ("step1000", Some(1000)),
-            ("checkpoint-2000", Some(2000)),
-            ("iter_0003000", Some(3000)),
-            ("global_step500", Some(500)),
-            ("final", None),
-            ("run2-step30", Some(30)),
-            ("42", Some(42)),
-        ] {
-            assert_eq!(step_from_name(n), s, "{n}");
         }
     }
 }

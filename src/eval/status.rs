@@ -9,7 +9,9 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckpointStatus {
     pub name: String,
-    pub step: i64,
+    pub step: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_seen: Option<u64>,
     /// `whole` (one losses file), `sharded` (all parts present), `incomplete`
     /// (sharded, parts missing) or `missing` (listed in study.json, file gone).
     pub state: String,
@@ -55,6 +57,7 @@ pub fn study_status(study: &Path) -> Result<StudyStatus> {
             CheckpointStatus {
                 name: c.name.clone(),
                 step: c.step,
+                tokens_seen: c.tokens_seen,
                 state: if there { "whole" } else { "missing" }.into(),
                 shards: None,
                 missing_shards: vec![],
@@ -64,7 +67,9 @@ pub fn study_status(study: &Path) -> Result<StudyStatus> {
             }
         })
         .collect();
-    for sc in scan_sharded(study, &m.fingerprint)? {
+    let sharded = scan_sharded(study, &m.fingerprint)?;
+    let series = super::study::series_order(&m.checkpoints, &sharded);
+    for sc in sharded {
         if cks.iter().any(|c| c.name == sc.name && c.state == "whole") {
             continue;
         }
@@ -73,7 +78,8 @@ pub fn study_status(study: &Path) -> Result<StudyStatus> {
         let sum: f64 = sc.done.iter().map(|p| p.loss_sum).sum();
         cks.push(CheckpointStatus {
             name: sc.name.clone(),
-            step: sc.done.first().map(|p| p.step).unwrap_or_else(|| super::step_from_name(&sc.name).unwrap_or(0)),
+            step: sc.done.first().map(|p| p.step).unwrap_or_else(|| super::order::parse_name(&sc.name).step.map(|s| s as i64)),
+            tokens_seen: sc.done.first().and_then(|p| p.tokens_seen),
             state: if sc.is_complete() && sc.shards > 0 { "sharded" } else { "incomplete" }.into(),
             shards: Some(sc.shards),
             missing_shards: sc.missing.clone(),
@@ -82,7 +88,9 @@ pub fn study_status(study: &Path) -> Result<StudyStatus> {
             mean_loss: (n > 0).then(|| sum / n as f64),
         });
     }
-    cks.sort_by(|a, b| a.step.cmp(&b.step).then(a.name.cmp(&b.name)));
+    // The study's order; checkpoints with no finished part yet last (by name).
+    let rank: std::collections::HashMap<&str, usize> = series.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    cks.sort_by_key(|c| rank.get(c.name.as_str()).copied().unwrap_or(usize::MAX));
     let mut missing: Vec<u32> = cks.iter().flat_map(|c| c.missing_shards.iter().copied()).collect();
     missing.sort();
     missing.dedup();
@@ -133,7 +141,8 @@ pub fn render(s: &StudyStatus) -> String {
             (other, _) => other.into(),
         };
         let ml = c.mean_loss.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into());
-        out += &format!("  {:<w$}  {:>8}  {:<22}  {:>10}  {:>9}\n", c.name, c.step, state, c.n_tokens, ml);
+        let step = c.step.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+        out += &format!("  {:<w$}  {:>8}  {:<22}  {:>10}  {:>9}\n", c.name, step, state, c.n_tokens, ml);
         if !c.stale_shards.is_empty() {
             out += &format!("  {:<w$}  {:>8}  parts {} were written with other data or settings\n", "", "", ranges(&c.stale_shards));
         }

@@ -9,6 +9,12 @@
 //! Every losses file of a study has the same rows in the same order (same data,
 //! tokenizer and settings: the fingerprint), so readers can stack loss columns.
 //!
+//! study.json lists the checkpoints in training order ([`super::order`]): as `rho eval`
+//! resolved them (a folder's by position, folders given one by one as given), each run
+//! merged into what the study holds by [`order::merge`]. Each records its `step` (null
+//! when unknown; also the losses files' `step` column), `tokens_seen` and `stage` where
+//! known. Readers keep that order; nothing re-sorts it.
+//!
 //! A sharded evaluation (`rho eval --shard I/N`) writes each checkpoint's losses
 //! in hive-style partitions instead, one part per shard, each with a small JSON
 //! record written after it (the part is done when its record exists):
@@ -21,6 +27,7 @@
 //! adds every checkpoint whose parts are all present, and refuses a study with a
 //! checkpoint whose parts are not all there (naming them); `rho status` lists both.
 
+use super::order::{self, Key};
 use super::shard::Shard;
 use crate::error::{Error, Result, WithPath};
 use polars::prelude::*;
@@ -39,8 +46,16 @@ pub const SHARD_DIR_PREFIX: &str = "checkpoint=";
 pub struct CheckpointEntry {
     /// Folder name of the checkpoint; also the losses file stem.
     pub name: String,
-    /// Training step parsed from the name (0 when the name has no number).
-    pub step: i64,
+    /// Training step: trainer_state.json's, else the folder name's (`eval::order`); `null`
+    /// when neither gives one (a checkpoint listed by hand, e.g. `final`).
+    #[serde(default)]
+    pub step: Option<i64>,
+    /// Training tokens seen (trainer_state.json, else the folder name: `tokens4B`, `-1.5T`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_seen: Option<u64>,
+    /// Training stage (`stage2-…` names), when the name gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<u32>,
     /// Where the checkpoint was read from.
     pub path: PathBuf,
     /// Fingerprint of (data, tokenizer, settings) the losses were computed with.
@@ -56,6 +71,11 @@ pub struct CheckpointEntry {
 }
 
 impl CheckpointEntry {
+    /// What orders it among the study's checkpoints.
+    pub fn key(&self) -> Key {
+        Key { stage: self.stage, step: self.step.and_then(|s| u64::try_from(s).ok()), tokens: self.tokens_seen }
+    }
+
     /// The losses files of this checkpoint, in row order: the whole file, or the parts.
     pub fn loss_files(&self, study: &Path) -> Vec<PathBuf> {
         match self.shards {
@@ -72,7 +92,18 @@ impl CheckpointEntry {
 #[serde(deny_unknown_fields)]
 pub struct PartEntry {
     pub name: String,
-    pub step: i64,
+    #[serde(default)]
+    pub step: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_seen: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<u32>,
+    /// The checkpoint's place in the order of the run that wrote the part (0-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<u32>,
+    /// The checkpoint before it in that run's order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
     pub path: PathBuf,
     pub fingerprint: String,
     /// I of `--shard I/N`.
@@ -126,6 +157,8 @@ impl ShardedCheckpoint {
         Some(CheckpointEntry {
             name: self.name.clone(),
             step: first.step,
+            tokens_seen: first.tokens_seen,
+            stage: first.stage,
             path: first.path.clone(),
             fingerprint: first.fingerprint.clone(),
             n_tokens: n,
@@ -195,6 +228,33 @@ pub fn scan_sharded(study: &Path, fingerprint: &str) -> Result<Vec<ShardedCheckp
     Ok(out)
 }
 
+/// The training order of a study's checkpoints (names): those of study.json as recorded,
+/// then each checkpoint evaluated in shards (not in study.json, with a finished part) placed
+/// from its part records: by position when every checkpoint has one and they agree
+/// ([`order::by_position`]), else right after the checkpoint that preceded it in the run that
+/// wrote it (`after`), in that run's order, or last.
+pub fn series_order(whole: &[CheckpointEntry], sharded: &[ShardedCheckpoint]) -> Vec<String> {
+    let mut parts: Vec<&PartEntry> =
+        sharded.iter().filter(|sc| !whole.iter().any(|c| c.name == sc.name)).filter_map(|sc| sc.done.first()).collect();
+    parts.sort_by(|a, b| a.order.unwrap_or(u32::MAX).cmp(&b.order.unwrap_or(u32::MAX)).then(a.name.cmp(&b.name)));
+    let old: Vec<(String, Key)> = whole.iter().map(|c| (c.name.clone(), c.key())).collect();
+    let run: Vec<(String, Key)> = parts
+        .iter()
+        .map(|p| (p.name.clone(), Key { stage: p.stage, step: p.step.and_then(|s| u64::try_from(s).ok()), tokens: p.tokens_seen }))
+        .collect();
+    if let Some(v) = order::by_position(&old, &run) {
+        return v;
+    }
+    let mut out: Vec<String> = whole.iter().map(|c| c.name.clone()).collect();
+    for p in parts {
+        match p.after.as_ref().and_then(|a| out.iter().position(|n| n == a)) {
+            Some(i) => out.insert(i + 1, p.name.clone()),
+            None => out.push(p.name.clone()),
+        }
+    }
+    out
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     /// Fingerprint of (data, tokenizer, settings) shared by every checkpoint of the study.
@@ -203,7 +263,8 @@ pub struct Manifest {
     pub data: PathBuf,
     /// Human-readable settings (pack, context, max_tokens, text_field...).
     pub settings: serde_json::Value,
-    /// Evaluated checkpoints, ordered by step (then name).
+    /// Evaluated checkpoints, in training order: as `rho eval` resolved them (a folder's by
+    /// position, folders given one by one in the order given), runs merged by [`order::merge`].
     pub checkpoints: Vec<CheckpointEntry>,
 }
 
@@ -229,15 +290,17 @@ impl Manifest {
     pub fn load_partial(study: &Path) -> Result<(Manifest, Vec<Error>)> {
         let mut m = Self::load_file(study)?;
         let mut incomplete = Vec::new();
-        for sc in scan_sharded(study, &m.fingerprint)? {
+        let sharded = scan_sharded(study, &m.fingerprint)?;
+        let series = series_order(&m.checkpoints, &sharded);
+        for sc in sharded {
             if m.checkpoints.iter().any(|c| c.name == sc.name && c.shards.is_none()) {
                 continue; // evaluated whole as well: the whole file is used
             }
             match sc.entry() {
-                Some(e) => {
-                    m.checkpoints.retain(|c| c.name != e.name);
-                    m.checkpoints.push(e);
-                }
+                Some(e) => match m.checkpoints.iter_mut().find(|c| c.name == e.name) {
+                    Some(c) => *c = e,
+                    None => m.checkpoints.push(e),
+                },
                 None if sc.shards == 0 => incomplete.push(Error::file(
                     shard_dir(study, &sc.name),
                     format!(
@@ -272,7 +335,7 @@ impl Manifest {
                 }
             }
         }
-        m.sort();
+        m.arrange(&series);
         Ok((m, incomplete))
     }
 
@@ -305,9 +368,10 @@ impl Manifest {
         crate::util::write_bytes_atomic(&p, &bytes)
     }
 
-    /// Sort checkpoints by (step, name).
-    pub fn sort(&mut self) {
-        self.checkpoints.sort_by(|a, b| a.step.cmp(&b.step).then(a.name.cmp(&b.name)));
+    /// Put the checkpoints in the order of `names` (those not in it last, as they were).
+    pub fn arrange(&mut self, names: &[String]) {
+        let rank: std::collections::HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        self.checkpoints.sort_by_key(|c| rank.get(c.name.as_str()).copied().unwrap_or(usize::MAX));
     }
 
     /// The whole losses file of a checkpoint (`losses/<name>.parquet`).
@@ -364,4 +428,91 @@ pub fn read_losses(files: &[PathBuf], columns: &[&str]) -> Result<DataFrame> {
     let mut df = out.ok_or_else(|| Error::msg("no losses file to read"))?;
     df.align_chunks_par();
     Ok(df)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_an_older_rho_still_read() {
+        let e: CheckpointEntry = serde_json::from_str(
+            r#"{"name":"step-100","step":100,"path":"/c/step-100","fingerprint":"fp","n_tokens":5,"mean_loss":2.0}"#,
+        )
+        .unwrap();
+        assert_eq!((e.step, e.tokens_seen, e.stage), (Some(100), None, None));
+        let p: PartEntry = serde_json::from_str(
+            r#"{"name":"c1","step":200,"path":"/c/c1","fingerprint":"fp","shard":0,"shards":2,"row_start":0,"n_tokens":3,"loss_sum":1.5}"#,
+        )
+        .unwrap();
+        assert_eq!((p.step, p.order, p.after), (Some(200), None, None));
+        // a step that neither trainer_state.json nor the name gave is written as null
+        let mut e2 = e.clone();
+        e2.step = None;
+        e2.tokens_seen = Some(7);
+        let v: serde_json::Value = serde_json::to_value(&e2).unwrap();
+        assert!(v["step"].is_null() && v["tokens_seen"] == 7 && v.get("stage").is_none(), "{v}");
+        // still no unknown field in a part record
+        assert!(serde_json::from_str::<PartEntry>(r#"{"name":"c1","step":1,"path":"/","fingerprint":"f","shard":0,"shards":1,"row_start":0,"n_tokens":1,"loss_sum":1,"color":3}"#).is_err());
+    }
+
+    fn whole(name: &str, step: Option<i64>) -> CheckpointEntry {
+        CheckpointEntry {
+            name: name.into(),
+            step,
+            tokens_seen: None,
+            stage: None,
+            path: PathBuf::from(format!("/c/{name}")),
+            fingerprint: "fp".into(),
+            n_tokens: 1,
+            mean_loss: 1.0,
+            shards: None,
+        }
+    }
+
+    fn sharded(name: &str, step: Option<i64>, order: Option<u32>, after: Option<&str>) -> ShardedCheckpoint {
+        let part = PartEntry {
+            name: name.into(),
+            step,
+            tokens_seen: None,
+            stage: None,
+            order,
+            after: after.map(str::to_string),
+            path: PathBuf::from(format!("/c/{name}")),
+            fingerprint: "fp".into(),
+            shard: 0,
+            shards: 1,
+            row_start: 0,
+            n_tokens: 1,
+            loss_sum: 1.0,
+        };
+        ShardedCheckpoint { name: name.into(), shards: 1, done: vec![part], missing: vec![], stale: vec![] }
+    }
+
+    #[test]
+    fn sharded_checkpoints_take_their_place_in_the_series() {
+        // names without steps: each after the one that preceded it in its run, in the run's order
+        // (scan_sharded lists them by name: c, d, e)
+        let w = [whole("early", None), whole("late", None)];
+        let sc = [sharded("c-mid2", None, Some(2), Some("b-mid1")), sharded("b-mid1", None, Some(1), Some("early")), sharded("z-last", None, Some(3), Some("late"))];
+        assert_eq!(series_order(&w, &sc), ["early", "b-mid1", "c-mid2", "late", "z-last"]);
+        // a study evaluated only in shards: the run's order, not the names'
+        let sc = [sharded("a", None, Some(2), Some("c")), sharded("b", None, Some(1), Some("c")), sharded("c", None, Some(0), None)];
+        assert_eq!(series_order(&[], &sc)[0], "c");
+        let sc = [sharded("a", None, Some(2), Some("b")), sharded("b", None, Some(1), Some("c")), sharded("c", None, Some(0), None)];
+        assert_eq!(series_order(&[], &sc), ["c", "b", "a"]);
+        // with steps: by position
+        let w = [whole("s0", Some(0)), whole("s200", Some(200))];
+        assert_eq!(series_order(&w, &[sharded("s100", Some(100), Some(0), None)]), ["s0", "s100", "s200"]);
+        // parts of an older rho (no order): after the study's, by name
+        assert_eq!(series_order(&[whole("x", None)], &[sharded("b", None, None, None), sharded("a", None, None, None)]), ["x", "a", "b"]);
+    }
+
+    #[test]
+    fn arrange_keeps_the_rest_last() {
+        let mut m = Manifest { checkpoints: vec![whole("a", None), whole("b", None), whole("c", None), whole("d", None)], ..Default::default() };
+        m.arrange(&["c".into(), "a".into()]);
+        let names: Vec<&str> = m.checkpoints.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["c", "a", "b", "d"]);
+    }
 }

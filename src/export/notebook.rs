@@ -169,7 +169,7 @@ STUDY"##,
 
 | file | what it holds |
 |---|---|
-| `study.json` | the checkpoints evaluated, in order (`name`, `step`, `mean_loss`, ...) and the data / tokenizer fingerprint |
+| `study.json` | the checkpoints evaluated, in training order (`name`, `step`, `tokens_seen`, `mean_loss`, ...) and the data / tokenizer fingerprint |
 | `tokens.parquet` | one row per scored token: `seq`, `pos`, `doc`, `token_id`, `text` (the token's text), `start`, `end` (byte span in its document) |
 | `losses/<checkpoint>.parquet` | `checkpoint`, `step`, `seq`, `pos`, `token_id`, `loss` (nats): the same rows in the same order in every file (a sharded evaluation writes `losses/checkpoint=<name>/part-<I>-of-<N>.parquet` instead: the parts in order are the file) |
 | `trajectories.parquet` | per token: `category` (`H->H`, `L->H`, `H->L`, `L->L`), `delta`, `slope`, `first_loss`, `last_loss`, `mean_loss`, `std_loss`, `residual_std` |
@@ -198,14 +198,21 @@ traj = traj.merge(tokens[["seq", "pos", "doc", "text", "start", "end"]], on=["se
                   how="left", validate="one_to_one").reset_index(drop=True)
 
 # The checkpoints the categorisation used (all of the study's, or the ones given to
-# `rho categorize --checkpoints`), in order, and their training steps.
+# `rho categorize --checkpoints`), in training order, and their training steps (`null`
+# when neither trainer_state.json nor the folder name gave one).
 CKPTS = summary["checkpoints"]
 step_of = {c["name"]: c["step"] for c in manifest["checkpoints"]}
 # Checkpoints evaluated in shards (`rho eval --shard I/N`) are listed by their part records.
 for rec in sorted((STUDY / "losses").glob("checkpoint=*/part-*.json")):
     r = json.loads(rec.read_text())
-    step_of.setdefault(r["name"], r["step"])
-steps = np.array([step_of[name] for name in CKPTS])
+    step_of.setdefault(r["name"], r.get("step"))
+steps = [step_of[name] for name in CKPTS]
+# The charts' x: the step when every checkpoint has one and they increase along the series
+# (stages may count from 0 again), else the checkpoint's index, as `rho report` draws them.
+if all(s is not None for s in steps) and all(a < b for a, b in zip(steps, steps[1:])):
+    steps, XLABEL = np.array(steps), "training step"
+else:
+    steps, XLABEL = np.arange(len(CKPTS)), "checkpoint (index in the series)"
 def read_losses(name, columns):
     """One checkpoint's losses: losses/<name>.parquet, or the parts of a sharded
     evaluation (losses/checkpoint=<name>/part-<I>-of-<N>.parquet, I zero-padded) in order."""
@@ -228,7 +235,7 @@ L = np.stack(columns, axis=1)  # tokens x checkpoints (float32, nats)
 ORDER = ["H->H", "L->H", "H->L", "L->L"]  # the file spelling; printed with arrows
 LABEL = {"H->H": "H→H", "L->H": "L→H", "H->L": "H→L", "L->L": "L→L"}
 COLOR = {"H->H": "#d62728", "L->H": "#ff7f0e", "H->L": "#2ca02c", "L->L": "#1f77b4"}
-print(f"{len(traj):,} tokens x {len(CKPTS)} checkpoints: {CKPTS[0]} (step {steps[0]}) .. {CKPTS[-1]} (step {steps[-1]})")
+print(f"{len(traj):,} tokens x {len(CKPTS)} checkpoints: {CKPTS[0]} (step {step_of[CKPTS[0]]}) .. {CKPTS[-1]} (step {step_of[CKPTS[-1]]})")
 traj.head()"##
             .to_string(),
     ));
@@ -327,7 +334,7 @@ for c in ORDER:
     if m.any():
         ax.plot(steps, L[m].mean(axis=0), marker="o", color=COLOR[c], label=f"{LABEL[c]} ({m.sum():,} tokens)")
 ax.plot(steps, L.mean(axis=0), color="gray", linestyle="--", label="all tokens")
-ax.set_xlabel("training step")
+ax.set_xlabel(XLABEL)
 ax.set_ylabel("mean loss (nats)")
 ax.set_title("Mean loss per category over the checkpoints")
 ax.legend()
@@ -352,7 +359,7 @@ for ax, c in zip(axes, ["L->L", "H->H"]):
         ax.plot(steps, L[i], marker=".", label=f"{row['text']!r} (seq {row['seq']}, pos {row['pos']})")
     shown.append(top)
     ax.set_title(f"{LABEL[c]}: the {len(top)} most fluctuating tokens")
-    ax.set_xlabel("training step")
+    ax.set_xlabel(XLABEL)
     ax.set_ylabel("loss (nats)")
     if len(top):
         ax.legend(fontsize=9)

@@ -18,6 +18,52 @@ pub fn cat_index(s: &str) -> Option<u8> {
     s.parse::<Category>().ok().map(|c| c.index() as u8)
 }
 
+/// What the x-axis of a chart over a study's checkpoints shows (`rho report --x-axis`, the
+/// TUI's `t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum XAxis {
+    /// The training step.
+    #[default]
+    Step,
+    /// Training tokens seen.
+    Tokens,
+}
+
+/// The x of each checkpoint on a chart, its axis title, and a note when the axis could not
+/// be what was asked (`None`: as asked). `ck` holds (step, tokens seen) in the study's order.
+/// Steps (tokens) are used when every checkpoint has one and they increase along the series;
+/// otherwise the checkpoint's index (0, 1, …), said in the title: the series is in training
+/// order, its numbers are not (stages counting from 0 again, an order given by hand).
+/// Tokens are drawn in the unit of the largest (`tokens seen (B)`). Tokens asked for while a
+/// checkpoint has none is `Err` with the names' indices.
+pub fn checkpoint_x(ck: &[(Option<i64>, Option<u64>)], axis: XAxis) -> std::result::Result<(Vec<f64>, String), Vec<usize>> {
+    let index = |why: &str| ((0..ck.len()).map(|i| i as f64).collect(), format!("checkpoint (index in the series; {why})"));
+    match axis {
+        XAxis::Step => {
+            let steps: Option<Vec<i64>> = ck.iter().map(|c| c.0).collect();
+            Ok(match steps {
+                Some(s) if s.windows(2).all(|w| w[0] < w[1]) => (s.iter().map(|&v| v as f64).collect(), "checkpoint step".into()),
+                Some(_) => index("the steps do not increase along it"),
+                None => index("not every checkpoint has a step"),
+            })
+        }
+        XAxis::Tokens => {
+            let missing: Vec<usize> = (0..ck.len()).filter(|&i| ck[i].1.is_none()).collect();
+            if !missing.is_empty() {
+                return Err(missing);
+            }
+            let t: Vec<u64> = ck.iter().map(|c| c.1.unwrap_or(0)).collect();
+            if !t.windows(2).all(|w| w[0] < w[1]) {
+                return Ok(index("the tokens seen do not increase along it"));
+            }
+            let max = t.iter().copied().max().unwrap_or(0);
+            let (unit, div) = [("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)].into_iter().find(|&(_, d)| max as f64 >= d).unwrap_or(("", 1.0));
+            let title = if unit.is_empty() { "training tokens seen".to_string() } else { format!("training tokens seen ({unit})") };
+            Ok((t.iter().map(|&v| v as f64 / div).collect(), title))
+        }
+    }
+}
+
 /// Tokens per category.
 pub fn counts(cats: &[u8]) -> [u64; 4] {
     let mut n = [0u64; 4];
@@ -533,6 +579,23 @@ pub fn categories(df: &DataFrame, path: &Path) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_x_axis() {
+        let b = 1_000_000_000u64;
+        let ck = [(Some(100), Some(b)), (Some(200), Some(3 * b / 2)), (Some(300), Some(4 * b))];
+        assert_eq!(checkpoint_x(&ck, XAxis::Step).unwrap(), (vec![100.0, 200.0, 300.0], "checkpoint step".to_string()));
+        assert_eq!(checkpoint_x(&ck, XAxis::Tokens).unwrap(), (vec![1.0, 1.5, 4.0], "training tokens seen (B)".to_string()));
+        // OLMo-2-like stages: steps and tokens start again in stage 2
+        let staged = [(Some(900), Some(3800 * b)), (Some(100), Some(b))];
+        for axis in [XAxis::Step, XAxis::Tokens] {
+            let (x, t) = checkpoint_x(&staged, axis).unwrap();
+            assert_eq!(x, vec![0.0, 1.0]);
+            assert!(t.starts_with("checkpoint (index in the series"), "{t}");
+        }
+        assert_eq!(checkpoint_x(&[(None, Some(1)), (Some(3), None)], XAxis::Tokens).unwrap_err(), vec![1]);
+        assert!(checkpoint_x(&[(None, Some(1)), (Some(3), None)], XAxis::Step).unwrap().1.contains("not every checkpoint has a step"));
+    }
 
     #[test]
     fn counts_and_means_per_category() {

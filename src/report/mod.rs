@@ -10,7 +10,8 @@ pub mod charts;
 pub mod data;
 mod study;
 
-pub use study::{run_report, ChartFile, ReportSummary, CHARTS, RUN_CHARTS};
+pub use data::XAxis;
+pub use study::{run_report, run_report_x, ChartFile, ReportSummary, CHARTS, RUN_CHARTS};
 
 use crate::error::{Error, Result};
 use plotters::prelude::*;

@@ -102,6 +102,12 @@ fn categories_in_blocks(p: &Path, hint: &str) -> Result<Vec<u8>> {
 
 /// Write the report of `study` into `out` (default `<study>/report`).
 pub fn run_report(study: &Path, out: Option<&Path>) -> Result<ReportSummary> {
+    run_report_x(study, out, data::XAxis::Step)
+}
+
+/// [`run_report`] with the x-axis of the charts over checkpoints: steps, or tokens seen
+/// (`rho report --x-axis tokens`; every checkpoint must record them).
+pub fn run_report_x(study: &Path, out: Option<&Path>, x_axis: data::XAxis) -> Result<ReportSummary> {
     let manifest = Manifest::load(study)?;
     let traj = read_traj(study)?;
     let cp = dynamics::categories_path(study);
@@ -110,8 +116,6 @@ pub fn run_report(study: &Path, out: Option<&Path>) -> Result<ReportSummary> {
     }
     let summary = CategorizeSummary::load(&cp)?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| study.join("report"));
-    std::fs::create_dir_all(&out).with_path(&out)?;
-    crate::util::remove_stale_tmp(&out);
     let mut charts_out: Vec<ChartFile> = Vec::new();
     let mut notes = Vec::new();
     let n = traj.seq.len();
@@ -119,14 +123,14 @@ pub fn run_report(study: &Path, out: Option<&Path>) -> Result<ReportSummary> {
     let study_name = study.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| study.display().to_string());
 
     // Checkpoints the categories were computed over (all of the study's when not recorded).
-    let ckpts: Vec<(String, i64)> = if summary.checkpoints.is_empty() {
-        manifest.checkpoints.iter().map(|c| (c.name.clone(), c.step)).collect()
+    let ckpts: Vec<(String, Option<i64>, Option<u64>)> = if summary.checkpoints.is_empty() {
+        manifest.checkpoints.iter().map(|c| (c.name.clone(), c.step, c.tokens_seen)).collect()
     } else {
         summary
             .checkpoints
             .iter()
             .map(|name| {
-                manifest.checkpoints.iter().find(|c| &c.name == name).map(|c| (c.name.clone(), c.step)).ok_or_else(|| {
+                manifest.checkpoints.iter().find(|c| &c.name == name).map(|c| (c.name.clone(), c.step, c.tokens_seen)).ok_or_else(|| {
                     Error::file(&cp, format!("checkpoint `{name}` is not in study.json: run `rho categorize` again"))
                 })
             })
@@ -138,6 +142,25 @@ pub fn run_report(study: &Path, out: Option<&Path>) -> Result<ReportSummary> {
         [a, .., b] => format!("{} .. {}", a.0, b.0),
     };
     let sub = format!("study {study_name}: {} checkpoints ({span}), threshold {}, L_mean {:.3}", ckpts.len(), summary.threshold, summary.l_mean);
+
+    // The x of the charts over checkpoints (a bad --x-axis before anything is written).
+    let (xs, x_desc) = data::checkpoint_x(&ckpts.iter().map(|c| (c.1, c.2)).collect::<Vec<_>>(), x_axis).map_err(|missing| {
+        let names: Vec<&str> = missing.iter().map(|&i| ckpts[i].0.as_str()).collect();
+        Error::flag(
+            "--x-axis",
+            format!(
+                "tokens seen are not recorded for {} of the {} checkpoints ({}{}): use --x-axis step, or evaluate checkpoints \
+                 whose trainer_state.json or folder names give them",
+                names.len(),
+                ckpts.len(),
+                names.iter().take(5).copied().collect::<Vec<_>>().join(", "),
+                if names.len() > 5 { ", …" } else { "" }
+            ),
+        )
+    })?;
+    let x_desc = x_desc.as_str();
+    std::fs::create_dir_all(&out).with_path(&out)?;
+    crate::util::remove_stale_tmp(&out);
 
     // 1. shares
     let f = CHARTS[0];
@@ -151,14 +174,11 @@ pub fn run_report(study: &Path, out: Option<&Path>) -> Result<ReportSummary> {
     });
 
     // 2 + 3: one pass over the losses files.
-    let steps_increasing = ckpts.windows(2).all(|w| w[0].1 < w[1].1);
-    let xs: Vec<f64> = ckpts.iter().enumerate().map(|(i, c)| if steps_increasing { c.1 as f64 } else { i as f64 }).collect();
-    let x_desc = if steps_increasing { "checkpoint step" } else { "checkpoint (index in the series)" };
     let top_ll = data::top_by(&traj.residual_std, &traj.cat, Category::LL.index() as u8, TOP_K);
     let top_hh = data::top_by(&traj.residual_std, &traj.cat, Category::HH.index() as u8, TOP_K);
     let mut means: Vec<data::CategoryMean> = Vec::new();
     let mut picked: Vec<Vec<f64>> = vec![Vec::new(); top_ll.len() + top_hh.len()];
-    for (name, _) in &ckpts {
+    for (name, _, _) in &ckpts {
         // In blocks, so that memory holds one block of a checkpoint, not its whole columns.
         let src = dynamics::LossSource::new(study, manifest.entry(study, name)?)?;
         if src.n_rows() != n {

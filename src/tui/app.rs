@@ -1,6 +1,7 @@
 //! The TUI's state: plain data updated by [`App::handle`]; drawing is
 //! [`super::ui::draw`] of `&App`. Keys and job messages come as one [`Event`].
 
+use crate::report::data::XAxis;
 use super::data::{RunInfo, Study};
 use super::jobs;
 use crate::dynamics::{category_of, Category};
@@ -185,6 +186,8 @@ pub struct App {
     texts_requested: bool,
     /// Start jobs on threads (false in tests that only look at the state).
     pub spawn: bool,
+    /// The x-axis of the charts over checkpoints (`t` toggles step / tokens seen).
+    pub x_axis: XAxis,
 }
 
 pub fn cat_of(i: u8) -> Category {
@@ -216,6 +219,7 @@ impl App {
             pending_search: None,
             texts_requested: false,
             spawn: true,
+            x_axis: XAxis::Step,
         };
         app.after_study_change();
         app
@@ -410,6 +414,10 @@ impl App {
                 self.export();
                 return;
             }
+            KeyCode::Char('t') => {
+                self.toggle_x_axis();
+                return;
+            }
             KeyCode::Char('c') if self.study.traj.is_none() && self.study.manifest.is_some() => {
                 self.start_categorize();
                 return;
@@ -477,6 +485,23 @@ impl App {
             KeyCode::End | KeyCode::Char('G') => self.ck_scroll = last,
             _ => {}
         }
+    }
+
+    /// `t`: the charts over checkpoints against step or tokens seen (when every checkpoint records them).
+    pub fn toggle_x_axis(&mut self) {
+        if self.x_axis == XAxis::Tokens {
+            self.x_axis = XAxis::Step;
+            self.status = "x-axis: training step".into();
+            return;
+        }
+        let ck = self.study.checkpoints();
+        let missing = ck.iter().filter(|c| c.tokens_seen.is_none()).count();
+        if ck.is_empty() || missing > 0 {
+            self.status = format!("tokens seen are not recorded for {missing} of the {} checkpoints: the x-axis stays on the step", ck.len());
+            return;
+        }
+        self.x_axis = XAxis::Tokens;
+        self.status = "x-axis: training tokens seen".into();
     }
 
     fn start_categorize(&mut self) {

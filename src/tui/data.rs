@@ -68,6 +68,8 @@ pub struct Study {
     pub doc_seq: Vec<u32>,
     /// Checkpoint folders next to the evaluated ones that are not evaluated yet.
     pub new_checkpoints: Vec<PathBuf>,
+    /// The step of each of `new_checkpoints` (trainer_state.json, else the name).
+    pub new_steps: Vec<Option<i64>>,
     pub runs: Vec<RunInfo>,
     /// Lazily-read chunks by chunk index.
     pub chunks: HashMap<usize, Chunk>,
@@ -82,7 +84,7 @@ pub struct Study {
     /// Problems met while reading (shown, never fatal).
     pub warnings: Vec<String>,
     /// Checkpoints being evaluated in shards, not complete yet: (name, step, "k/N parts").
-    pub incomplete: Vec<(String, i64, String)>,
+    pub incomplete: Vec<(String, Option<i64>, String)>,
 }
 
 fn seq_starts(seq: &[u32]) -> (Vec<usize>, Vec<u32>) {
@@ -160,7 +162,7 @@ impl Study {
         if s.doc_starts.is_empty() {
             s.doc_starts.push(0);
         }
-        s.new_checkpoints = s.find_new_checkpoints();
+        (s.new_checkpoints, s.new_steps) = s.find_new_checkpoints().into_iter().unzip();
         s.runs = scan_runs(&root.join("runs"));
         Ok(s)
     }
@@ -191,7 +193,7 @@ impl Study {
 
     /// Checkpoint folders in the evaluated checkpoints' parent folders that the
     /// study does not hold yet (new checkpoints of the series).
-    fn find_new_checkpoints(&self) -> Vec<PathBuf> {
+    fn find_new_checkpoints(&self) -> Vec<(PathBuf, Option<i64>)> {
         let ck = self.checkpoints();
         let known: std::collections::HashSet<&str> =
             ck.iter().map(|c| c.name.as_str()).chain(self.incomplete.iter().map(|c| c.0.as_str())).collect();
@@ -204,17 +206,25 @@ impl Study {
             for e in rd.flatten() {
                 let path = e.path();
                 let name = e.file_name().to_string_lossy().into_owned();
-                if path.join("config.json").exists()
-                    && !name.contains(".tmp")
-                    && !known.contains(name.as_str())
-                    && crate::eval::step_from_name(&name).is_some()
-                {
-                    out.push(path);
+                if path.join("config.json").exists() && !name.contains(".tmp") && !known.contains(name.as_str()) {
+                    // Only folders with a position (trainer_state.json or a step in the name) count as
+                    // checkpoints of the series.
+                    if let Ok(pos) = crate::eval::order::position(&path) {
+                        if pos.step.is_some() {
+                            out.push((name, pos, path));
+                        }
+                    }
                 }
             }
         }
-        out.sort_by_key(|p| crate::eval::step_from_name(&p.file_name().unwrap_or_default().to_string_lossy()).unwrap_or(0));
-        out
+        // In training order where they can be ordered, else by name; the study places each
+        // by its position when it is evaluated (`eval::order::merge`).
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        let items: Vec<(String, crate::eval::order::Position)> = out.iter().map(|(n, p, _)| (n.clone(), p.clone())).collect();
+        match crate::eval::order::order(&items) {
+            Ok(idx) => idx.into_iter().map(|i| (out[i].2.clone(), out[i].1.step.map(|s| s as i64))).collect(),
+            Err(_) => out.into_iter().map(|o| (o.2, o.1.step.map(|s| s as i64))).collect(),
+        }
     }
 
     /// Read the chunk holding `row` if it is not in memory (synchronously).

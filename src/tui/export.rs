@@ -2,26 +2,33 @@
 
 use super::app::{cat_of, App, View, VAR_BINS};
 use crate::error::{Error, Result};
+use crate::report::data::{checkpoint_x, XAxis};
 use crate::report::{grouped_bars, line_chart, Series};
 use std::path::Path;
+
+/// The x of each checkpoint and the axis title, as the report draws them (step or tokens seen: `t`).
+fn x_of(app: &App) -> (Vec<f64>, String) {
+    let ck: Vec<(Option<i64>, Option<u64>)> = app.study.checkpoints().iter().map(|c| (c.step, c.tokens_seen)).collect();
+    checkpoint_x(&ck, app.x_axis).or_else(|_| checkpoint_x(&ck, XAxis::Step)).unwrap_or_default()
+}
 
 pub fn export(app: &App, path: &Path) -> Result<()> {
     let s = &app.study;
     match app.view {
         View::Overview => {
             let means = s.cat_means.as_ref().ok_or_else(|| Error::msg("the category means are not computed yet"))?;
-            let steps: Vec<f64> = s.checkpoints().iter().map(|c| c.step as f64).collect();
+            let (steps, x_name) = x_of(app);
             let series: Vec<Series> = (0..4)
                 .map(|c| Series {
                     name: cat_of(c as u8).as_human_str().into(),
                     points: steps.iter().zip(means).filter_map(|(&x, m)| m[c].map(|y| (x, y))).collect(),
                 })
                 .collect();
-            line_chart(path, "Mean loss per category", "step", "loss (nats)", &series)
+            line_chart(path, "Mean loss per category", &x_name, "loss (nats)", &series)
         }
         View::Tokens => {
             let losses = s.losses(app.cursor).ok_or_else(|| Error::msg("no losses for this token"))?;
-            let steps: Vec<f64> = s.checkpoints().iter().map(|c| c.step as f64).collect();
+            let (steps, x_name) = x_of(app);
             let mut series = vec![Series { name: "loss".into(), points: steps.iter().zip(&losses).map(|(&x, &y)| (x, y as f64)).collect() }];
             if let Some(t) = &s.traj {
                 let (slope, mean) = (t.slope[app.cursor] as f64, t.mean_loss[app.cursor] as f64);
@@ -30,7 +37,7 @@ pub fn export(app: &App, path: &Path) -> Result<()> {
                 series.push(Series { name: "fitted line".into(), points: steps.iter().enumerate().map(|(i, &x)| (x, fit(i as f64))).collect() });
             }
             let text = crate::report::data::token_label(s.text(app.cursor), 24);
-            line_chart(path, &format!("Token {text} (row {})", app.cursor), "step", "loss (nats)", &series)
+            line_chart(path, &format!("Token {text} (row {})", app.cursor), &x_name, "loss (nats)", &series)
         }
         View::Variance => {
             let v = &app.var;

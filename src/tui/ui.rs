@@ -6,6 +6,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Axis, Block, Borders, Cell, Chart, Clear, Dataset, Gauge, GraphType, List, ListItem, ListState, Paragraph, Row, Table, TableState, Wrap};
+use crate::eval::order::fmt_tokens;
 use ratatui::Frame;
 
 pub const CAT_COLORS: [Color; 4] = [Color::LightRed, Color::Yellow, Color::LightGreen, Color::Cyan];
@@ -104,7 +105,7 @@ fn draw_footer(f: &mut Frame, app: &App, area: Rect) {
 
 fn hint(app: &App) -> &'static str {
     match app.view {
-        View::Overview => " Tab views · e evaluate new checkpoints · p export PNG",
+        View::Overview => " Tab views · e evaluate new checkpoints · t x-axis · p PNG",
         View::Tokens => " ←→ token ↑↓ line [ ] doc 1-4 filter / search f fluctuating",
         View::Variance => " ↑↓ bin · Enter list its tokens · 1-4 filter · p export PNG",
         View::Runs => " n new run · x cancel · e evaluate · ↑↓ select · p export PNG",
@@ -143,6 +144,36 @@ fn no_study(f: &mut Frame, app: &App, area: Rect) {
 
 // ---- Overview ----------------------------------------------------------
 
+/// The x of each checkpoint on the TUI's charts and a short axis title: steps (or tokens
+/// seen, `t`) when they increase along the series, else the index (`report::data::checkpoint_x`).
+pub fn checkpoint_x(app: &App) -> (Vec<f64>, String) {
+    let ck: Vec<(Option<i64>, Option<u64>)> = app.study.checkpoints().iter().map(|c| (c.step, c.tokens_seen)).collect();
+    let (x, title) = crate::report::data::checkpoint_x(&ck, app.x_axis)
+        .or_else(|_| crate::report::data::checkpoint_x(&ck, crate::report::data::XAxis::Step))
+        .unwrap_or_default();
+    let short = if title.starts_with("checkpoint (index") {
+        "checkpoint #".to_string()
+    } else if title == "checkpoint step" {
+        "step".to_string()
+    } else {
+        title.replace("training tokens seen", "tokens")
+    };
+    (x, short)
+}
+
+/// The x-axis ends as tokens seen (`105B`, `1.5T`) when the charts are against tokens.
+fn token_ends(app: &App, x_name: &str) -> Option<[String; 2]> {
+    let ck = app.study.checkpoints();
+    if !x_name.starts_with("tokens") {
+        return None;
+    }
+    Some([ck.first()?.tokens_seen.map(fmt_tokens)?, ck.last()?.tokens_seen.map(fmt_tokens)?])
+}
+
+fn step_text(step: Option<i64>) -> String {
+    step.map(|s| s.to_string()).unwrap_or_else(|| "–".into())
+}
+
 fn draw_overview(f: &mut Frame, app: &App, area: Rect) {
     let s = &app.study;
     let Some(m) = &s.manifest else { return no_study(f, app, area) };
@@ -156,7 +187,7 @@ fn draw_overview(f: &mut Frame, app: &App, area: Rect) {
         .map(|c| {
             Row::new(vec![
                 Cell::from(c.name.clone()),
-                Cell::from(format!("{:>6}", c.step)),
+                Cell::from(format!("{:>6}", step_text(c.step))),
                 Cell::from(format!("{:>7.4}", c.mean_loss)),
                 Cell::from(Span::styled("evaluated", Style::default().fg(Color::Green))),
             ])
@@ -165,7 +196,7 @@ fn draw_overview(f: &mut Frame, app: &App, area: Rect) {
     for (name, step, parts) in &s.incomplete {
         rows.push(Row::new(vec![
             Cell::from(name.clone()),
-            Cell::from(format!("{step:>6}")),
+            Cell::from(format!("{:>6}", step_text(*step))),
             Cell::from("      –"),
             Cell::from(Span::styled(parts.clone(), Style::default().fg(Color::Yellow))),
         ]));
@@ -179,8 +210,8 @@ fn draw_overview(f: &mut Frame, app: &App, area: Rect) {
             Some(_) => Span::styled("queued", dim()),
             None => Span::styled("new: e", Style::default().fg(Color::Yellow)),
         };
-        let step = crate::eval::step_from_name(&name).unwrap_or(0);
-        rows.push(Row::new(vec![Cell::from(name), Cell::from(format!("{step:>6}")), Cell::from("      –"), Cell::from(st)]));
+        let step = s.new_steps.get(i).copied().flatten();
+        rows.push(Row::new(vec![Cell::from(name), Cell::from(format!("{:>6}", step_text(step))), Cell::from("      –"), Cell::from(st)]));
     }
     // Scroll: ck_scroll is clamped so the last page stays full.
     let visible = (ck_area.height as usize).saturating_sub(3).max(1);
@@ -241,11 +272,13 @@ fn draw_overview(f: &mut Frame, app: &App, area: Rect) {
     }
 
     // mean loss per category over the checkpoints
-    let steps: Vec<f64> = m.checkpoints.iter().map(|c| c.step as f64).collect();
+    let (steps, x_name) = checkpoint_x(app);
     match &s.cat_means {
         Some(means) if !steps.is_empty() => {
             let series: Vec<Vec<(f64, f64)>> = (0..4).map(|c| steps.iter().zip(means).filter_map(|(&x, m)| m[c].map(|y| (x, y))).collect()).collect();
-            line_chart(f, right, " Mean loss per category ", &series, &["H→H", "L→H", "H→L", "L→L"], &CAT_COLORS, "step");
+            let xl = token_ends(app, &x_name);
+            let x_name = if xl.is_some() { "tokens seen" } else { x_name.as_str() };
+            line_chart_x(f, right, " Mean loss per category ", &series, &["H→H", "L→H", "H→L", "L→L"], &CAT_COLORS, x_name, xl);
         }
         _ => {
             let msg = if s.traj.is_none() {
@@ -422,21 +455,26 @@ fn draw_token_chart(f: &mut Frame, app: &App, area: Rect) {
         return empty_state(f, area, "Loss by checkpoint", vec![Line::from(msg)]);
     };
     let n = losses.len();
-    let pts: Vec<(f64, f64)> = losses.iter().enumerate().map(|(i, &l)| (i as f64, l as f64)).collect();
+    let (mut xs, x_name) = checkpoint_x(app);
+    if xs.len() != n {
+        xs = (0..n).map(|i| i as f64).collect();
+    }
+    let pts: Vec<(f64, f64)> = xs.iter().zip(&losses).map(|(&x, &l)| (x, l as f64)).collect();
     let mut series = vec![pts];
-    if let Some(t) = &s.traj {
+    if let (Some(t), Some(&x0), Some(&x1)) = (&s.traj, xs.first(), xs.last()) {
+        // The fitted line is against the checkpoint index (Rho-1's x = 0..n-1): its ends.
         let (slope, mean) = (t.slope[app.cursor] as f64, t.mean_loss[app.cursor] as f64);
         let fit = |i: f64| mean + slope * (i - (n as f64 - 1.0) / 2.0);
-        series.push(vec![(0.0, fit(0.0)), ((n - 1) as f64, fit((n - 1) as f64))]);
+        series.push(vec![(x0, fit(0.0)), (x1, fit((n - 1) as f64))]);
     }
     let ci = s.traj.as_ref().map(|t| t.cat[app.cursor]).unwrap_or(3);
     let colors = [CAT_COLORS[ci as usize], Color::Gray];
     let ck = s.checkpoints();
-    let xl = match (ck.first(), ck.last()) {
-        (Some(a), Some(b)) => Some([a.name.clone(), b.name.clone()]),
-        _ => None,
-    };
-    line_chart_x(f, area, " Loss by checkpoint ", &series, &["loss", "fit"], &colors, "", xl);
+    // The ends: the checkpoints' names, or their tokens seen when the x-axis is tokens.
+    let tokens = token_ends(app, &x_name);
+    let x_name = if tokens.is_some() { "tokens" } else { "" };
+    let xl = tokens.or_else(|| ck.first().zip(ck.last()).map(|(a, b)| [a.name.clone(), b.name.clone()]));
+    line_chart_x(f, area, " Loss by checkpoint ", &series, &["loss", "fit"], &colors, x_name, xl);
 }
 
 // ---- Variance view -----------------------------------------------------
@@ -675,10 +713,10 @@ fn draw_form(f: &mut Frame, app: &App, _area: Rect) {
 const HELP: &[(&str, &str)] = &[
     ("Everywhere", ""),
     ("Tab / S-Tab, F1-F4", "next / previous view, or view 1-4"),
-    ("? ", "this help (Esc closes)"),
+    ("? / q, Ctrl-C", "this help (Esc closes) / quit"),
     ("p", "export the chart in view as PNG (study/exports/)"),
+    ("t", "charts over checkpoints: x-axis step ↔ tokens seen"),
     ("c", "categorize (when the study has no trajectories)"),
-    ("q, Ctrl-C", "quit"),
     ("Overview", ""),
     ("e", "evaluate new checkpoints of the series"),
     ("↑↓ jk PgUp/Dn g G", "scroll the checkpoint list"),
