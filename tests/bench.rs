@@ -76,7 +76,12 @@ fn bench_kernels_checks_every_kernel_in_the_emulator_without_a_gpu() {
         let (err, tol): (f64, f64) = (field(l, "max_err").parse().unwrap(), field(l, "tol").parse().unwrap());
         assert!(err <= tol, "{l}");
     }
-    assert_eq!(checks.len(), 57, "{out}");
+    assert_eq!(checks.len(), 70, "{out}");
+    // the attention kernels in sliding windows too, forward and backward
+    for k in ["flash_attn_fwd", "flash_attn_bwd"] {
+        let windowed = checks.iter().filter(|l| field(l, "kernel") == k && field(l, "window") != "none").count();
+        assert!(windowed >= 3, "{k}: {windowed} windowed checks: {out}");
+    }
     let o = rho(&["bench", "kernels", "--iters", "0"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--iters"), "{}", stderr(&o));

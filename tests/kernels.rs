@@ -37,6 +37,8 @@ struct Case {
     q_std: f32,
     /// kernel variant: 4 warps (64 query rows per block) or 8 (128 rows; head dim 64)
     warps: usize,
+    /// sliding window (keys i - w < j <= i)
+    window: Option<usize>,
 }
 
 /// Max |kernel - reference| and max |reference| over the output.
@@ -63,8 +65,8 @@ fn run_flash(c: &Case, seed: u64) -> (f32, f32) {
         v = quantize(c.dt, &normal(&mut rng, batch * seq * n_kv_heads * d, 1.0));
     }
     let scale = 1.0 / (d as f32).sqrt();
-    let want = reference::causal_attention(c.shape, &q.1, qs, &k.1, ks, &v.1, vs, scale);
-    let got = emu::flash_attn_fwd(c.dt, c.warps, c.shape, &q.0, qs, &k.0, ks, &v.0, vs, scale).unwrap();
+    let want = reference::causal_attention(c.shape, &q.1, qs, &k.1, ks, &v.1, vs, scale, c.window);
+    let got = emu::flash_attn_fwd(c.dt, c.warps, c.shape, &q.0, qs, &k.0, ks, &v.0, vs, scale, c.window).unwrap();
     assert_eq!(got.len(), want.len());
     let mut err = 0f32;
     let mut mag = 0f32;
@@ -91,23 +93,23 @@ fn flash_attention_kernel_matches_the_reference() {
     let gqa = |batch, seq, n_heads, n_kv_heads, head_dim| AttnShape { batch, seq, n_heads, n_kv_heads, head_dim };
     let cases = [
         // two query tiles, the second partial; grouped-query heads (2 query heads per kv head)
-        Case { dt: KDType::BF16, shape: gqa(2, 77, 4, 2, 64), fused: false, q_std: 1.0, warps: 4 },
+        Case { dt: KDType::BF16, shape: gqa(2, 77, 4, 2, 64), fused: false, q_std: 1.0, warps: 4, window: None },
         // head dim 128 (32-key tiles), 2 query heads on one kv head; tiles after some warps' rows
-        Case { dt: KDType::BF16, shape: gqa(1, 130, 2, 1, 128), fused: false, q_std: 1.0, warps: 4 },
+        Case { dt: KDType::BF16, shape: gqa(1, 130, 2, 1, 128), fused: false, q_std: 1.0, warps: 4, window: None },
         // f16, exactly one tile; peaked scores (online-softmax rescaling across tiles matters)
-        Case { dt: KDType::F16, shape: gqa(1, 64, 2, 2, 64), fused: false, q_std: 4.0, warps: 4 },
-        Case { dt: KDType::BF16, shape: gqa(1, 150, 1, 1, 64), fused: false, q_std: 6.0, warps: 4 },
+        Case { dt: KDType::F16, shape: gqa(1, 64, 2, 2, 64), fused: false, q_std: 4.0, warps: 4, window: None },
+        Case { dt: KDType::BF16, shape: gqa(1, 150, 1, 1, 64), fused: false, q_std: 6.0, warps: 4, window: None },
         // 8 warps: 128 query rows per block, several key tiles per block
-        Case { dt: KDType::BF16, shape: gqa(1, 200, 2, 1, 64), fused: false, q_std: 2.0, warps: 8 },
-        Case { dt: KDType::F16, shape: gqa(1, 129, 1, 1, 64), fused: false, q_std: 1.0, warps: 8 },
+        Case { dt: KDType::BF16, shape: gqa(1, 200, 2, 1, 64), fused: false, q_std: 2.0, warps: 8, window: None },
+        Case { dt: KDType::F16, shape: gqa(1, 129, 1, 1, 64), fused: false, q_std: 1.0, warps: 8, window: None },
         // a single token; and strided q/k/v views of one fused projection (GPT-NeoX)
-        Case { dt: KDType::BF16, shape: gqa(3, 1, 2, 1, 64), fused: false, q_std: 1.0, warps: 4 },
-        Case { dt: KDType::F16, shape: gqa(2, 70, 2, 2, 64), fused: true, q_std: 1.0, warps: 4 },
-        Case { dt: KDType::F16, shape: gqa(1, 90, 2, 2, 128), fused: true, q_std: 1.0, warps: 4 },
+        Case { dt: KDType::BF16, shape: gqa(3, 1, 2, 1, 64), fused: false, q_std: 1.0, warps: 4, window: None },
+        Case { dt: KDType::F16, shape: gqa(2, 70, 2, 2, 64), fused: true, q_std: 1.0, warps: 4, window: None },
+        Case { dt: KDType::F16, shape: gqa(1, 90, 2, 2, 128), fused: true, q_std: 1.0, warps: 4, window: None },
         // head dims 32 and 80 (Pythia 14m-31m, 2.8b) from a fused projection, 256 (Pythia-1b)
-        Case { dt: KDType::F16, shape: gqa(2, 70, 2, 2, 32), fused: true, q_std: 1.0, warps: 4 },
-        Case { dt: KDType::BF16, shape: gqa(1, 100, 2, 2, 80), fused: true, q_std: 1.5, warps: 4 },
-        Case { dt: KDType::BF16, shape: gqa(1, 50, 2, 1, 256), fused: false, q_std: 1.0, warps: 4 },
+        Case { dt: KDType::F16, shape: gqa(2, 70, 2, 2, 32), fused: true, q_std: 1.0, warps: 4, window: None },
+        Case { dt: KDType::BF16, shape: gqa(1, 100, 2, 2, 80), fused: true, q_std: 1.5, warps: 4, window: None },
+        Case { dt: KDType::BF16, shape: gqa(1, 50, 2, 1, 256), fused: false, q_std: 1.0, warps: 4, window: None },
     ];
     for (i, c) in cases.iter().enumerate() {
         let (err, mag) = run_flash(c, 7 + i as u64);
@@ -122,16 +124,16 @@ fn flash_attention_emulator_refuses_what_the_kernel_does_not_cover() {
     let shape = AttnShape { batch: 1, seq: 4, n_heads: 2, n_kv_heads: 1, head_dim: 48 };
     let st = Strides::contiguous(4, 2, 48);
     let x = vec![0u16; 4 * 2 * 48];
-    let e = emu::flash_attn_fwd(KDType::BF16, 4, shape, &x, st, &x, st, &x, st, 1.0).unwrap_err();
+    let e = emu::flash_attn_fwd(KDType::BF16, 4, shape, &x, st, &x, st, &x, st, 1.0, None).unwrap_err();
     assert!(e.contains("head_dim 48"), "{e}");
     // k too short for its strides
     let shape = AttnShape { head_dim: 64, ..shape };
     let st = Strides::contiguous(4, 2, 64);
-    let e = emu::flash_attn_fwd(KDType::BF16, 4, shape, &vec![0; 512], st, &[0; 100], st, &vec![0; 512], st, 1.0).unwrap_err();
+    let e = emu::flash_attn_fwd(KDType::BF16, 4, shape, &vec![0; 512], st, &[0; 100], st, &vec![0; 512], st, 1.0, None).unwrap_err();
     assert!(e.starts_with("k:"), "{e}");
     // v rows not 16-byte aligned
     let odd = Strides { batch: 4 * 132, seq: 132, head: 66 };
-    let e = emu::flash_attn_fwd(KDType::BF16, 4, shape, &vec![0; 512], st, &vec![0; 512], st, &vec![0; 600], odd, 1.0).unwrap_err();
+    let e = emu::flash_attn_fwd(KDType::BF16, 4, shape, &vec![0; 512], st, &vec![0; 512], st, &vec![0; 600], odd, 1.0, None).unwrap_err();
     assert!(e.contains("16-byte"), "{e}");
 }
 
@@ -313,7 +315,7 @@ fn flash_attention_op_matches_softmax_attention_on_strided_inputs() -> candle_co
     let k = fused.narrow(2, nh, nkv)?;
     let v = fused.narrow(2, nh + nkv, nkv)?;
     let scale = 0.3f32;
-    let got = rho::cuda::flash_attention(&q, &k, &v, scale)?;
+    let got = rho::cuda::flash_attention(&q, &k, &v, scale, None)?;
     assert_eq!(got.dims(), &[b, s, nh, d]);
     let rep = |x: &Tensor| -> candle_core::Result<Tensor> {
         // [b, s, nkv, d] -> [b, nh, s, d], each kv head used by nh / nkv query heads in a row
@@ -328,10 +330,60 @@ fn flash_attention_op_matches_softmax_attention_on_strided_inputs() -> candle_co
     let diff = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
     assert!(diff < 1e-5, "max diff {diff}");
     // bad shapes name the dims
-    let e = rho::cuda::flash_attention(&q, &k.narrow(1, 0, 3)?, &v, scale).unwrap_err().to_string();
+    let e = rho::cuda::flash_attention(&q, &k.narrow(1, 0, 3)?, &v, scale, None).unwrap_err().to_string();
     assert!(e.contains("[2, 9, 4, 8]") && e.contains("[2, 3, 2, 8]"), "{e}");
-    let e = rho::cuda::flash_attention(&q.narrow(2, 0, 3)?, &k, &v, scale).unwrap_err().to_string();
+    let e = rho::cuda::flash_attention(&q.narrow(2, 0, 3)?, &k, &v, scale, None).unwrap_err().to_string();
     assert!(e.contains("not a multiple"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn flash_attention_op_in_a_sliding_window_matches_the_masked_composed_path() -> candle_core::Result<()> {
+    // The candle ops (CPU: attn_cpu) with a window, forward and gradients, against softmax
+    // attention under cuda::mask::causal_mask with candle's autograd; strided views of a fused
+    // projection, grouped-query heads, more than one 64-row block.
+    let dev = Device::Cpu;
+    let (b, s, nh, nkv, d) = (2, 140, 4, 2, 8);
+    let fused = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, s, nh + 2 * nkv, d), &dev)?)?;
+    let (q, k, v) = (fused.narrow(2, 0, nh)?, fused.narrow(2, nh, nkv)?, fused.narrow(2, nh + nkv, nkv)?);
+    let g = Tensor::randn(0f32, 1.0, (b, s, nh, d), &dev)?;
+    let scale = 0.4f32;
+    let rep = |x: &Tensor| -> candle_core::Result<Tensor> {
+        x.transpose(1, 2)?.contiguous()?.unsqueeze(2)?.expand((b, nkv, nh / nkv, s, d))?.reshape((b, nh, s, d))
+    };
+    let max_diff = |a: &Tensor, b: &Tensor| -> candle_core::Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>() };
+    let grad = |o: &Tensor| -> candle_core::Result<Tensor> {
+        let gs = (o * &g)?.sum_all()?.backward()?;
+        Ok(gs.get(fused.as_tensor()).unwrap().clone())
+    };
+    let mut plain_none = None;
+    for window in [None, Some(1usize), Some(10), Some(64), Some(100), Some(139)] {
+        let mask = rho::cuda::mask::causal_mask(s, window, DType::F32, &dev)?;
+        let qt = q.transpose(1, 2)?.contiguous()?;
+        let scores = (qt.matmul(&rep(&k)?.t()?)? * scale as f64)?.broadcast_add(&mask)?;
+        let want = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&rep(&v)?)?.transpose(1, 2)?;
+        let got = rho::cuda::flash_attention(&q, &k, &v, scale, window)?;
+        assert!(max_diff(&got, &want)? < 1e-5, "window {window:?}: forward {}", max_diff(&got, &want)?);
+        let train = rho::cuda::flash_attention_train(&q, &k, &v, scale, window)?;
+        assert!(max_diff(&train, &want)? < 1e-5, "window {window:?}: training forward");
+        let (gw, gt) = (grad(&want)?, grad(&train)?);
+        let mag = gw.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(mag > 0.1 && max_diff(&gw, &gt)? < 1e-4 * mag, "window {window:?}: gradient {} (max {mag})", max_diff(&gw, &gt)?);
+        if window.is_none() {
+            plain_none = Some(got);
+        } else {
+            assert!(max_diff(&got, plain_none.as_ref().unwrap())? > 1e-3, "window {window:?} changes nothing");
+        }
+    }
+    // a window of at least s keys is no window, bit for bit; 0 keys is an error
+    let none = rho::cuda::flash_attention(&q, &k, &v, scale, None)?.flatten_all()?.to_vec1::<f32>()?;
+    for w in [s, s + 1, usize::MAX] {
+        assert!(rho::cuda::flash_attention(&q, &k, &v, scale, Some(w))?.flatten_all()?.to_vec1::<f32>()? == none, "window {w}");
+    }
+    for e in [rho::cuda::flash_attention(&q, &k, &v, scale, Some(0)), rho::cuda::flash_attention_train(&q, &k, &v, scale, Some(0))] {
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("sliding window must be at least 1"), "{e}");
+    }
     Ok(())
 }
 
@@ -368,7 +420,7 @@ fn reference_attention_backward_matches_autograd() -> candle_core::Result<()> {
     let (q, k, v, g) = (normal(&mut rng, b * s * nh * d, 1.0), normal(&mut rng, b * s * nkv * d, 1.0), normal(&mut rng, b * s * nkv * d, 1.0), normal(&mut rng, b * s * nh * d, 1.0));
     let scale = 0.4f32;
     let (qs, ks) = (Strides::contiguous(s, nh, d), Strides::contiguous(s, nkv, d));
-    let (dq, dk, dv) = reference::causal_attention_backward(shape, &q, qs, &k, ks, &v, ks, &g, qs, scale);
+    let (dq, dk, dv) = reference::causal_attention_backward(shape, &q, qs, &k, ks, &v, ks, &g, qs, scale, None);
     let var = |x: &[f32], h: usize| candle_core::Var::from_tensor(&Tensor::from_vec(x.to_vec(), (b, s, h, d), &dev).unwrap()).unwrap();
     let (qv, kv, vv) = (var(&q, nh), var(&k, nkv), var(&v, nkv));
     let rep = |x: &Tensor| -> candle_core::Result<Tensor> {
@@ -411,44 +463,102 @@ fn flash_attention_backward_kernel_matches_the_reference() {
         (KDType::BF16, gqa80(2, 45, 2, 2), true),
     ];
     for (ci, (dt, shape, fused)) in cases.into_iter().enumerate() {
-        let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
-        let mut rng = StdRng::seed_from_u64(40 + ci as u64);
-        let (qb, kb, vb, qs, ks, vs);
-        if fused {
-            let (bits, _) = quantize(dt, &normal(&mut rng, batch * seq * n_heads * 3 * d, 1.0));
-            let st = Strides { batch: seq * n_heads * 3 * d, seq: n_heads * 3 * d, head: 3 * d };
-            (qb, kb, vb) = (bits.clone(), bits[d..].to_vec(), bits[2 * d..].to_vec());
-            (qs, ks, vs) = (st, st, st);
-        } else {
-            qb = quantize(dt, &normal(&mut rng, batch * seq * n_heads * d, 1.5)).0;
-            kb = quantize(dt, &normal(&mut rng, batch * seq * n_kv_heads * d, 1.0)).0;
-            vb = quantize(dt, &normal(&mut rng, batch * seq * n_kv_heads * d, 1.0)).0;
-            (qs, ks, vs) = (Strides::contiguous(seq, n_heads, d), Strides::contiguous(seq, n_kv_heads, d), Strides::contiguous(seq, n_kv_heads, d));
-        }
-        let (gb, gv) = quantize(dt, &normal(&mut rng, batch * seq * n_heads * d, 1.0));
-        let gs = Strides::contiguous(seq, n_heads, d);
-        let f = |x: &[u16]| x.iter().map(|&b| emu::bits_to_f32(dt, b)).collect::<Vec<f32>>();
-        let (qf, kf, vf) = (f(&qb), f(&kb), f(&vb));
-        let scale = 1.0 / 8.0;
-        // forward with the normalisers, against the reference's
-        let (o, lse) = emu::flash_attn_fwd_lse(dt, 4, shape, &qb, qs, &kb, ks, &vb, vs, scale).unwrap();
-        let (_, want_lse) = reference::causal_attention_lse(shape, &qf, qs, &kf, ks, &vf, vs, scale);
-        let lse_err = lse.iter().zip(&want_lse).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(lse_err < 1e-3, "case {ci}: lse2 max diff {lse_err}");
-        // D = rowsum(dout * o) from the kernel's own output, as the GPU path computes it
-        let of = f(&o);
-        let dsum: Vec<f32> = (0..batch * seq * n_heads).map(|r| (0..d).map(|c| gv[r * d + c] * of[r * d + c]).sum()).collect();
-        let (dq, dk, dv) = emu::flash_attn_bwd(dt, shape, &qb, qs, &kb, ks, &vb, vs, &gb, gs, &lse, &dsum, scale).unwrap();
-        let (wq, wk, wv) = reference::causal_attention_backward(shape, &qf, qs, &kf, ks, &vf, vs, &gv, gs, scale);
-        let tol = if dt == KDType::BF16 { 3e-2 } else { 6e-3 };
-        for (name, got, want) in [("dq", dq, wq), ("dk", f(&dk), wk), ("dv", f(&dv), wv)] {
-            let mag = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            eprintln!("case {ci} {name}: max |kernel - reference| {err:.2e}, max |ref| {mag:.2}");
-            assert!(mag > 0.1, "case {ci} {name}: degenerate reference");
-            assert!(got.iter().all(|x| x.is_finite()) && err <= tol * mag, "case {ci} ({dt:?} {shape:?} fused={fused}) {name}: max diff {err} vs max {mag}");
-        }
+        check_flash_bwd(&format!("case {ci}"), dt, shape, fused, None, 40 + ci as u64);
     }
+}
+
+/// The emulated training forward (its normalisers against the reference's) and backward
+/// against the f64 reference gradients, in the sliding `window`; q, k, v contiguous, or
+/// (`fused`) views of one [b, s, n_heads, 3, d] projection.
+fn check_flash_bwd(label: &str, dt: KDType, shape: AttnShape, fused: bool, window: Option<usize>, seed: u64) {
+    let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (qb, kb, vb, qs, ks, vs);
+    if fused {
+        let (bits, _) = quantize(dt, &normal(&mut rng, batch * seq * n_heads * 3 * d, 1.0));
+        let st = Strides { batch: seq * n_heads * 3 * d, seq: n_heads * 3 * d, head: 3 * d };
+        (qb, kb, vb) = (bits.clone(), bits[d..].to_vec(), bits[2 * d..].to_vec());
+        (qs, ks, vs) = (st, st, st);
+    } else {
+        qb = quantize(dt, &normal(&mut rng, batch * seq * n_heads * d, 1.5)).0;
+        kb = quantize(dt, &normal(&mut rng, batch * seq * n_kv_heads * d, 1.0)).0;
+        vb = quantize(dt, &normal(&mut rng, batch * seq * n_kv_heads * d, 1.0)).0;
+        (qs, ks, vs) = (Strides::contiguous(seq, n_heads, d), Strides::contiguous(seq, n_kv_heads, d), Strides::contiguous(seq, n_kv_heads, d));
+    }
+    let (gb, gv) = quantize(dt, &normal(&mut rng, batch * seq * n_heads * d, 1.0));
+    let gs = Strides::contiguous(seq, n_heads, d);
+    let f = |x: &[u16]| x.iter().map(|&b| emu::bits_to_f32(dt, b)).collect::<Vec<f32>>();
+    let (qf, kf, vf) = (f(&qb), f(&kb), f(&vb));
+    let scale = 1.0 / 8.0;
+    // forward with the normalisers, against the reference's
+    let (o, lse) = emu::flash_attn_fwd_lse(dt, 4, shape, &qb, qs, &kb, ks, &vb, vs, scale, window).unwrap();
+    let (_, want_lse) = reference::causal_attention_lse(shape, &qf, qs, &kf, ks, &vf, vs, scale, window);
+    let lse_err = lse.iter().zip(&want_lse).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(lse_err < 1e-3, "{label}: lse2 max diff {lse_err}");
+    // D = rowsum(dout * o) from the kernel's own output, as the GPU path computes it
+    let of = f(&o);
+    let dsum: Vec<f32> = (0..batch * seq * n_heads).map(|r| (0..d).map(|c| gv[r * d + c] * of[r * d + c]).sum()).collect();
+    let (dq, dk, dv) = emu::flash_attn_bwd(dt, shape, &qb, qs, &kb, ks, &vb, vs, &gb, gs, &lse, &dsum, scale, window).unwrap();
+    let (wq, wk, wv) = reference::causal_attention_backward(shape, &qf, qs, &kf, ks, &vf, vs, &gv, gs, scale, window);
+    let tol = if dt == KDType::BF16 { 3e-2 } else { 6e-3 };
+    for (name, got, want) in [("dq", dq, wq), ("dk", f(&dk), wk), ("dv", f(&dv), wv)] {
+        let mag = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        eprintln!("{label} {name}: max |kernel - reference| {err:.2e}, max |ref| {mag:.2}");
+        // (a window of 1 key: softmax over one score, dq = dk = 0)
+        assert!(mag > 0.1 || (window == Some(1) && name != "dv"), "{label} {name}: degenerate reference");
+        assert!(got.iter().all(|x| x.is_finite()) && err <= tol * mag.max(1e-3), "{label} ({dt:?} {shape:?} fused={fused} window={window:?}) {name}: max diff {err} vs max {mag}");
+    }
+}
+
+#[test]
+fn flash_attention_kernels_match_the_reference_in_a_sliding_window() {
+    // Forward, every compiled configuration (64-key tiles with 4 and 8 warps, 32-key tiles at
+    // d128, 16-key tiles at d256), and backward (64-key blocks at d32/d64, 32-key at d80/d128),
+    // with windows of 1 key, smaller than a tile, one tile, one more or less, not a multiple
+    // of it, reaching back over query blocks, and longer than the sequence; grouped-query heads;
+    // q, k, v as views of one fused projection.
+    let gqa = |batch, seq, n_heads, n_kv_heads, head_dim| AttnShape { batch, seq, n_heads, n_kv_heads, head_dim };
+    let fwd = [
+        (KDType::BF16, gqa(2, 150, 4, 2, 64), false, 4, 1usize),
+        (KDType::BF16, gqa(1, 150, 4, 2, 64), false, 4, 5),
+        (KDType::F16, gqa(1, 150, 2, 1, 64), false, 4, 64),
+        (KDType::BF16, gqa(1, 150, 2, 1, 64), false, 4, 65),
+        (KDType::BF16, gqa(1, 200, 2, 1, 64), false, 8, 37),
+        (KDType::F16, gqa(1, 260, 2, 1, 64), false, 8, 129),
+        (KDType::BF16, gqa(1, 130, 4, 1, 128), false, 4, 31),
+        (KDType::F16, gqa(1, 130, 2, 2, 128), true, 4, 33),
+        (KDType::BF16, gqa(2, 100, 2, 2, 32), true, 4, 7),
+        (KDType::BF16, gqa(1, 140, 2, 2, 80), true, 4, 90),
+        (KDType::BF16, gqa(1, 60, 2, 1, 256), false, 4, 17),
+        (KDType::F16, gqa(1, 70, 2, 1, 64), false, 4, 500),
+    ];
+    for (i, (dt, shape, fused, warps, w)) in fwd.into_iter().enumerate() {
+        let c = Case { dt, shape, fused, q_std: 2.0, warps, window: Some(w) };
+        let (err, mag) = run_flash(&c, 300 + i as u64);
+        eprintln!("forward {i} window {w}: max |kernel - reference| {err:.2e}, max |o| {mag:.2}");
+        assert!(mag > 0.1 && err <= tol(dt), "forward {i} ({dt:?} {shape:?} warps {warps} window {w}): max diff {err}");
+    }
+    let bwd = [
+        (KDType::BF16, gqa(1, 150, 2, 1, 64), false, 1usize),
+        (KDType::F16, gqa(1, 150, 4, 2, 64), false, 5),
+        (KDType::BF16, gqa(2, 200, 2, 2, 64), false, 65),
+        (KDType::F16, gqa(1, 100, 2, 2, 64), true, 100),
+        (KDType::BF16, gqa(1, 130, 4, 2, 128), false, 33),
+        (KDType::F16, gqa(1, 90, 2, 1, 128), false, 9),
+        (KDType::F16, gqa(1, 140, 2, 1, 32), false, 70),
+        (KDType::BF16, gqa(1, 90, 2, 2, 80), true, 31),
+        (KDType::F16, gqa(1, 70, 2, 1, 80), false, 300),
+    ];
+    for (i, (dt, shape, fused, w)) in bwd.into_iter().enumerate() {
+        check_flash_bwd(&format!("backward {i} window {w}"), dt, shape, fused, Some(w), 400 + i as u64);
+    }
+    // a window of 0 keys is refused
+    let shape = gqa(1, 4, 1, 1, 64);
+    let x = vec![0u16; 4 * 64];
+    let st = Strides::contiguous(4, 1, 64);
+    let e = emu::flash_attn_fwd(KDType::BF16, 4, shape, &x, st, &x, st, &x, st, 1.0, Some(0)).unwrap_err();
+    assert!(e.contains("at least 1"), "{e}");
 }
 
 #[test]
@@ -501,14 +611,27 @@ fn flash_kernels_are_right_at_every_tile_boundary() {
     for (d, warps) in [(64usize, 4usize), (64, 8), (128, 4), (32, 4), (80, 4), (256, 4)] {
         for seq in [1usize, 2, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129] {
             let shape = AttnShape { batch: 1, seq, n_heads: 2, n_kv_heads: 1, head_dim: d };
-            let c = Case { dt: KDType::BF16, shape, fused: false, q_std: 2.0, warps };
+            let c = Case { dt: KDType::BF16, shape, fused: false, q_std: 2.0, warps, window: None };
             let (err, mag) = run_flash(&c, 1000 + seq as u64);
             assert!(err <= tol(KDType::BF16) && mag > 0.0, "d {d} warps {warps} seq {seq}: max diff {err}");
+        }
+        // sliding windows around the key tiles (16, 32, 64) and query blocks (64, 128 rows)
+        for w in [1usize, 2, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128] {
+            let shape = AttnShape { batch: 1, seq: 150, n_heads: 2, n_kv_heads: 1, head_dim: d };
+            let c = Case { dt: KDType::BF16, shape, fused: false, q_std: 2.0, warps, window: Some(w) };
+            let (err, mag) = run_flash(&c, 3000 + w as u64);
+            assert!(err <= tol(KDType::BF16) && mag > 0.0, "d {d} warps {warps} window {w}: max diff {err}");
         }
     }
     let bwd_cases = [1usize, 2, 63, 64, 65, 128, 129].map(|s| (64usize, s)).into_iter().chain([1usize, 31, 32, 33, 65].map(|s| (128, s)));
     let bwd_cases = bwd_cases.chain([1usize, 63, 64, 65, 129].map(|s| (32, s))).chain([1usize, 31, 32, 33, 65].map(|s| (80, s)));
-    for (d, seq) in bwd_cases {
+    let bwd_cases = bwd_cases.map(|(d, s)| (d, s, None));
+    // sliding windows around the 64-key (d32, d64) and 32-key (d80, d128) blocks, seq 150: the
+    // last query that sees a block's last key (k0 + BC + w - 2) or a warp's last key starts a
+    // query tile where w = 2 (mod 16)
+    let windows = [1usize, 2, 18, 32, 33, 34, 64, 65, 66, 100];
+    let bwd_cases = bwd_cases.chain([32usize, 64, 80, 128].into_iter().flat_map(move |d| windows.map(|w| (d, 150, Some(w)))));
+    for (d, seq, window) in bwd_cases {
         let shape = AttnShape { batch: 1, seq, n_heads: 2, n_kv_heads: 1, head_dim: d };
         let mut rng = StdRng::seed_from_u64(2000 + seq as u64);
         let qs = Strides::contiguous(seq, 2, d);
@@ -517,15 +640,15 @@ fn flash_kernels_are_right_at_every_tile_boundary() {
         let (kb, kf) = quantize(KDType::F16, &normal(&mut rng, seq * d, 1.0));
         let (vb, vf) = quantize(KDType::F16, &normal(&mut rng, seq * d, 1.0));
         let (gb, gf) = quantize(KDType::F16, &normal(&mut rng, seq * 2 * d, 1.0));
-        let (o, lse) = emu::flash_attn_fwd_lse(KDType::F16, 4, shape, &qb, qs, &kb, ks, &vb, ks, 0.125).unwrap();
+        let (o, lse) = emu::flash_attn_fwd_lse(KDType::F16, 4, shape, &qb, qs, &kb, ks, &vb, ks, 0.125, window).unwrap();
         let dsum: Vec<f32> = (0..seq * 2).map(|r| (0..d).map(|c| gf[r * d + c] * emu::bits_to_f32(KDType::F16, o[r * d + c])).sum()).collect();
-        let (dq, dk, dv) = emu::flash_attn_bwd(KDType::F16, shape, &qb, qs, &kb, ks, &vb, ks, &gb, qs, &lse, &dsum, 0.125).unwrap();
-        let (wq, wk, wv) = reference::causal_attention_backward(shape, &qf, qs, &kf, ks, &vf, ks, &gf, qs, 0.125);
+        let (dq, dk, dv) = emu::flash_attn_bwd(KDType::F16, shape, &qb, qs, &kb, ks, &vb, ks, &gb, qs, &lse, &dsum, 0.125, window).unwrap();
+        let (wq, wk, wv) = reference::causal_attention_backward(shape, &qf, qs, &kf, ks, &vf, ks, &gf, qs, 0.125, window);
         let f = |x: &[u16]| x.iter().map(|&b| emu::bits_to_f32(KDType::F16, b)).collect::<Vec<f32>>();
         for (name, got, want) in [("dq", dq, wq), ("dk", f(&dk), wk), ("dv", f(&dv), wv)] {
             let mag = want.iter().fold(0f32, |m, x| m.max(x.abs()));
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(err <= 6e-3 * mag.max(1e-3), "d {d} seq {seq} {name}: max diff {err} vs max {mag}");
+            assert!(err <= 6e-3 * mag.max(1e-3), "d {d} seq {seq} window {window:?} {name}: max diff {err} vs max {mag}");
         }
     }
 }
@@ -537,7 +660,7 @@ fn the_training_op_can_be_differentiated_twice() {
     let q = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, 5, 2, 8), &dev).unwrap()).unwrap();
     let k = Tensor::randn(0f32, 1.0, (1, 5, 1, 8), &dev).unwrap();
     let v = Tensor::randn(0f32, 1.0, (1, 5, 1, 8), &dev).unwrap();
-    let o = rho::cuda::flash_attention_train(q.as_tensor(), &k, &v, 0.3).unwrap();
+    let o = rho::cuda::flash_attention_train(q.as_tensor(), &k, &v, 0.3, None).unwrap();
     let g1 = o.sum_all().unwrap().backward().unwrap();
     let g2 = (o.clone() * 2.0).unwrap().sum_all().unwrap().backward().unwrap();
     let (a, b) = (g1.get(q.as_tensor()).unwrap(), g2.get(q.as_tensor()).unwrap());
@@ -705,11 +828,25 @@ fn kernels_give_the_same_bits_under_every_schedule() {
         let v = quantize(KDType::BF16, &normal(&mut rng, seq * d, 1.0)).0;
         runs.push((
             format!("flash_attn_fwd d{d} w{warps} seq {seq}"),
-            Box::new(move || bits16(&emu::flash_attn_fwd(KDType::BF16, warps, shape, &q, qs, &k, ks, &v, ks, 0.125).unwrap())),
+            Box::new(move || bits16(&emu::flash_attn_fwd(KDType::BF16, warps, shape, &q, qs, &k, ks, &v, ks, 0.125, None).unwrap())),
         ));
     }
-    // attention backward (with its forward's normalisers), every head dim, several query tiles
-    for (d, seq) in [(64usize, 150usize), (128, 75), (32, 140), (80, 75)] {
+    // the same in a sliding window (the forward's first tile after 0, skipped tiles and warps)
+    for (d, warps, seq, w) in [(64usize, 4usize, 150usize, 37usize), (64, 8, 200, 70), (128, 4, 100, 20)] {
+        let shape = AttnShape { batch: 1, seq, n_heads: 2, n_kv_heads: 1, head_dim: d };
+        let qs = Strides::contiguous(seq, 2, d);
+        let ks = Strides::contiguous(seq, 1, d);
+        let q = quantize(KDType::BF16, &normal(&mut rng, seq * 2 * d, 2.0)).0;
+        let k = quantize(KDType::BF16, &normal(&mut rng, seq * d, 1.0)).0;
+        let v = quantize(KDType::BF16, &normal(&mut rng, seq * d, 1.0)).0;
+        runs.push((
+            format!("flash_attn_fwd d{d} w{warps} seq {seq} window {w}"),
+            Box::new(move || bits16(&emu::flash_attn_fwd(KDType::BF16, warps, shape, &q, qs, &k, ks, &v, ks, 0.125, Some(w)).unwrap())),
+        ));
+    }
+    // attention backward (with its forward's normalisers), every head dim, several query tiles;
+    // and in a sliding window
+    for (d, seq, window) in [(64usize, 150usize, None), (128, 75, None), (32, 140, None), (80, 75, None), (64, 150, Some(37usize)), (128, 100, Some(20))] {
         let shape = AttnShape { batch: 1, seq, n_heads: 2, n_kv_heads: 1, head_dim: d };
         let qs = Strides::contiguous(seq, 2, d);
         let ks = Strides::contiguous(seq, 1, d);
@@ -718,11 +855,11 @@ fn kernels_give_the_same_bits_under_every_schedule() {
         let (v, _) = quantize(KDType::F16, &normal(&mut rng, seq * d, 1.0));
         let (g, gf) = quantize(KDType::F16, &normal(&mut rng, seq * 2 * d, 1.0));
         runs.push((
-            format!("flash_attn_bwd d{d} seq {seq}"),
+            format!("flash_attn_bwd d{d} seq {seq} window {window:?}"),
             Box::new(move || {
-                let (o, lse) = emu::flash_attn_fwd_lse(KDType::F16, 4, shape, &q, qs, &k, ks, &v, ks, 0.125).unwrap();
+                let (o, lse) = emu::flash_attn_fwd_lse(KDType::F16, 4, shape, &q, qs, &k, ks, &v, ks, 0.125, window).unwrap();
                 let dsum: Vec<f32> = (0..seq * 2).map(|r| (0..d).map(|c| gf[r * d + c] * emu::bits_to_f32(KDType::F16, o[r * d + c])).sum()).collect();
-                let (dq, dk, dv) = emu::flash_attn_bwd(KDType::F16, shape, &q, qs, &k, ks, &v, ks, &g, qs, &lse, &dsum, 0.125).unwrap();
+                let (dq, dk, dv) = emu::flash_attn_bwd(KDType::F16, shape, &q, qs, &k, ks, &v, ks, &g, qs, &lse, &dsum, 0.125, window).unwrap();
                 [bits16(&o), bits32(&lse), bits32(&dq), bits16(&dk), bits16(&dv)].concat()
             }),
         ));

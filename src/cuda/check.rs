@@ -99,7 +99,9 @@ fn cerr(e: candle_core::Error) -> Error {
 
 /// Flash attention on `dev` (GPU: the kernel; CPU: the emulator) against the reference.
 /// `fused`: q, k, v are views of one [b, s, 3 * heads, d] projection (GPT-NeoX-like).
-fn check_flash(dev: &Device, dt: DType, shape: AttnShape, fused: bool, q_std: f32, variant: FlashVariant, seed: u64) -> Result<Check> {
+/// `window`: the sliding window (keys i - w < j <= i).
+#[allow(clippy::too_many_arguments)]
+fn check_flash(dev: &Device, dt: DType, shape: AttnShape, fused: bool, q_std: f32, variant: FlashVariant, window: Option<usize>, seed: u64) -> Result<Check> {
     let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
     let mut rng = StdRng::seed_from_u64(seed);
     let (qs, ks, vs, offs, buf) = if fused {
@@ -115,10 +117,10 @@ fn check_flash(dev: &Device, dt: DType, shape: AttnShape, fused: bool, q_std: f3
         (Strides::contiguous(seq, n_heads, d), Strides::contiguous(seq, n_kv_heads, d), Strides::contiguous(seq, n_kv_heads, d), [0, qn, qn + kn], buf)
     };
     let scale = 1.0 / (d as f32).sqrt();
-    let want = reference::causal_attention(shape, &buf[offs[0]..], qs, &buf[offs[1]..], ks, &buf[offs[2]..], vs, scale);
+    let want = reference::causal_attention(shape, &buf[offs[0]..], qs, &buf[offs[1]..], ks, &buf[offs[2]..], vs, scale, window);
     let got: Vec<f32> = if dev.is_cpu() {
         let b = bits(dt, &buf);
-        let o = emu::flash_attn_fwd(kdtype(dt), variant.warps(d), shape, &b[offs[0]..], qs, &b[offs[1]..], ks, &b[offs[2]..], vs, scale).map_err(Error::msg)?;
+        let o = emu::flash_attn_fwd(kdtype(dt), variant.warps(d), shape, &b[offs[0]..], qs, &b[offs[1]..], ks, &b[offs[2]..], vs, scale, window).map_err(Error::msg)?;
         o.into_iter().map(|x| emu::bits_to_f32(kdtype(dt), x)).collect()
     } else {
         let t = Tensor::from_vec(buf.clone(), buf.len(), &Device::Cpu).and_then(|t| t.to_dtype(dt)).and_then(|t| t.to_device(dev)).map_err(cerr)?;
@@ -134,16 +136,17 @@ fn check_flash(dev: &Device, dt: DType, shape: AttnShape, fused: bool, q_std: f3
             (part(offs[0], n_heads), part(offs[1], n_kv_heads), part(offs[2], n_kv_heads))
         };
         let (q, k, v) = (q.map_err(cerr)?, k.map_err(cerr)?, v.map_err(cerr)?);
-        super::flash_attention_variant(&q, &k, &v, scale, variant)
+        super::flash_attention_variant(&q, &k, &v, scale, variant, window)
             .and_then(|o| o.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
             .map_err(cerr)?
     };
     let tol = if dt == DType::BF16 { 3e-2 } else { 4e-3 };
     let what = format!(
-        "dtype={} shape={batch}x{seq}x{n_heads}x{n_kv_heads}x{d} layout={} q_std={q_std} variant={}",
+        "dtype={} shape={batch}x{seq}x{n_heads}x{n_kv_heads}x{d} layout={} q_std={q_std} variant={} window={}",
         dt.as_str(),
         if fused { "fused" } else { "contiguous" },
-        variant.name()
+        variant.name(),
+        window_name(window)
     );
     Ok(Check { kernel: "flash_attn_fwd", what, max_err: max_abs_diff(&got, &want), tol })
 }
@@ -151,8 +154,9 @@ fn check_flash(dev: &Device, dt: DType, shape: AttnShape, fused: bool, q_std: f3
 /// The attention backward (head dims 32, 64, 80, 128) on `dev` (GPU: `flash_attention_train` and candle's
 /// autograd, so the forward's saved normalisers and D = rowsum(dO o) are part of the check;
 /// CPU: the emulated forward and backward kernels) against the f64 reference gradients.
-/// One check per gradient: max |kernel - reference| / max |reference|.
-fn check_flash_bwd(dev: &Device, dt: DType, shape: AttnShape, seed: u64) -> Result<[Check; 3]> {
+/// One check per gradient: max |kernel - reference| / max |reference|. `window`: the sliding
+/// window of forward and backward.
+fn check_flash_bwd(dev: &Device, dt: DType, shape: AttnShape, window: Option<usize>, seed: u64) -> Result<[Check; 3]> {
     let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
     let mut rng = StdRng::seed_from_u64(seed);
     let q = round_to(dt, &normal(&mut rng, batch * seq * n_heads * d, 1.5));
@@ -161,13 +165,13 @@ fn check_flash_bwd(dev: &Device, dt: DType, shape: AttnShape, seed: u64) -> Resu
     let g = round_to(dt, &normal(&mut rng, batch * seq * n_heads * d, 1.0));
     let (qs, ks) = (Strides::contiguous(seq, n_heads, d), Strides::contiguous(seq, n_kv_heads, d));
     let scale = 1.0 / (d as f32).sqrt();
-    let (wq, wk, wv) = reference::causal_attention_backward(shape, &q, qs, &k, ks, &v, ks, &g, qs, scale);
+    let (wq, wk, wv) = reference::causal_attention_backward(shape, &q, qs, &k, ks, &v, ks, &g, qs, scale, window);
     let (gq, gk, gv): (Vec<f32>, Vec<f32>, Vec<f32>) = if dev.is_cpu() {
         let kd = kdtype(dt);
         let (qb, kb, vb, gb) = (bits(dt, &q), bits(dt, &k), bits(dt, &v), bits(dt, &g));
-        let (o, lse) = emu::flash_attn_fwd_lse(kd, 4, shape, &qb, qs, &kb, ks, &vb, ks, scale).map_err(Error::msg)?;
+        let (o, lse) = emu::flash_attn_fwd_lse(kd, 4, shape, &qb, qs, &kb, ks, &vb, ks, scale, window).map_err(Error::msg)?;
         let dsum: Vec<f32> = (0..batch * seq * n_heads).map(|r| (0..d).map(|c| g[r * d + c] * emu::bits_to_f32(kd, o[r * d + c])).sum()).collect();
-        let (dq, dk, dv) = emu::flash_attn_bwd(kd, shape, &qb, qs, &kb, ks, &vb, ks, &gb, qs, &lse, &dsum, scale).map_err(Error::msg)?;
+        let (dq, dk, dv) = emu::flash_attn_bwd(kd, shape, &qb, qs, &kb, ks, &vb, ks, &gb, qs, &lse, &dsum, scale, window).map_err(Error::msg)?;
         let f = |x: Vec<u16>| x.into_iter().map(|b| emu::bits_to_f32(kd, b)).collect();
         (dq, f(dk), f(dv))
     } else {
@@ -176,7 +180,7 @@ fn check_flash_bwd(dev: &Device, dt: DType, shape: AttnShape, seed: u64) -> Resu
                 candle_core::Var::from_tensor(&Tensor::from_vec(x.to_vec(), (batch, seq, h, d), &Device::Cpu)?.to_dtype(dt)?.to_device(dev)?)
             };
             let (qv, kv, vv) = (var(&q, n_heads)?, var(&k, n_kv_heads)?, var(&v, n_kv_heads)?);
-            let o = super::flash_attention_train(qv.as_tensor(), kv.as_tensor(), vv.as_tensor(), scale)?;
+            let o = super::flash_attention_train(qv.as_tensor(), kv.as_tensor(), vv.as_tensor(), scale, window)?;
             let gt = Tensor::from_vec(g.clone(), (batch, seq, n_heads, d), dev)?;
             let grads = (o.to_dtype(DType::F32)? * gt)?.sum_all()?.backward()?;
             let get = |x: &candle_core::Var| grads.get(x.as_tensor()).unwrap().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
@@ -184,7 +188,7 @@ fn check_flash_bwd(dev: &Device, dt: DType, shape: AttnShape, seed: u64) -> Resu
         };
         run().map_err(cerr)?
     };
-    let what = format!("dtype={} shape={batch}x{seq}x{n_heads}x{n_kv_heads}x{d}", dt.as_str());
+    let what = format!("dtype={} shape={batch}x{seq}x{n_heads}x{n_kv_heads}x{d} window={}", dt.as_str(), window_name(window));
     let tol = if dt == DType::BF16 { 3e-2 } else { 6e-3 };
     let rel = |got: &[f32], want: &[f32]| max_abs_diff(got, want) / want.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
     Ok([
@@ -192,6 +196,11 @@ fn check_flash_bwd(dev: &Device, dt: DType, shape: AttnShape, seed: u64) -> Resu
         Check { kernel: "flash_attn_bwd", what: format!("{what} grad=dk (relative to max)"), max_err: rel(&gk, &wk), tol },
         Check { kernel: "flash_attn_bwd", what: format!("{what} grad=dv (relative to max)"), max_err: rel(&gv, &wv), tol },
     ])
+}
+
+/// `none` or the window's keys (for the CHECK lines).
+fn window_name(window: Option<usize>) -> String {
+    window.map_or("none".into(), |w| w.to_string())
 }
 
 /// token_ce_fwd and token_ce_bwd on the rows of a narrowed [b, s - 1, vocab] view of
@@ -599,12 +608,25 @@ fn timings(dev: &Device, a: &BenchKernelsArgs) -> candle_core::Result<()> {
         // causal: half of the 4 b nh s^2 d FLOPs of full attention
         let flops = 2.0 * (b * nh * s * s * d) as f64;
         for variant in FlashVariant::ALL {
-            let t = time(dev, a.warmup, a.iters, || super::flash_attention_variant(&q, &k, &v, scale as f32, variant).map(|_| ()))?;
+            let t = time(dev, a.warmup, a.iters, || super::flash_attention_variant(&q, &k, &v, scale as f32, variant, None).map(|_| ()))?;
             println!(
                 "RESULT kernel=attention impl=flash variant={} shape={b}x{s}x{nh}x{nkv}x{d} dtype=bf16 median_ms={:.3} tflops={:.1}",
                 variant.name(),
                 t * 1e3,
                 flops / t / 1e12
+            );
+        }
+        // a sliding window of 256 keys (the layers of OLMo-3 / Mistral-like models that have one):
+        // the time should scale with the window, not with s (FLOPs over the attended pairs)
+        {
+            let w = 256usize;
+            let pairs: usize = (0..s).map(|i| (i + 1).min(w)).sum();
+            let wflops = 4.0 * (b * nh * pairs * d) as f64;
+            let t = time(dev, a.warmup, a.iters, || super::flash_attention_variant(&q, &k, &v, scale as f32, FlashVariant::W4, Some(w)).map(|_| ()))?;
+            println!(
+                "RESULT kernel=attention impl=flash variant=w4 window={w} shape={b}x{s}x{nh}x{nkv}x{d} dtype=bf16 median_ms={:.3} tflops={:.1}",
+                t * 1e3,
+                wflops / t / 1e12
             );
         }
         let mask: Vec<f32> = (0..s).flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
@@ -622,7 +644,7 @@ fn timings(dev: &Device, a: &BenchKernelsArgs) -> candle_core::Result<()> {
         let mask = Tensor::from_vec(mask, (s, s), dev)?.to_dtype(DType::BF16)?;
         let flops = 2.5 * 2.0 * (b * nh * s * s * d) as f64; // backward ~2.5x the forward's matmuls
         let tf = time(dev, a.warmup, a.iters, || {
-            let o = super::flash_attention_train(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale as f32)?;
+            let o = super::flash_attention_train(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale as f32, None)?;
             (o * &g)?.sum_all()?.backward().map(|_| ())
         })?;
         let tp = time(dev, a.warmup, a.iters.min(5), || {
@@ -729,56 +751,77 @@ pub fn run_bench_kernels(a: &BenchKernelsArgs) -> Result<Vec<Check>> {
         return Err(Error::flag("--iters", "must be positive"));
     }
     let gqa = |batch, seq, n_heads, n_kv_heads, head_dim| AttnShape { batch, seq, n_heads, n_kv_heads, head_dim };
-    // (dtype, shape, fused layout, q std, warps): real shapes on a GPU, small ones in the emulator
     use FlashVariant::{W4, W4M4, W8};
-    let flash_cases: Vec<(DType, AttnShape, bool, f32, FlashVariant)> = if dev.is_cpu() {
+    // (dtype, shape, fused layout, q std, variant, sliding window): real shapes on a GPU, small
+    // ones in the emulator; the windowed cases: smaller than a key tile, not a multiple of the
+    // tile (and spanning query blocks), more keys than the sequence, grouped-query heads
+    let flash_cases: Vec<(DType, AttnShape, bool, f32, FlashVariant, Option<usize>)> = if dev.is_cpu() {
         vec![
-            (DType::BF16, gqa(2, 77, 4, 2, 64), false, 1.0, W4),
-            (DType::BF16, gqa(1, 130, 2, 1, 128), false, 1.0, W4),
-            (DType::F16, gqa(1, 70, 2, 1, 64), true, 1.0, W4),
-            (DType::BF16, gqa(1, 150, 1, 1, 64), false, 6.0, W8),
+            (DType::BF16, gqa(2, 77, 4, 2, 64), false, 1.0, W4, None),
+            (DType::BF16, gqa(1, 130, 2, 1, 128), false, 1.0, W4, None),
+            (DType::F16, gqa(1, 70, 2, 1, 64), true, 1.0, W4, None),
+            (DType::BF16, gqa(1, 150, 1, 1, 64), false, 6.0, W8, None),
+            (DType::BF16, gqa(1, 150, 4, 2, 64), false, 2.0, W4, Some(5)),
+            (DType::F16, gqa(1, 130, 2, 1, 128), false, 1.0, W4, Some(45)),
+            (DType::BF16, gqa(1, 200, 2, 1, 64), false, 1.0, W8, Some(70)),
+            (DType::F16, gqa(1, 70, 2, 2, 64), true, 1.0, W4, Some(200)),
         ]
     } else {
         vec![
-            (DType::BF16, gqa(1, 1024, 8, 2, 64), false, 1.0, W4),
-            (DType::BF16, gqa(1, 1024, 8, 2, 64), false, 1.0, W4M4),
-            (DType::BF16, gqa(1, 1024, 8, 2, 64), false, 1.0, W8),
-            (DType::BF16, gqa(2, 300, 4, 1, 128), false, 1.0, W4),
-            (DType::F16, gqa(1, 515, 4, 4, 64), true, 1.0, W4),
-            (DType::BF16, gqa(1, 2048, 2, 2, 64), false, 5.0, W8),
-            (DType::F16, gqa(1, 333, 4, 2, 128), true, 2.0, W4),
+            (DType::BF16, gqa(1, 1024, 8, 2, 64), false, 1.0, W4, None),
+            (DType::BF16, gqa(1, 1024, 8, 2, 64), false, 1.0, W4M4, None),
+            (DType::BF16, gqa(1, 1024, 8, 2, 64), false, 1.0, W8, None),
+            (DType::BF16, gqa(2, 300, 4, 1, 128), false, 1.0, W4, None),
+            (DType::F16, gqa(1, 515, 4, 4, 64), true, 1.0, W4, None),
+            (DType::BF16, gqa(1, 2048, 2, 2, 64), false, 5.0, W8, None),
+            (DType::F16, gqa(1, 333, 4, 2, 128), true, 2.0, W4, None),
             // head dims 32, 80 (Pythia-2.8b: fused projection), 256 (Pythia-1b)
-            (DType::F16, gqa(2, 200, 4, 4, 32), true, 1.0, W4),
-            (DType::BF16, gqa(1, 700, 4, 4, 80), true, 1.5, W4),
-            (DType::BF16, gqa(1, 333, 2, 1, 256), false, 1.0, W4),
+            (DType::F16, gqa(2, 200, 4, 4, 32), true, 1.0, W4, None),
+            (DType::BF16, gqa(1, 700, 4, 4, 80), true, 1.5, W4, None),
+            (DType::BF16, gqa(1, 333, 2, 1, 256), false, 1.0, W4, None),
+            // sliding windows
+            (DType::BF16, gqa(1, 1024, 8, 2, 64), false, 2.0, W4, Some(256)),
+            (DType::BF16, gqa(1, 1024, 8, 2, 64), false, 1.0, W4M4, Some(10)),
+            (DType::BF16, gqa(1, 1024, 8, 2, 64), false, 1.0, W8, Some(100)),
+            (DType::F16, gqa(2, 300, 4, 1, 128), false, 1.0, W4, Some(37)),
+            (DType::F16, gqa(1, 700, 4, 4, 80), true, 1.0, W4, Some(4096)),
+            (DType::BF16, gqa(1, 333, 2, 1, 256), false, 1.0, W4, Some(50)),
+            (DType::F16, gqa(2, 200, 4, 2, 32), false, 1.0, W4, Some(3)),
         ]
     };
-    let bwd_cases: Vec<(DType, AttnShape)> = if dev.is_cpu() {
+    let bwd_cases: Vec<(DType, AttnShape, Option<usize>)> = if dev.is_cpu() {
         vec![
-            (DType::BF16, gqa(1, 77, 2, 1, 64)),
-            (DType::F16, gqa(1, 130, 2, 2, 64)),
-            (DType::BF16, gqa(1, 70, 2, 1, 128)),
-            (DType::F16, gqa(1, 90, 2, 2, 32)),
-            (DType::BF16, gqa(1, 45, 2, 1, 80)),
+            (DType::BF16, gqa(1, 77, 2, 1, 64), None),
+            (DType::F16, gqa(1, 130, 2, 2, 64), None),
+            (DType::BF16, gqa(1, 70, 2, 1, 128), None),
+            (DType::F16, gqa(1, 90, 2, 2, 32), None),
+            (DType::BF16, gqa(1, 45, 2, 1, 80), None),
+            (DType::BF16, gqa(1, 150, 2, 1, 64), Some(5)),
+            (DType::F16, gqa(1, 100, 2, 1, 128), Some(45)),
+            (DType::F16, gqa(1, 90, 2, 2, 32), Some(200)),
         ]
     } else {
         vec![
-            (DType::BF16, gqa(1, 700, 4, 2, 64)),
-            (DType::F16, gqa(2, 300, 2, 2, 64)),
-            (DType::BF16, gqa(1, 500, 4, 1, 128)),
-            (DType::F16, gqa(1, 600, 4, 2, 32)),
-            (DType::BF16, gqa(1, 500, 4, 4, 80)),
+            (DType::BF16, gqa(1, 700, 4, 2, 64), None),
+            (DType::F16, gqa(2, 300, 2, 2, 64), None),
+            (DType::BF16, gqa(1, 500, 4, 1, 128), None),
+            (DType::F16, gqa(1, 600, 4, 2, 32), None),
+            (DType::BF16, gqa(1, 500, 4, 4, 80), None),
+            (DType::BF16, gqa(1, 700, 4, 2, 64), Some(129)),
+            (DType::F16, gqa(1, 500, 4, 1, 128), Some(7)),
+            (DType::BF16, gqa(1, 500, 4, 4, 80), Some(100)),
+            (DType::F16, gqa(1, 600, 4, 2, 32), Some(1000)),
         ]
     };
     let (cb, cs, cv) = if dev.is_cpu() { (2, 6, 1000) } else { (4, 257, 32000) };
     let mut checks = Vec::new();
-    for (i, &(dt, shape, fused, q_std, variant)) in flash_cases.iter().enumerate() {
-        let c = check_flash(&dev, dt, shape, fused, q_std, variant, a.seed + i as u64)?;
+    for (i, &(dt, shape, fused, q_std, variant, window)) in flash_cases.iter().enumerate() {
+        let c = check_flash(&dev, dt, shape, fused, q_std, variant, window, a.seed + i as u64)?;
         println!("{}", c.line());
         checks.push(c);
     }
-    for (i, &(dt, shape)) in bwd_cases.iter().enumerate() {
-        for c in check_flash_bwd(&dev, dt, shape, a.seed + 50 + i as u64)? {
+    for (i, &(dt, shape, window)) in bwd_cases.iter().enumerate() {
+        for c in check_flash_bwd(&dev, dt, shape, window, a.seed + 50 + i as u64)? {
             println!("{}", c.line());
             checks.push(c);
         }

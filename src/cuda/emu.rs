@@ -34,6 +34,7 @@ extern "C" {
         seq: i32,
         scale_log2: f32,
         lse2: *mut f32,
+        window: i32,
     ) -> i32;
     fn rho_emu_flash_attn_bwd(
         dtype: i32,
@@ -54,6 +55,7 @@ extern "C" {
         seq: i32,
         scale_log2: f32,
         scale: f32,
+        window: i32,
     ) -> i32;
     fn rho_emu_token_ce_fwd(
         dtype: i32,
@@ -198,7 +200,8 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 /// Emulated `flash_attn_fwd_{bf16,f16}_d{64,128}[_w8]`: q, k, v are 16-bit element bits in
 /// the layouts of [`Strides`] (q rows 4-byte, k and v rows 16-byte aligned), output
 /// contiguous [b, s, n_heads, d] bits. Head dims 32, 64, 80, 128, 256; `warps`: 4, or 8
-/// for head dim 64.
+/// for head dim 64. `window`: the sliding window (keys i - w < j <= i), passed to the kernel
+/// as the launchers do ([`super::kernel_window`]); `Some(0)` is refused.
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attn_fwd(
     dtype: KDType,
@@ -211,8 +214,9 @@ pub fn flash_attn_fwd(
     v: &[u16],
     vs: Strides,
     scale: f32,
+    window: Option<usize>,
 ) -> Result<Vec<u16>, String> {
-    flash_fwd(dtype, warps, shape, q, qs, k, ks, v, vs, scale, None)
+    flash_fwd(dtype, warps, shape, q, qs, k, ks, v, vs, scale, None, window)
 }
 
 /// [`flash_attn_fwd`] that also returns each row's log2 normaliser lse2 [b, s, n_heads]
@@ -229,9 +233,10 @@ pub fn flash_attn_fwd_lse(
     v: &[u16],
     vs: Strides,
     scale: f32,
+    window: Option<usize>,
 ) -> Result<(Vec<u16>, Vec<f32>), String> {
     let mut lse = vec![0f32; shape.batch * shape.seq * shape.n_heads];
-    let o = flash_fwd(dtype, warps, shape, q, qs, k, ks, v, vs, scale, Some(&mut lse))?;
+    let o = flash_fwd(dtype, warps, shape, q, qs, k, ks, v, vs, scale, Some(&mut lse), window)?;
     Ok((o, lse))
 }
 
@@ -248,8 +253,12 @@ fn flash_fwd(
     vs: Strides,
     scale: f32,
     lse: Option<&mut [f32]>,
+    window: Option<usize>,
 ) -> Result<Vec<u16>, String> {
     shape.check(&[("q", q.len(), qs, shape.n_heads), ("k", k.len(), ks, shape.n_kv_heads), ("v", v.len(), vs, shape.n_kv_heads)])?;
+    if window == Some(0) {
+        return Err("a sliding window must be at least 1 key (got 0)".into());
+    }
     if dtype == KDType::F32 || !matches!((shape.head_dim, warps), (64, 4) | (64, 8) | (32 | 80 | 128 | 256, 4)) {
         return Err(format!("no flash attention kernel for {dtype:?} with head_dim {} and {warps} warps", shape.head_dim));
     }
@@ -282,6 +291,7 @@ fn flash_fwd(
             shape.seq as i32,
             scale * std::f32::consts::LOG2_E,
             lse.map_or(std::ptr::null_mut(), |l| l.as_mut_ptr()),
+            super::kernel_window(window, shape.seq),
         )
     };
     if rc != 0 {
@@ -293,6 +303,7 @@ fn flash_fwd(
 /// Emulated `flash_attn_bwd_{bf16,f16}_d{64,128}`: q, k, v, dout (16-bit bits, rows 16-byte
 /// aligned), lse2 and dsum ([b, s, n_heads] f32: the forward's log2 normalisers and
 /// rowsum(dout * o)) -> (dq f32 [b, s, n_heads, d], dk and dv bits [b, s, n_kv_heads, d]).
+/// `window`: the forward's sliding window.
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attn_bwd(
     dtype: KDType,
@@ -308,7 +319,11 @@ pub fn flash_attn_bwd(
     lse2: &[f32],
     dsum: &[f32],
     scale: f32,
+    window: Option<usize>,
 ) -> Result<(Vec<f32>, Vec<u16>, Vec<u16>), String> {
+    if window == Some(0) {
+        return Err("a sliding window must be at least 1 key (got 0)".into());
+    }
     shape.check(&[
         ("q", q.len(), qs, shape.n_heads),
         ("k", k.len(), ks, shape.n_kv_heads),
@@ -354,6 +369,7 @@ pub fn flash_attn_bwd(
             shape.seq as i32,
             scale * std::f32::consts::LOG2_E,
             scale,
+            super::kernel_window(window, shape.seq),
         )
     };
     if rc != 0 {

@@ -2,8 +2,8 @@
 //!
 //! | kernel (src/cuda/kernels)       | what                                                    | CPU reference |
 //! |---------------------------------|---------------------------------------------------------|---------------|
-//! | `attention.cu` flash_attn_fwd   | causal grouped-query attention, bf16/f16, head dim 32/64/80/128/256, never [s, s] | [`reference::causal_attention`] |
-//! | `attention.cu` flash_attn_bwd   | its gradients (training), head dim 64/128              | [`reference::causal_attention_backward`] |
+//! | `attention.cu` flash_attn_fwd   | causal grouped-query attention, optionally in a sliding window, bf16/f16, head dim 32/64/80/128/256, never [s, s] | [`reference::causal_attention`] |
+//! | `attention.cu` flash_attn_bwd   | its gradients (training), head dim 32/64/80/128        | [`reference::causal_attention_backward`] |
 //! | `token_ce.cu` token_ce_fwd      | per-token f32 cross-entropy streamed over the vocabulary | [`reference::token_ce`], `model::loss::FusedTokenLoss` |
 //! | `token_ce.cu` token_ce_bwd      | its gradient with respect to the logits                 | [`reference::token_ce_backward`] |
 //! | `norm.cu` rms_norm_fwd, rms_norm_bwd | RMSNorm with its backward (training) | [`norm`] (CPU loops), candle's autograd of the composed ops |
@@ -11,6 +11,9 @@
 //! | `optim.cu` adam_moment, adam_apply, sum_sq | AdamW in place, gradient norms (training) | [`optim`] (CPU loops), `train::optim::AdamW::step_composed` |
 //! | `swiglu.cu` swiglu_fwd, swiglu_bwd | silu(gate) * up with its backward (evaluation, training) | [`swiglu`] (CPU loops), candle's autograd of the composed ops |
 //! | `rope.cu` rope | rotary embedding on [b, s, heads, d] views, forward and backward | [`rope`] (CPU loops), candle-nn's rope |
+//!
+//! The attention op's keys (causal, optionally in a sliding window: [`reference::attended_keys`])
+//! are those of the composed path's mask, [`mask::causal_mask`].
 //!
 //! The same kernel source is compiled twice: to PTX by nvcc with `--features cuda`
 //! (build.rs; loaded by [`flash_attention`] and the loss on CUDA tensors) and, always, for a
@@ -21,6 +24,7 @@
 pub mod attn_cpu;
 pub mod check;
 pub mod emu;
+pub mod mask;
 pub mod norm;
 pub mod optim;
 pub mod reference;
@@ -232,22 +236,43 @@ pub(crate) fn flash_bwd_keys_per_block(d: usize) -> usize {
 ///
 /// q: [b, s, n_heads, d], k and v: [b, s, n_kv_heads, d] (any strides; the head dim
 /// contiguous), d in [`FLASH_HEAD_DIMS`] on CUDA. Returns [b, s, n_heads, d] contiguous,
-/// out[b,i,h] = softmax_j<=i(scale q[b,i,h].k[b,j,h/G]) . v[b,j,h/G], G = n_heads / n_kv_heads.
+/// out[b,i,h] = softmax_j(scale q[b,i,h].k[b,j,h/G]) . v[b,j,h/G] over the keys j <= i, G = n_heads / n_kv_heads.
+/// `window`: a sliding window of w >= 1 keys (transformers' `sliding_window`): query i attends
+/// only keys i - w < j <= i (itself and the w - 1 before it); `None`: every key j <= i. A
+/// window of 0 is an error; one of at least s keys is no window.
 /// CUDA: the flash kernel (bf16 / f16). CPU: [`attn_cpu`] (f32 arithmetic, any head dim).
 /// No backward pass (evaluation); [`flash_attention_train`] has one.
-pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
-    flash_attention_variant(q, k, v, scale, FlashVariant::from_env())
+pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, window: Option<usize>) -> Result<Tensor> {
+    flash_attention_variant(q, k, v, scale, FlashVariant::from_env(), window)
+}
+
+/// Refuses a sliding window of 0 keys (every query attends at least itself).
+fn check_window(window: Option<usize>) -> Result<()> {
+    if window == Some(0) {
+        candle_core::bail!("flash attention: a sliding window must be at least 1 key (got 0)");
+    }
+    Ok(())
+}
+
+/// The `window` argument of the attention kernels (attention.cu, the emulator): 0 for none,
+/// and for a window of at least `seq` keys (it masks nothing: the no-window path).
+pub(crate) fn kernel_window(window: Option<usize>, seq: usize) -> i32 {
+    match window {
+        Some(w) if w < seq => w as i32,
+        _ => 0,
+    }
 }
 
 /// [`flash_attention`] with a backward pass (training): the forward also keeps each row's
 /// log-sum-exp, the backward is `flash_attn_bwd` on CUDA (head dims in
-/// [`FLASH_BWD_HEAD_DIMS`]) and [`attn_cpu::attention_backward`] on CPU. Gradients in the
-/// inputs' dtype.
-pub fn flash_attention_train(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+/// [`FLASH_BWD_HEAD_DIMS`]) and [`attn_cpu::attention_backward`] on CPU, both in the same
+/// sliding `window`. Gradients in the inputs' dtype.
+pub fn flash_attention_train(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, window: Option<usize>) -> Result<Tensor> {
+    check_window(window)?;
     let aligned = |t: &Tensor| if aligned16(t) { Ok(t.clone()) } else { t.contiguous() };
     // the backward loads q and k, v 16 bytes at a time
     let (q, k, v) = (aligned(q)?, aligned(k)?, aligned(v)?);
-    let op = FlashAttn { scale, variant: FlashVariant::from_env(), train: true, lse: std::sync::Mutex::new(None) };
+    let op = FlashAttn { scale, window, variant: FlashVariant::from_env(), train: true, lse: std::sync::Mutex::new(None) };
     q.apply_op3(&k, &v, op)
 }
 
@@ -306,14 +331,17 @@ impl FlashVariant {
 
 /// [`flash_attention`] with the kernel variant chosen. K and V whose rows are not 16-byte
 /// aligned are copied first (the kernel loads them 16 bytes at a time).
-pub fn flash_attention_variant(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, variant: FlashVariant) -> Result<Tensor> {
+pub fn flash_attention_variant(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, variant: FlashVariant, window: Option<usize>) -> Result<Tensor> {
+    check_window(window)?;
     let k = if aligned16(k) { k.clone() } else { k.contiguous()? };
     let v = if aligned16(v) { v.clone() } else { v.contiguous()? };
-    q.apply_op3_no_bwd(&k, &v, &FlashAttn { scale, variant, train: false, lse: std::sync::Mutex::new(None) })
+    q.apply_op3_no_bwd(&k, &v, &FlashAttn { scale, window, variant, train: false, lse: std::sync::Mutex::new(None) })
 }
 
 pub(crate) struct FlashAttn {
     pub scale: f32,
+    /// The sliding window (keys i - w < j <= i), forward and backward; `None`: causal only.
+    pub window: Option<usize>,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub variant: FlashVariant,
     /// Keep each row's log2 normaliser for the backward (training).
@@ -389,7 +417,7 @@ impl CustomOp3 for FlashAttn {
         shape
             .check(&[("q", q.len(), qs, shape.n_heads), ("k", k.len(), ks, shape.n_kv_heads), ("v", v.len(), vs, shape.n_kv_heads)])
             .map_err(|e| candle_core::Error::Msg(format!("flash attention: {e}")))?;
-        let (o, lse) = attn_cpu::attention_lse(shape, &q, qs, &k, ks, &v, vs, self.scale);
+        let (o, lse) = attn_cpu::attention_lse(shape, &q, qs, &k, ks, &v, vs, self.scale, self.window);
         if self.train {
             let t = Tensor::from_vec(lse, (shape.batch, shape.seq, shape.n_heads), &candle_core::Device::Cpu)?;
             *self.lse.lock().unwrap() = Some(t);
@@ -407,7 +435,7 @@ impl CustomOp3 for FlashAttn {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (o, shape, lse) = ops::flash_attn_fwd(self.scale, self.variant, self.train, s1, l1, s2, l2, s3, l3)?;
+        let (o, shape, lse) = ops::flash_attn_fwd(self.scale, self.window, self.variant, self.train, s1, l1, s2, l2, s3, l3)?;
         if let Some(lse) = lse {
             let d = shape.dims();
             let t = Tensor::from_storage(candle_core::Storage::Cuda(lse), (d[0], d[1], d[2]), candle_core::op::BackpropOp::none(), false);
@@ -421,9 +449,9 @@ impl CustomOp3 for FlashAttn {
         let lse = self.lse.lock().unwrap().clone();
         let Some(lse) = lse else { candle_core::bail!("flash attention backward: the forward kept no normalisers (not a training call)") };
         let (dq, dk, dv) = if q.device().is_cpu() {
-            flash_backward_cpu(self.scale, q, k, v, o, dout, &lse)?
+            flash_backward_cpu(self.scale, self.window, q, k, v, o, dout, &lse)?
         } else {
-            flash_backward_gpu(self.scale, q, k, v, o, dout, &lse)?
+            flash_backward_gpu(self.scale, self.window, q, k, v, o, dout, &lse)?
         };
         Ok((Some(dq), Some(dk), Some(dv)))
     }
@@ -431,7 +459,8 @@ impl CustomOp3 for FlashAttn {
 
 /// The backward on CPU ([`attn_cpu::attention_backward`], f32), from the forward's output `o`
 /// and normalisers `lse2`; gradients in the inputs' dtype.
-fn flash_backward_cpu(scale: f32, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, dout: &Tensor, lse2: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+#[allow(clippy::too_many_arguments)]
+fn flash_backward_cpu(scale: f32, window: Option<usize>, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, dout: &Tensor, lse2: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let f32_of = |t: &Tensor| -> Result<(Vec<f32>, Strides)> {
         let t = t.to_dtype(DType::F32)?.contiguous()?;
         let (_, s, h, d) = t.dims4()?;
@@ -442,7 +471,7 @@ fn flash_backward_cpu(scale: f32, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor
     let shape = AttnShape { batch: b, seq: s, n_heads: nh, n_kv_heads: nkv, head_dim: d };
     let ((qf, qs), (kf, ks), (vf, vs), (gf, gs), (of, _)) = (f32_of(q)?, f32_of(k)?, f32_of(v)?, f32_of(dout)?, f32_of(o)?);
     let lse2 = lse2.flatten_all()?.to_vec1::<f32>()?;
-    let (dq, dk, dv) = attn_cpu::attention_backward(shape, &qf, qs, &kf, ks, &vf, vs, &of, &lse2, &gf, gs, scale);
+    let (dq, dk, dv) = attn_cpu::attention_backward(shape, &qf, qs, &kf, ks, &vf, vs, &of, &lse2, &gf, gs, scale, window);
     let dev = q.device();
     Ok((
         Tensor::from_vec(dq, (b, s, nh, d), dev)?.to_dtype(q.dtype())?,
@@ -453,7 +482,8 @@ fn flash_backward_cpu(scale: f32, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor
 
 /// The backward on CUDA: D = rowsum(dout * o) in f32, then `flash_attn_bwd`.
 #[cfg(feature = "cuda")]
-fn flash_backward_gpu(scale: f32, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, dout: &Tensor, lse: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+#[allow(clippy::too_many_arguments)]
+fn flash_backward_gpu(scale: f32, window: Option<usize>, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, dout: &Tensor, lse: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     use candle_core::op::BackpropOp;
     use candle_core::Storage;
     let dout = if aligned16(dout) { dout.clone() } else { dout.contiguous()? };
@@ -470,7 +500,7 @@ fn flash_backward_gpu(scale: f32, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor
         let (Storage::Cuda(qs), Storage::Cuda(ks), Storage::Cuda(vs), Storage::Cuda(gs), Storage::Cuda(ls), Storage::Cuda(ds)) = (&*qs, &*ks, &*vs, &*gs, &*ls, &*ds) else {
             candle_core::bail!("flash attention backward: every input must be on the GPU")
         };
-        ops::flash_attn_bwd(scale, (qs, ql), (ks, kl), (vs, vl), (gs, gl), (ls, ll), (ds, dl))?
+        ops::flash_attn_bwd(scale, window, (qs, ql), (ks, kl), (vs, vl), (gs, gl), (ls, ll), (ds, dl))?
     };
     let dq = Tensor::from_storage(Storage::Cuda(dq), (b, s, nh, d), BackpropOp::none(), false);
     let dk = Tensor::from_storage(Storage::Cuda(dk), (b, s, nkv, d), BackpropOp::none(), false);
@@ -479,7 +509,8 @@ fn flash_backward_gpu(scale: f32, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor
 }
 
 #[cfg(not(feature = "cuda"))]
-fn flash_backward_gpu(_: f32, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+#[allow(clippy::too_many_arguments)]
+fn flash_backward_gpu(_: f32, _: Option<usize>, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     candle_core::bail!("flash attention backward: this build has no CUDA (--features cuda)")
 }
 

@@ -12,10 +12,12 @@ const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.pt
 const TOKEN_CE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/token_ce.ptx"));
 
 /// q [b, s, nh, d], k/v [b, s, nkv, d] (bf16 or f16, 4-byte aligned rows) -> o [b, s, nh, d],
-/// and with `lse` each row's log2 normaliser [b, s, nh] f32 (training).
+/// and with `lse` each row's log2 normaliser [b, s, nh] f32 (training). `window`: the sliding
+/// window (keys i - w < j <= i; `super::kernel_window` gives the kernel's argument).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn flash_attn_fwd(
     scale: f32,
+    window: Option<usize>,
     variant: super::FlashVariant,
     lse: bool,
     s1: &CudaStorage,
@@ -45,16 +47,17 @@ pub(crate) fn flash_attn_fwd(
         ("", variant.suffix(shape.head_dim), variant.warps(shape.head_dim))
     };
     let offs = [l1.start_offset(), l2.start_offset(), l3.start_offset()];
+    let window = super::kernel_window(window, shape.seq);
     let dev = &s1.device;
     let lse = if lse { Some(dev.alloc_zeros::<f32>(shape.batch * shape.seq * shape.n_heads)?) } else { None };
     let slice = match (&s1.slice, &s2.slice, &s3.slice) {
         (CudaStorageSlice::BF16(q), CudaStorageSlice::BF16(k), CudaStorageSlice::BF16(v)) => {
             let name = format!("{prefix}bf16_d{}{suffix}", shape.head_dim);
-            CudaStorageSlice::BF16(launch_flash(dev, &name, nw, [q, k, v], offs, &st, shape, scale, lse.as_ref())?)
+            CudaStorageSlice::BF16(launch_flash(dev, &name, nw, [q, k, v], offs, &st, shape, scale, lse.as_ref(), window)?)
         }
         (CudaStorageSlice::F16(q), CudaStorageSlice::F16(k), CudaStorageSlice::F16(v)) => {
             let name = format!("{prefix}f16_d{}{suffix}", shape.head_dim);
-            CudaStorageSlice::F16(launch_flash(dev, &name, nw, [q, k, v], offs, &st, shape, scale, lse.as_ref())?)
+            CudaStorageSlice::F16(launch_flash(dev, &name, nw, [q, k, v], offs, &st, shape, scale, lse.as_ref(), window)?)
         }
         _ => candle_core::bail!("flash attention: q, k, v must all be bf16 or all f16 on CUDA"),
     };
@@ -76,9 +79,11 @@ pub(crate) type In<'a> = (&'a CudaStorage, &'a Layout);
 
 /// Gradients of flash attention (head dims in `FLASH_BWD_HEAD_DIMS`): q, k, v, dout [b, s, heads, d] (rows
 /// 16-byte aligned), lse2 and dsum [b, s, nh] f32 contiguous -> (dq [b, s, nh, d] f32, dk and
-/// dv [b, s, nkv, d] in the inputs' dtype), contiguous.
+/// dv [b, s, nkv, d] in the inputs' dtype), contiguous. `window`: the forward's.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn flash_attn_bwd(
     scale: f32,
+    window: Option<usize>,
     q: In,
     k: In,
     v: In,
@@ -109,6 +114,7 @@ pub(crate) fn flash_attn_bwd(
     let mut dq = dev.alloc_zeros::<f32>(rows * d)?;
     let n_kv = shape.batch * shape.seq * shape.n_kv_heads * d;
     let bc = super::flash_bwd_keys_per_block(d);
+    let window = super::kernel_window(window, shape.seq);
     let strides: Vec<i64> = [st[0], st[1], st[2], gst[0]].iter().flat_map(|s| [s.batch as i64, s.head as i64, s.seq as i64]).collect();
     let cfg = LaunchConfig {
         grid_dim: (shape.seq.div_ceil(bc) as u32, shape.n_kv_heads as u32, shape.batch as u32),
@@ -136,7 +142,7 @@ pub(crate) fn flash_attn_bwd(
                 for x in &strides {
                     b.arg(x);
                 }
-                candle_core::builder_arg!(b, shape.n_heads as i32, shape.n_kv_heads as i32, shape.seq as i32, scale * std::f32::consts::LOG2_E, scale);
+                candle_core::builder_arg!(b, shape.n_heads as i32, shape.n_kv_heads as i32, shape.seq as i32, scale * std::f32::consts::LOG2_E, scale, window);
                 // SAFETY: arguments match flash_attn_bwd_* in attention.cu; rows checked above.
                 unsafe { b.launch(cfg) }.w()?;
             }
@@ -166,6 +172,7 @@ fn launch_flash<T: DeviceRepr>(
     shape: super::AttnShape,
     scale: f32,
     lse: Option<&CudaSlice<f32>>,
+    window: i32,
 ) -> Result<CudaSlice<T>> {
     let n = shape.batch * shape.seq * shape.n_heads * shape.head_dim;
     // SAFETY: every element is written by the kernel (each (row, head) of the output).
@@ -200,6 +207,7 @@ fn launch_flash<T: DeviceRepr>(
         Some(l) => b.arg(l),
         None => b.arg(&null),
     };
+    b.arg(&window);
     let cfg = LaunchConfig {
         grid_dim: (shape.seq.div_ceil(16 * warps) as u32, shape.n_heads as u32, shape.batch as u32),
         block_dim: (32 * warps as u32, 1, 1),

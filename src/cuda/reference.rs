@@ -50,15 +50,29 @@ impl AttnShape {
     }
 }
 
-/// Causal attention: out[b, i, h, :] = sum_{j <= i} softmax_j(scale * q[b,i,h].k[b,j,h/G]) v[b,j,h/G],
-/// G = n_heads / n_kv_heads. q: [b, s, n_heads, d], k and v: [b, s, n_kv_heads, d] (strided),
-/// out: contiguous [b, s, n_heads, d] f32. Dot products and sums in f64.
-#[allow(clippy::too_many_arguments)]
-pub fn causal_attention(shape: AttnShape, q: &[f32], qs: Strides, k: &[f32], ks: Strides, v: &[f32], vs: Strides, scale: f32) -> Vec<f32> {
-    causal_attention_lse(shape, q, qs, k, ks, v, vs, scale).0
+/// The keys query position `i` attends: j <= i and, with a sliding window of `w` (>= 1),
+/// i - j < w (the query and the w - 1 keys before it; transformers' `sliding_window`
+/// masks: `kv_idx > q_idx - sliding_window` on top of the causal mask). `None`: every j <= i.
+pub fn attended_keys(i: usize, window: Option<usize>) -> std::ops::Range<usize> {
+    match window {
+        Some(w) => {
+            assert!(w >= 1, "a sliding window must be at least 1");
+            (i + 1).saturating_sub(w)..i + 1
+        }
+        None => 0..i + 1,
+    }
 }
 
-/// [`causal_attention`] and each row's log2 normaliser lse2[b, i, h] = log2 sum_{j <= i}
+/// Causal attention: out[b, i, h, :] = sum_{j in keys(i)} softmax_j(scale * q[b,i,h].k[b,j,h/G]) v[b,j,h/G],
+/// G = n_heads / n_kv_heads, keys(i) = [`attended_keys`]`(i, window)` (j <= i, and i - j < w with a
+/// sliding window w). q: [b, s, n_heads, d], k and v: [b, s, n_kv_heads, d] (strided),
+/// out: contiguous [b, s, n_heads, d] f32. Dot products and sums in f64.
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention(shape: AttnShape, q: &[f32], qs: Strides, k: &[f32], ks: Strides, v: &[f32], vs: Strides, scale: f32, window: Option<usize>) -> Vec<f32> {
+    causal_attention_lse(shape, q, qs, k, ks, v, vs, scale, window).0
+}
+
+/// [`causal_attention`] and each row's log2 normaliser lse2[b, i, h] = log2 sum_{j in keys(i)}
 /// exp(scale q.k) ([b, s, n_heads], what the forward kernel saves for the backward).
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention_lse(
@@ -70,6 +84,7 @@ pub fn causal_attention_lse(
     v: &[f32],
     vs: Strides,
     scale: f32,
+    window: Option<usize>,
 ) -> (Vec<f32>, Vec<f32>) {
     let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
     let group = n_heads / n_kv_heads;
@@ -81,13 +96,14 @@ pub fn causal_attention_lse(
         for h in 0..n_heads {
             let kvh = h / group;
             for i in 0..seq {
-                let (mx, sum) = exp_scores(q, qs, k, ks, (b, i, h, kvh), d, scale, &mut w);
+                let keys = attended_keys(i, window);
+                let (mx, sum) = exp_scores(q, qs, k, ks, (b, i, h, kvh), d, scale, keys.clone(), &mut w);
                 lse2[(b * seq + i) * n_heads + h] = ((mx + sum.ln()) * std::f64::consts::LOG2_E) as f32;
                 let o = &mut out[os.at(b, i, h)..os.at(b, i, h) + d];
                 for (c, oc) in o.iter_mut().enumerate() {
                     let mut acc = 0f64;
-                    for (j, wj) in w.iter().enumerate().take(i + 1) {
-                        acc += wj * v[vs.at(b, j, kvh) + c] as f64;
+                    for j in keys.clone() {
+                        acc += w[j] * v[vs.at(b, j, kvh) + c] as f64;
                     }
                     *oc = (acc / sum) as f32;
                 }
@@ -97,27 +113,38 @@ pub fn causal_attention_lse(
     (out, lse2)
 }
 
-/// exp(x_j - max) of the scores x_j = scale * q[b,i,h] . k[b,j,kvh], j <= i, into w[..=i];
-/// returns (max, sum of w[..=i]): softmax = w / sum, log-sum-exp = max + ln sum.
+/// exp(x_j - max) of the scores x_j = scale * q[b,i,h] . k[b,j,kvh], j in `keys`, into w[keys];
+/// returns (max, sum of w[keys]): softmax = w / sum, log-sum-exp = max + ln sum.
 #[allow(clippy::too_many_arguments)]
-fn exp_scores(q: &[f32], qs: Strides, k: &[f32], ks: Strides, (b, i, h, kvh): (usize, usize, usize, usize), d: usize, scale: f32, w: &mut [f64]) -> (f64, f64) {
+fn exp_scores(
+    q: &[f32],
+    qs: Strides,
+    k: &[f32],
+    ks: Strides,
+    (b, i, h, kvh): (usize, usize, usize, usize),
+    d: usize,
+    scale: f32,
+    keys: std::ops::Range<usize>,
+    w: &mut [f64],
+) -> (f64, f64) {
     let qi = &q[qs.at(b, i, h)..qs.at(b, i, h) + d];
     let mut mx = f64::NEG_INFINITY;
-    for (j, wj) in w.iter_mut().enumerate().take(i + 1) {
+    for j in keys.clone() {
         let kj = &k[ks.at(b, j, kvh)..ks.at(b, j, kvh) + d];
         let dot: f64 = qi.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum();
-        *wj = dot * scale as f64;
-        mx = mx.max(*wj);
+        w[j] = dot * scale as f64;
+        mx = mx.max(w[j]);
     }
     let mut sum = 0f64;
-    for wj in w.iter_mut().take(i + 1) {
+    for wj in &mut w[keys] {
         *wj = (*wj - mx).exp();
         sum += *wj;
     }
     (mx, sum)
 }
 
-/// Gradients of causal attention for the output gradient `dout` (strides `gs`):
+/// Gradients of causal attention (with the sliding `window`, as [`causal_attention`]) for the
+/// output gradient `dout` (strides `gs`):
 /// (dq [b, s, n_heads, d], dk and dv [b, s, n_kv_heads, d]), contiguous f32, in f64 inside:
 /// P = softmax(scale q k^T) (causal), dv = P^T dout, dP = dout v^T, dS = P (dP - rowsum(dP P)),
 /// dq = scale dS k, dk = scale dS^T q; the query heads of a group add into their kv head.
@@ -133,6 +160,7 @@ pub fn causal_attention_backward(
     dout: &[f32],
     gs: Strides,
     scale: f32,
+    window: Option<usize>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let AttnShape { batch, seq, n_heads, n_kv_heads, head_dim: d } = shape;
     let group = n_heads / n_kv_heads;
@@ -146,10 +174,11 @@ pub fn causal_attention_backward(
         for h in 0..n_heads {
             let kvh = h / group;
             for i in 0..seq {
-                let (_, sum) = exp_scores(q, qs, k, ks, (b, i, h, kvh), d, scale, &mut p);
+                let keys = attended_keys(i, window);
+                let (_, sum) = exp_scores(q, qs, k, ks, (b, i, h, kvh), d, scale, keys.clone(), &mut p);
                 let g = &dout[gs.at(b, i, h)..gs.at(b, i, h) + d];
                 let mut dsum = 0f64;
-                for j in 0..=i {
+                for j in keys.clone() {
                     p[j] /= sum;
                     let vj = &v[vs.at(b, j, kvh)..vs.at(b, j, kvh) + d];
                     dp[j] = g.iter().zip(vj).map(|(a, b)| *a as f64 * *b as f64).sum();
@@ -158,7 +187,7 @@ pub fn causal_attention_backward(
                         dv[ko.at(b, j, kvh) + c] += p[j] * g[c] as f64;
                     }
                 }
-                for j in 0..=i {
+                for j in keys {
                     let ds = p[j] * (dp[j] - dsum) * scale as f64;
                     for c in 0..d {
                         dq[qo.at(b, i, h) + c] += ds * k[ks.at(b, j, kvh) + c] as f64;
@@ -236,8 +265,37 @@ mod tests {
         let q = [1.0, 2.0, 0.0, 0.0];
         let k = [3.0, -1.0, 0.5, 0.5];
         let v = [1.0, 2.0, 3.0, 6.0];
-        let o = causal_attention(shape, &q, st, &k, st, &v, st, 1.0);
+        let o = causal_attention(shape, &q, st, &k, st, &v, st, 1.0, None);
         assert_eq!(o, vec![1.0, 2.0, 2.0, 4.0]);
+    }
+
+    #[test]
+    fn a_window_keeps_the_query_and_the_keys_just_before_it() {
+        assert_eq!(attended_keys(0, None), 0..1);
+        assert_eq!(attended_keys(5, None), 0..6);
+        assert_eq!(attended_keys(5, Some(1)), 5..6);
+        assert_eq!(attended_keys(5, Some(3)), 3..6);
+        assert_eq!(attended_keys(5, Some(6)), 0..6);
+        assert_eq!(attended_keys(2, Some(100)), 0..3);
+        // each row with window w is the last row of plain causal attention over its own window
+        let (seq, d, w) = (9usize, 3usize, 4usize);
+        let shape = AttnShape { batch: 1, seq, n_heads: 1, n_kv_heads: 1, head_dim: d };
+        let st = Strides::contiguous(seq, 1, d);
+        let x = |k: usize| (0..seq * d).map(|i| ((i * 7 + k * 13) % 11) as f32 / 5.0 - 1.0).collect::<Vec<f32>>();
+        let (q, k, v) = (x(1), x(2), x(3));
+        let (o, lse) = causal_attention_lse(shape, &q, st, &k, st, &v, st, 0.7, Some(w));
+        for i in 0..seq {
+            let j0 = (i + 1).saturating_sub(w);
+            let n = i + 1 - j0;
+            let sub = AttnShape { seq: n, ..shape };
+            let sst = Strides::contiguous(n, 1, d);
+            let (so, sl) = causal_attention_lse(sub, &q[j0 * d..(i + 1) * d], sst, &k[j0 * d..(i + 1) * d], sst, &v[j0 * d..(i + 1) * d], sst, 0.7, None);
+            assert_eq!(&o[i * d..(i + 1) * d], &so[(n - 1) * d..], "row {i}");
+            assert_eq!(lse[i], sl[n - 1], "row {i}");
+        }
+        // window 1: each query sees only itself
+        let o1 = causal_attention(shape, &q, st, &k, st, &v, st, 0.7, Some(1));
+        assert_eq!(o1, v);
     }
 
     #[test]

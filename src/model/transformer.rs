@@ -581,8 +581,8 @@ impl Transformer {
         let (q, k, v) = self.qkv_rope(blk, x, b, s)?;
         let scale = 1.0 / (hd as f32).sqrt();
         let out = match self.mode {
-            Mode::Eval => crate::cuda::flash_attention(&q, &k, &v, scale)?, // [b, s, nh, hd]
-            Mode::Train => crate::cuda::flash_attention_train(&q, &k, &v, scale)?,
+            Mode::Eval => crate::cuda::flash_attention(&q, &k, &v, scale, None)?, // [b, s, nh, hd]
+            Mode::Train => crate::cuda::flash_attention_train(&q, &k, &v, scale, None)?,
         };
         blk.o.forward(&out.reshape((b, s, nh * hd))?)
     }

@@ -18,27 +18,29 @@
 
 template <typename T, int D, int BC, int NW, bool LSE>
 static void flash(const void* q, const void* k, const void* v, void* o, const long long* st, int batch,
-                  int n_heads, int n_kv_heads, int seq, float scale_log2, float* lse2) {
+                  int n_heads, int n_kv_heads, int seq, float scale_log2, float* lse2, int window) {
     const unsigned tiles = (unsigned)((seq + 16 * NW - 1) / (16 * NW));
     emu::launch(tiles, (unsigned)n_heads, (unsigned)batch, 32 * NW, [&] {
         flash_attn_fwd_impl<T, D, BC, NW, LSE>((const T*)q, (const T*)k, (const T*)v, (T*)o, st[0], st[1], st[2], st[3],
                                   st[4], st[5], st[6], st[7], st[8], st[9], st[10], st[11], n_heads,
-                                  n_kv_heads, seq, scale_log2, lse2);
+                                  n_kv_heads, seq, scale_log2, lse2, window);
     });
 }
 
 // The configurations compiled for the GPU (attention.cu's RHO_FLASH lines): head dim 64 with
 // 64-key tiles and 4 or 8 warps; 32 and 80 with 64-key tiles, 128 with 32, 256 with 16; 4 warps.
+// window: the kernel's (0: none).
 extern "C" int rho_emu_flash_attn_fwd(int dtype, int head_dim, int warps, const void* q, const void* k,
                                       const void* v, void* o, const long long* strides12, int batch,
-                                      int n_heads, int n_kv_heads, int seq, float scale_log2, float* lse2) {
+                                      int n_heads, int n_kv_heads, int seq, float scale_log2, float* lse2,
+                                      int window) {
     if (seq <= 0) return 0;
 #define RHO_EMU_FLASH(DT, T, D, BC, NW)                                                                      \
     if (dtype == DT && head_dim == D && warps == NW) {                                                   \
         if (lse2 != nullptr)                                                                             \
-            flash<T, D, BC, NW, true>(q, k, v, o, strides12, batch, n_heads, n_kv_heads, seq, scale_log2, lse2); \
+            flash<T, D, BC, NW, true>(q, k, v, o, strides12, batch, n_heads, n_kv_heads, seq, scale_log2, lse2, window); \
         else                                                                                             \
-            flash<T, D, BC, NW, false>(q, k, v, o, strides12, batch, n_heads, n_kv_heads, seq, scale_log2, lse2); \
+            flash<T, D, BC, NW, false>(q, k, v, o, strides12, batch, n_heads, n_kv_heads, seq, scale_log2, lse2, window); \
         return 0;                                                                                        \
     }
     RHO_EMU_FLASH(0, rho_bf16, 64, 64, 4)
@@ -89,24 +91,24 @@ extern "C" int rho_emu_token_ce_bwd(int dtype, const void* logits, long long sb,
 template <typename T, int D, int BC>
 static void flash_bwd(const void* q, const void* k, const void* v, const void* g, const float* lse2,
                       const float* dsum, float* dq_acc, void* dk, void* dv, const long long* st, int batch,
-                      int n_heads, int n_kv_heads, int seq, float scale_log2, float scale) {
+                      int n_heads, int n_kv_heads, int seq, float scale_log2, float scale, int window) {
     emu::launch((unsigned)((seq + BC - 1) / BC), (unsigned)n_kv_heads, (unsigned)batch, 2 * BC, [&] {
         flash_attn_bwd_impl<T, D, BC>((const T*)q, (const T*)k, (const T*)v, (const T*)g, lse2, dsum, dq_acc, (T*)dk,
                                    (T*)dv, st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7], st[8], st[9],
-                                   st[10], st[11], n_heads, n_kv_heads, seq, scale_log2, scale);
+                                   st[10], st[11], n_heads, n_kv_heads, seq, scale_log2, scale, window);
     });
 }
 
-// strides12: (batch, head, seq) of q, k, v and dout.
+// strides12: (batch, head, seq) of q, k, v and dout; window: the kernel's (0: none).
 extern "C" int rho_emu_flash_attn_bwd(int dtype, int head_dim, const void* q, const void* k, const void* v,
                                       const void* dout, const float* lse2, const float* dsum, float* dq_acc,
                                       void* dk, void* dv, const long long* strides12, int batch, int n_heads,
-                                      int n_kv_heads, int seq, float scale_log2, float scale) {
+                                      int n_kv_heads, int seq, float scale_log2, float scale, int window) {
     if (seq <= 0) return 0;
 #define RHO_EMU_BWD(DT, T, D, BC)                                                                         \
     if (dtype == DT && head_dim == D) {                                                                  \
         flash_bwd<T, D, BC>(q, k, v, dout, lse2, dsum, dq_acc, dk, dv, strides12, batch, n_heads, n_kv_heads, \
-                            seq, scale_log2, scale);                                                     \
+                            seq, scale_log2, scale, window);                                             \
         return 0;                                                                                        \
     }
     RHO_EMU_BWD(0, rho_bf16, 64, 64)

@@ -1,16 +1,22 @@
-// Causal flash attention, forward only (evaluation), grouped-query heads, bf16 or f16.
+// Causal flash attention, forward (evaluation; training with LSE), grouped-query heads, bf16
+// or f16, optionally in a sliding window.
 //
 // q: [b, s, n_heads, D]-like, k/v: [b, s, n_kv_heads, D]-like, o like q: any strides for
 // batch, head and position (in elements), the head dim contiguous; q and o rows 4-byte
 // aligned, k and v rows 16-byte aligned (the launcher checks).
-// o[b, i, h] = sum_j softmax_j(q[b,i,h] . k[b,j,h/G] * scale, j <= i) v[b,j,h/G], G = n_heads / n_kv_heads.
+// o[b, i, h] = sum_j softmax_j(q[b,i,h] . k[b,j,h/G] * scale) v[b,j,h/G] over the keys j <= i
+// and, with window w > 0, i - j < w (the query and the w - 1 keys before it: transformers'
+// sliding_window); G = n_heads / n_kv_heads. window = 0: no window (the launcher also passes 0
+// for a window of at least s keys, which masks nothing).
 //
 // One block of NW warps per (16 NW query rows, head, batch), the longest rows first; each
 // warp owns 16 query rows, its Q fragments in registers. Tiles of BC keys (up to the
-// diagonal) are staged in shared memory by cp.async, two stages so that tile j + 1 loads
-// while tile j is used. Per tile each warp computes S = Q K^T with mma.sync m16n8k16 (f32
-// accumulators, K's fragments by ldmatrix), masks only on tiles that reach the diagonal or
-// the end, updates the running row max and sum (FlashAttention-2's online softmax, exp2
+// diagonal; with a window, from the tile of the block's first row's first key) are staged in
+// shared memory by cp.async, two stages so that tile j + 1 loads while tile j is used. Per
+// tile each warp computes S = Q K^T with mma.sync m16n8k16 (f32 accumulators, K's fragments by
+// ldmatrix; a tile before all of the warp's rows' windows is skipped), masks only on tiles that
+// reach the diagonal, the end, or the window's start of the warp's last row, updates the
+// running row max and sum (FlashAttention-2's online softmax, exp2
 // domain), rounds P to the input type and accumulates O += P V (V's fragments by a
 // transposing ldmatrix). [s, s] never exists. Rows are normalised once at the end.
 // CPU reference: src/cuda/reference.rs; CPU emulation of this source: src/cuda/emu.
@@ -36,7 +42,7 @@ RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict
                                     long long k_sb, long long k_sh, long long k_ss, long long v_sb,
                                     long long v_sh, long long v_ss, long long o_sb, long long o_sh,
                                     long long o_ss, int n_heads, int n_kv_heads, int seq, float scale_log2,
-                                    float* __restrict__ lse2) {
+                                    float* __restrict__ lse2, int window) {
     constexpr int BR = 16 * NW;         // query rows per block, 16 per warp
     constexpr int LD = D + 8;           // smem row pitch: 8 rows of an ldmatrix hit 32 distinct banks
     constexpr int CH = D / 8;           // 16-byte chunks per row
@@ -85,8 +91,10 @@ RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict
 
     const int last = (q0 + BR < seq ? q0 + BR : seq) - 1;  // last query row of the block
     const int n_tiles = last / BC + 1;
-    load_tile(0, 0);
-    for (int j = 0; j < n_tiles; ++j) {
+    // with a window: the first tile holding a key of the block's first row's window
+    const int j0 = window > 0 && q0 >= window ? (q0 - window + 1) / BC : 0;
+    load_tile(j0 * BC, j0 & 1);
+    for (int j = j0; j < n_tiles; ++j) {
         const int c0 = j * BC, st = j & 1;
         if (j + 1 < n_tiles) {
             load_tile(c0 + BC, st ^ 1);  // that stage was released by the barrier ending j - 1
@@ -95,8 +103,9 @@ RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict
             rho_cp_async_wait<0>();
         }
         rho_sync_threads();
-        // A tile entirely after this warp's rows adds nothing (causal): skip its math.
-        if (c0 <= w0 + 15 && w0 < seq) {
+        // A tile entirely after this warp's rows (causal), or entirely before the window of its
+        // first row (key c0 + BC - 1 <= w0 - window), adds nothing: skip its math.
+        if (c0 <= w0 + 15 && w0 < seq && (window == 0 || c0 + BC + window > w0 + 1)) {
             const T* kt = ks[st];
             const T* vt = vs[st];
             // S = Q K^T: 16 rows x BC keys per warp, as BC / 8 C fragments. One ldmatrix
@@ -120,13 +129,16 @@ RHO_DEVICE void flash_attn_fwd_impl(const T* __restrict__ q, const T* __restrict
                 }
             }
             // Scale into the exp2 domain; mask keys after the query (only on tiles that
-            // reach the diagonal) and past the end.
-            const bool edge = c0 + BC - 1 > w0 || c0 + BC > seq;
+            // reach the diagonal), past the end, and (window) at or before row - window (only
+            // on tiles that start before the window of the warp's last row).
+            const bool wedge = window > 0 && c0 + window < w0 + 16;
+            const bool edge = c0 + BC - 1 > w0 || c0 + BC > seq || wedge;
 #pragma unroll
             for (int nt = 0; nt < BC / 8; ++nt)
                 for (int i = 0; i < 4; ++i) {
                     const int row = i < 2 ? r0 : r1, col = c0 + nt * 8 + 2 * t + (i & 1);
-                    s[nt][i] = (edge && (col > row || col >= seq)) ? -INFINITY : s[nt][i] * scale_log2;
+                    const bool out = col > row || col >= seq || (wedge && col <= row - window);
+                    s[nt][i] = (edge && out) ? -INFINITY : s[nt][i] * scale_log2;
                 }
             // Online softmax, per row (r = 0: row g, r = 1: row g + 8).
 #pragma unroll
@@ -229,9 +241,13 @@ RHO_DEVICE void warp_rows_times_tile_t(float (*acc)[4], const T* a, const T* b, 
 // Outputs: dq_acc [b, s, n_heads, D] f32, zeroed by the caller, to which every key block adds
 // its share (atomically); dk, dv [b, s, n_kv_heads, D] contiguous, written once.
 //
+// window > 0: the forward's sliding window (query i attends keys i - window < j <= i); 0: none.
+//
 // One block of BC / 16 warps per (BC keys, kv head, batch); each warp owns 16 keys. For each
-// query head of the group and each BC-query tile at or after the keys (causal), with Q, dO,
-// lse2 and D of the tile in shared memory:
+// query head of the group and each BC-query tile at or after the keys (causal) and, with a
+// window, up to the tile of the last query that sees the block's last key, with Q, dO,
+// lse2 and D of the tile in shared memory (a warp whose keys no query of the tile sees
+// skips to dS^T = 0):
 //   S^T = K Q^T, P^T = exp2(S^T scale_log2 - lse2) (masked), dV += P^T dO,
 //   dP^T = V dO^T, dS^T = P^T (dP^T - D), dK += dS^T Q;
 // dS^T goes through shared memory so that the block can compute dQ = dS K for the tile's
@@ -245,7 +261,7 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
                                     long long q_ss, long long k_sb, long long k_sh, long long k_ss,
                                     long long v_sb, long long v_sh, long long v_ss, long long g_sb,
                                     long long g_sh, long long g_ss, int n_heads, int n_kv_heads, int seq,
-                                    float scale_log2, float scale) {
+                                    float scale_log2, float scale, int window) {
     // BC keys per block, 16 per warp; query tiles of BR = BC rows (the dQ step gives each
     // warp 16 of them). 64 for head dims 32 and 64, 32 for 80 and 128: within 48 KB of
     // shared memory (2 (BC + BR) (D + 8) + BC (BR + 8) elements: 40 KB at d64, 34 KB at
@@ -293,7 +309,9 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
         const int h = kvh * group + gi;
         const T* qp = q + b * q_sb + h * q_sh;
         const T* gp = dout + b * g_sb + h * g_sh;
-        for (int qi = k0 / BR; qi < n_qt; ++qi) {
+        // (window) up to the tile of the last query that sees a key of the block, k0 + BC - 1 + window - 1
+        // (a bound in the loop's test: a separate bound variable costs d128 a register spill)
+        for (int qi = k0 / BR; qi < n_qt && (window == 0 || qi * BR < k0 + BC - 1 + window); ++qi) {
             const int q0 = qi * BR;
             rho_sync_threads();  // the previous tile's readers are done
             for (int w = tid; w < BR * CH; w += 32 * NW) {
@@ -313,18 +331,21 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
             rho_cp_async_wait<0>();
             rho_sync_threads();
 
-            if (kw0 < seq) {
+            // (window) the tile's first query sees none of the warp's keys: q0 - (kw0 + 15) >= window
+            if (kw0 < seq && (window == 0 || q0 < kw0 + 15 + window)) {
                 // S^T = K Q^T: the warp's 16 keys x BR queries.
                 float st[BR / 8][4];
                 warp_rows_times_tile_t<T, D, BR, LD>(st, kt + a_off, qt, lane);
                 // P^T; masked where the query is before the key or past the end (the
-                // diagonal tile and the last tiles only), keys past the end.
-                const bool edge = q0 < kw0 + 16 || q0 + BR > seq || k0 + BC > seq;
+                // diagonal tile and the last tiles only), keys past the end, and (window)
+                // queries at or after key + window (tiles whose last query reaches kw0 + window).
+                const int wlim = window > 0 ? window : 1 << 30;
+                const bool edge = q0 < kw0 + 16 || q0 + BR > seq || k0 + BC > seq || q0 + BR - 1 - kw0 >= wlim;
 #pragma unroll
                 for (int nt = 0; nt < BR / 8; ++nt)
                     for (int i = 0; i < 4; ++i) {
                         const int key = kw0 + g + 8 * (i >> 1), ql = nt * 8 + 2 * t + (i & 1);
-                        const bool masked = edge && (q0 + ql < key || q0 + ql >= seq || key >= seq);
+                        const bool masked = edge && (q0 + ql < key || q0 + ql >= seq || key >= seq || q0 + ql - key >= wlim);
                         st[nt][i] = masked ? 0.f : rho_exp2(st[nt][i] * scale_log2 - lse_s[ql]);
                     }
                 // dV += P^T dO (A: P^T from C fragments; B: dO by transposing ldmatrix).
@@ -353,7 +374,7 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
                     warp_a_times_rows<T, D, LD>(dk_acc, pa, qt, kq * 16, lane);
                 }
             } else {
-                // keys past the end: dS^T = 0 for the dQ step
+                // keys past the end, or outside every query's window: dS^T = 0 for the dQ step
                 for (int r = 0; r < 16; ++r)
                     for (int c = lane; c < BR; c += 32) dst[(warp * 16 + r) * LS + c] = rho_from_f32<T>(0.f);
             }
@@ -401,9 +422,9 @@ RHO_DEVICE void flash_attn_bwd_impl(const T* __restrict__ q, const T* __restrict
         NAME(const T* q, const T* k, const T* v, T* o, long long q_sb, long long q_sh, long long q_ss,  \
              long long k_sb, long long k_sh, long long k_ss, long long v_sb, long long v_sh,              \
              long long v_ss, long long o_sb, long long o_sh, long long o_ss, int n_heads,                 \
-             int n_kv_heads, int seq, float scale_log2, float* lse2) {                                   \
+             int n_kv_heads, int seq, float scale_log2, float* lse2, int window) {                       \
         flash_attn_fwd_impl<T, D, BC, NW, LSE>(q, k, v, o, q_sb, q_sh, q_ss, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, o_sb, \
-                                  o_sh, o_ss, n_heads, n_kv_heads, seq, scale_log2, lse2);               \
+                                  o_sh, o_ss, n_heads, n_kv_heads, seq, scale_log2, lse2, window);       \
     }
 // (head dim, keys per tile, warps, min blocks per SM): the variants of cuda::FlashVariant.
 // Head dims 32 and 80 (GPT-NeoX / Pythia 14m-31m and 2.8b, Phi-2) and 256 (Pythia-1b, GPT-J)
@@ -441,10 +462,10 @@ RHO_FLASH(flash_attn_fwd_lse_f16_d80, rho_f16, 80, 64, 4, 3, true)
              float* dq_acc, T* dk, T* dv, long long q_sb, long long q_sh, long long q_ss, long long k_sb, \
              long long k_sh, long long k_ss, long long v_sb, long long v_sh, long long v_ss,             \
              long long g_sb, long long g_sh, long long g_ss, int n_heads, int n_kv_heads, int seq,       \
-             float scale_log2, float scale) {                                                            \
+             float scale_log2, float scale, int window) {                                                \
         flash_attn_bwd_impl<T, D, BC>(q, k, v, dout, lse2, dsum, dq_acc, dk, dv, q_sb, q_sh, q_ss, k_sb,  \
                                    k_sh, k_ss, v_sb, v_sh, v_ss, g_sb, g_sh, g_ss, n_heads, n_kv_heads,  \
-                                   seq, scale_log2, scale);                                              \
+                                   seq, scale_log2, scale, window);                                      \
     }
 RHO_FLASH_BWD(flash_attn_bwd_bf16_d64, rho_bf16, 64, 64)
 RHO_FLASH_BWD(flash_attn_bwd_f16_d64, rho_f16, 64, 64)
