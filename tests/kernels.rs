@@ -394,7 +394,20 @@ fn every_family_gives_the_same_logits_through_the_flash_attention_path() {
     // the kernel, against candle's composed attention.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let ids: Vec<u32> = (0..2 * 23).map(|i| (i * 37 + 11) % 250).collect();
-    for family in ["llama/step-100", "neox/step2000", "neox-seq/step1", "gpt2/checkpoint-20", "qwen2/step-1", "mistral/step-1"] {
+    for family in [
+        "llama/step-100",
+        "neox/step2000",
+        "neox-seq/step1",
+        "gpt2/checkpoint-20",
+        "qwen2/step-1",
+        "mistral/step-1",
+        // issue 19's families; OLMo-3's and Qwen3's sliding layers (window 8) bind inside the sequence
+        "olmo/step1000-tokens4B",
+        "olmo2/stage1-step600-tokens3B",
+        "olmo3/stage1-step2000",
+        "smollm3/step-40000",
+        "qwen3/checkpoint-500",
+    ] {
         let dir = root.join(family);
         let ck = Checkpoint::open(&dir).unwrap();
         let vocab = ck.config.vocab_size as u32;
@@ -571,7 +584,17 @@ fn every_family_trains_with_the_same_gradients_through_the_flash_attention_path(
     use rho::train::params::ParamSource;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let ids: Vec<u32> = (0..2 * 17).map(|i| (i * 29 + 5) % 250).collect();
-    for family in ["llama/step-100", "neox/step2000", "gpt2/checkpoint-20", "qwen2/step-1"] {
+    for family in [
+        "llama/step-100",
+        "neox/step2000",
+        "gpt2/checkpoint-20",
+        "qwen2/step-1",
+        "olmo/step1000-tokens4B",
+        "olmo2/stage1-step150-tokens1B",
+        "olmo3/stage1-step1000",
+        "smollm3/step-40000",
+        "qwen3/checkpoint-500",
+    ] {
         let dir = root.join(family);
         let ck = Checkpoint::open(&dir).unwrap();
         let src = ParamSource::new(Some(Weights::open(&dir).unwrap()), 0, 0.02);
@@ -1157,7 +1180,20 @@ fn every_family_is_the_same_with_the_fused_ops_as_with_the_composed_ones() {
     let (all, none) = ([true; Fused::ALL.len()], [false; Fused::ALL.len()]);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let ids: Vec<u32> = (0..2 * 19).map(|i| (i * 31 + 7) % 250).collect();
-    for family in ["llama/step-100", "neox/step2000", "neox-seq/step1", "gpt2/checkpoint-20", "qwen2/step-1", "mistral/step-1"] {
+    for family in [
+        "llama/step-100",
+        "neox/step2000",
+        "neox-seq/step1",
+        "gpt2/checkpoint-20",
+        "qwen2/step-1",
+        "mistral/step-1",
+        // issue 19's families; OLMo-3's and Qwen3's sliding layers (window 8) bind inside the sequence
+        "olmo/step1000-tokens4B",
+        "olmo2/stage1-step600-tokens3B",
+        "olmo3/stage1-step2000",
+        "smollm3/step-40000",
+        "qwen3/checkpoint-500",
+    ] {
         let dir = root.join(family);
         let ck = Checkpoint::open(&dir).unwrap();
         let vocab = ck.config.vocab_size as u32;

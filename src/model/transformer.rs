@@ -473,17 +473,17 @@ impl Transformer {
             let pos = Tensor::arange(0u32, s as u32, x.device())?;
             x = x.broadcast_add(&pe.forward(&pos)?.to_dtype(self.residual)?)?;
         }
-        // the flash path masks inside its kernel: no [s, s] mask built on the host and uploaded;
-        // the composed path builds one mask per distinct window of its layers
+        // the flash path masks inside its kernel (each layer's window too): no [s, s] mask built
+        // on the host and uploaded; the composed path builds one mask per distinct window
         let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
         for blk in &self.blocks {
-            let mask = if self.flash_for(blk, s) {
+            let mask = if self.uses_flash_attention() {
                 None
             } else {
                 let i = match masks.iter().position(|(w, _)| *w == blk.window) {
                     Some(i) => i,
                     None => {
-                        masks.push((blk.window, causal_mask(s, blk.window, self.dtype(), x.device())?));
+                        masks.push((blk.window, crate::cuda::mask::causal_mask(s, blk.window, self.dtype(), x.device())?));
                         masks.len() - 1
                     }
                 };
@@ -529,11 +529,7 @@ impl Transformer {
         }
     }
 
-    /// Whether `blk` attends through the flash attention op at sequence length `s`.
-    fn flash_for(&self, blk: &Block, s: usize) -> bool {
-        // TODO(window): the op takes the window once the attention op has one
-        self.uses_flash_attention() && blk.window.is_none_or(|w| w >= s)
-    }
+
 
     fn mlp(&self, mlp: &Mlp, x: &Tensor) -> Result<Tensor> {
         match mlp {
@@ -581,8 +577,8 @@ impl Transformer {
         let (q, k, v) = self.qkv_rope(blk, x, b, s)?;
         let scale = 1.0 / (hd as f32).sqrt();
         let out = match self.mode {
-            Mode::Eval => crate::cuda::flash_attention(&q, &k, &v, scale, None)?, // [b, s, nh, hd]
-            Mode::Train => crate::cuda::flash_attention_train(&q, &k, &v, scale, None)?,
+            Mode::Eval => crate::cuda::flash_attention(&q, &k, &v, scale, blk.window)?, // [b, s, nh, hd]
+            Mode::Train => crate::cuda::flash_attention_train(&q, &k, &v, scale, blk.window)?,
         };
         blk.o.forward(&out.reshape((b, s, nh * hd))?)
     }
@@ -694,16 +690,6 @@ fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
     }
     let (b, nkv, s, hd) = x.dims4()?;
     x.unsqueeze(2)?.expand((b, nkv, n_rep, s, hd))?.reshape((b, nkv * n_rep, s, hd))
-}
-
-/// [s, s] additive mask: 0 where query i attends key j (j <= i, and i - j < window when
-/// there is one), -inf elsewhere.
-fn causal_mask(s: usize, window: Option<usize>, dtype: DType, dev: &Device) -> Result<Tensor> {
-    let w = window.unwrap_or(usize::MAX);
-    let m: Vec<f32> = (0..s)
-        .flat_map(|i| (0..s).map(move |j| if j > i || i - j >= w { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(m, (s, s), dev)?.to_dtype(dtype)
 }
 
 #[cfg(test)]
