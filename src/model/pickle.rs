@@ -1499,3 +1499,401 @@ fn zip_index(bytes: &[u8], path: &Path) -> Result<Vec<(String, TensorInfo)>> {
     }
     Ok(infos(parsed, &ranges))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Hand-made pickles: the allowlist, the calls that are refused, the bounds and
+    //! the caps. The files torch writes are tested in tests/pickle.rs.
+    use super::*;
+
+    const P: &str = "ckpt/pytorch_model.bin";
+
+    fn s(x: &str) -> Vec<u8> {
+        let mut b = vec![b'X'];
+        b.extend_from_slice(&(x.len() as u32).to_le_bytes());
+        b.extend_from_slice(x.as_bytes());
+        b
+    }
+
+    fn glob(m: &str, n: &str) -> Vec<u8> {
+        format!("c{m}\n{n}\n").into_bytes()
+    }
+
+    fn int(n: i32) -> Vec<u8> {
+        let mut b = vec![b'J'];
+        b.extend_from_slice(&n.to_le_bytes());
+        b
+    }
+
+    fn ints(v: &[i32]) -> Vec<u8> {
+        let mut b = vec![b'('];
+        for &x in v {
+            b.extend(int(x));
+        }
+        b.push(b't');
+        b
+    }
+
+    /// The persistent id of a storage: `('storage', torch.<cls>, key, 'cpu', numel)`.
+    fn storage(cls: &str, key: &str, numel: i32) -> Vec<u8> {
+        let mut b = vec![b'('];
+        b.extend(s("storage"));
+        b.extend(if cls == "UntypedStorage" { glob("torch.storage", cls) } else { glob("torch", cls) });
+        b.extend(s(key));
+        b.extend(s("cpu"));
+        b.extend(int(numel));
+        b.extend(b"tQ");
+        b
+    }
+
+    /// `_rebuild_tensor_v2(storage, offset, size, stride, False, {})`.
+    fn v2(storage: Vec<u8>, offset: i32, size: &[i32], stride: &[i32]) -> Vec<u8> {
+        let mut b = glob("torch._utils", "_rebuild_tensor_v2");
+        b.push(b'(');
+        b.extend(storage);
+        b.extend(int(offset));
+        b.extend(ints(size));
+        b.extend(ints(stride));
+        b.extend(b"\x89}tR");
+        b
+    }
+
+    /// `OrderedDict(name=tensor, ...)` as torch writes it, then STOP.
+    fn sd(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut b = b"\x80\x02".to_vec();
+        b.extend(glob("collections", "OrderedDict"));
+        b.extend(b")R(");
+        for (k, v) in entries {
+            b.extend(s(k));
+            b.extend_from_slice(v);
+        }
+        b.extend(b"u.");
+        b
+    }
+
+    /// A legacy-format file around a state dict pickle, with `storages` (key, numel, bytes).
+    fn legacy(main: &[u8], storages: &[(&str, u64, &[u8])]) -> Vec<u8> {
+        let mut b = b"\x80\x02\x8a\x0a".to_vec();
+        b.extend_from_slice(&LEGACY_MAGIC.to_le_bytes()[..10]);
+        b.push(b'.');
+        b.extend(b"\x80\x02M\xe9\x03.");
+        b.extend(b"\x80\x02}");
+        b.extend(s("little_endian"));
+        b.extend(b"\x88s.");
+        b.extend_from_slice(main);
+        b.extend(b"\x80\x02](");
+        for (k, _, _) in storages {
+            b.extend(s(k));
+        }
+        b.extend(b"e.");
+        for (_, n, data) in storages {
+            b.extend_from_slice(&n.to_le_bytes());
+            b.extend_from_slice(data);
+        }
+        b
+    }
+
+    fn f32s(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn read(b: &[u8]) -> Result<Vec<(String, TensorInfo)>> {
+        index(b, Path::new(P))
+    }
+
+    fn err(b: &[u8]) -> String {
+        let e = read(b).expect_err("expected an error").to_string();
+        assert!(e.starts_with(&format!("{P}: ")), "error does not name the file: {e}");
+        e
+    }
+
+    fn values(b: &[u8], t: &TensorInfo) -> Vec<f32> {
+        t.bytes(b).chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+
+    const DATA: [f32; 6] = [0., 1., 2., 3., 4., 5.];
+
+    #[test]
+    fn a_hand_made_legacy_file_reads_with_views_and_strides() {
+        let data = f32s(&DATA);
+        let main = sd(&[
+            ("w", v2(storage("FloatStorage", "k", 6), 0, &[2, 3], &[3, 1])),
+            ("t", v2(storage("FloatStorage", "k", 6), 0, &[3, 2], &[1, 3])),
+            ("v", v2(storage("FloatStorage", "k", 6), 4, &[2], &[1])),
+            ("z", v2(storage("FloatStorage", "k", 6), 6, &[0], &[1])),
+        ]);
+        let b = legacy(&main, &[("k", 6, &data)]);
+        let ts = read(&b).unwrap();
+        let names: Vec<&str> = ts.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["w", "t", "v", "z"]);
+        assert_eq!(values(&b, &ts[0].1), DATA);
+        assert_eq!(values(&b, &ts[1].1), [0., 3., 1., 4., 2., 5.]);
+        assert_eq!(values(&b, &ts[2].1), [4., 5.]);
+        assert!(values(&b, &ts[3].1).is_empty());
+        assert_eq!(ts[0].1.storage, ts[1].1.storage);
+    }
+
+    /// `_rebuild_tensor` (v1), `_rebuild_tensor_v3` on an untyped storage with a dtype
+    /// global, and `_rebuild_parameter` around a v2 tensor.
+    #[test]
+    fn v1_v3_and_parameter_rebuilds() {
+        let data = f32s(&DATA);
+        let mut t1 = glob("torch._utils", "_rebuild_tensor");
+        t1.push(b'(');
+        t1.extend(storage("FloatStorage", "a", 6));
+        t1.extend(int(1));
+        t1.extend(ints(&[2]));
+        t1.extend(ints(&[2]));
+        t1.extend(b"tR");
+        let mut t3 = glob("torch._utils", "_rebuild_tensor_v3");
+        t3.push(b'(');
+        t3.extend(storage("UntypedStorage", "b", 12));
+        t3.extend(int(2));
+        t3.extend(ints(&[2]));
+        t3.extend(ints(&[1]));
+        t3.extend(b"\x89}");
+        t3.extend(glob("torch", "float16"));
+        t3.extend(b"tR");
+        let mut p = glob("torch._utils", "_rebuild_parameter");
+        p.push(b'(');
+        p.extend(v2(storage("FloatStorage", "a", 6), 0, &[3], &[1]));
+        p.extend(b"\x88}tR");
+        let main = sd(&[("v1", t1), ("v3", t3), ("p", p)]);
+        let halfs: Vec<u8> = [1.0f32, 2., 3., 4., 5., 6.].iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+        let b = legacy(&main, &[("a", 6, &data), ("b", 12, &halfs)]);
+        let ts = read(&b).unwrap();
+        assert_eq!(values(&b, &ts[0].1), [1., 3.]);
+        assert_eq!(ts[1].1.dtype, Dtype::F16);
+        let h: Vec<f32> = ts[1].1.bytes(&b).chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+        assert_eq!(h, [3., 4.]);
+        assert_eq!(values(&b, &ts[2].1), [0., 1., 2.]);
+    }
+
+    fn refusal(m: &str, n: &str) -> String {
+        format!("{P}: refuses to load: the pickle calls `{m}.{n}`, which a state dict never needs; nothing from the file was run")
+    }
+
+    /// Every global off the allowlist is refused when it is named, whether or not it is
+    /// called, by GLOBAL, STACK_GLOBAL (protocol 4) or INST, at the top or nested in a
+    /// tensor rebuild's arguments.
+    #[test]
+    fn globals_off_the_allowlist_are_refused_when_named() {
+        let bad = [
+            ("os", "system"),
+            ("posix", "system"),
+            ("builtins", "eval"),
+            ("builtins", "exec"),
+            ("builtins", "getattr"),
+            ("__builtin__", "eval"),
+            ("subprocess", "Popen"),
+            ("torch", "load"),
+            ("torch.storage", "_load_from_bytes"),
+            ("torch._utils", "_rebuild_device_tensor_from_numpy"),
+            ("torch.nn.modules.linear", "Linear"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("collections", "defaultdict"),
+            ("_codecs", "encode"),
+        ];
+        for (m, n) in bad {
+            let want = refusal(m, n);
+            // Named and dropped, never called.
+            let mut b = b"\x80\x02".to_vec();
+            b.extend(glob(m, n));
+            b.extend(b"0}.");
+            assert_eq!(read(&b).unwrap_err().to_string(), want);
+            // STACK_GLOBAL, called through REDUCE.
+            let mut b = b"\x80\x04".to_vec();
+            b.extend([0x8c, m.len() as u8]);
+            b.extend(m.as_bytes());
+            b.extend([0x8c, n.len() as u8]);
+            b.extend(n.as_bytes());
+            b.extend(b"\x93");
+            b.extend(s("touch /tmp/x"));
+            b.extend(b"\x85R.");
+            assert_eq!(read(&b).unwrap_err().to_string(), want);
+            // INST (protocol 0).
+            let b = format!("(S'x'\ni{m}\n{n}\n.").into_bytes();
+            assert_eq!(read(&b).unwrap_err().to_string(), want);
+            // Nested in the size argument of a tensor rebuild inside a state dict.
+            let mut t = glob("torch._utils", "_rebuild_tensor_v2");
+            t.push(b'(');
+            t.extend(storage("FloatStorage", "k", 6));
+            t.extend(int(0));
+            t.push(b'(');
+            t.extend(glob(m, n));
+            t.extend(s("x"));
+            t.extend(b"\x85Rt");
+            t.extend(ints(&[1]));
+            t.extend(b"\x89}tR");
+            let b = legacy(&sd(&[("w", t)]), &[("k", 6, &f32s(&DATA))]);
+            assert_eq!(read(&b).unwrap_err().to_string(), want);
+        }
+        // Unsupported torch storage types get their own message.
+        let mut b = b"\x80\x02".to_vec();
+        b.extend(glob("torch", "ComplexFloatStorage"));
+        b.extend(b".");
+        assert!(err(&b).contains("storage type `torch.ComplexFloatStorage` is not supported"));
+    }
+
+    /// REDUCE, NEWOBJ, OBJ and BUILD on anything but the allowlisted functions are errors,
+    /// never values that are silently dropped.
+    #[test]
+    fn calls_on_values_off_the_allowlist_are_errors() {
+        let wrap = |body: &[u8]| {
+            let mut b = b"\x80\x02".to_vec();
+            b.extend_from_slice(body);
+            b.push(b'.');
+            b
+        };
+        // REDUCE of a string, of a storage type, of a dtype.
+        let e = err(&wrap(&[s("os.system"), b")R".to_vec()].concat()));
+        assert!(e.contains("REDUCE calls a str, not a function"), "{e}");
+        let e = err(&wrap(&[glob("torch", "FloatStorage"), b")R".to_vec()].concat()));
+        assert!(e.contains("not a function"), "{e}");
+        let e = err(&wrap(&[glob("torch", "float16"), b")R".to_vec()].concat()));
+        assert!(e.contains("not a function"), "{e}");
+        // NEWOBJ of a storage type; OBJ of a dtype; OrderedDict with arguments.
+        let e = err(&wrap(&[glob("torch", "FloatStorage"), b")\x81".to_vec()].concat()));
+        assert!(e.contains("cannot create an object"), "{e}");
+        let e = err(&wrap(&[b"(".to_vec(), glob("torch", "float32"), b"o".to_vec()].concat()));
+        assert!(e.contains("cannot create an object"), "{e}");
+        let e = err(&wrap(&[glob("collections", "OrderedDict"), s("a"), b"\x85R".to_vec()].concat()));
+        assert!(e.contains("OrderedDict called with arguments"), "{e}");
+        // BUILD on a list, and on a tensor.
+        let e = err(&wrap(b"]}b"));
+        assert!(e.contains("BUILD on a list"), "{e}");
+        let t = v2(storage("FloatStorage", "k", 6), 0, &[6], &[1]);
+        let b = legacy(&sd(&[("w", [t, b"}b".to_vec()].concat())]), &[("k", 6, &f32s(&DATA))]);
+        assert!(err(&b).contains("BUILD on a tensor"));
+        // A state dict's `_metadata` (BUILD on the OrderedDict) is fine.
+        let mut m = sd(&[("w", v2(storage("FloatStorage", "k", 6), 0, &[6], &[1]))]);
+        m.pop();
+        m.extend(b"}");
+        m.extend(s("_metadata"));
+        m.extend(b"}sb.");
+        let b = legacy(&m, &[("k", 6, &f32s(&DATA))]);
+        assert_eq!(read(&b).unwrap().len(), 1);
+        // Persistent ids that are not storages; text persistent ids; extensions.
+        assert!(err(&wrap(&[s("x"), b"Q".to_vec()].concat())).contains("persistent id"));
+        assert!(err(&wrap(b"P0\n")).contains("PERSID"));
+        assert!(err(&wrap(b"\x82\x01")).contains("EXT"));
+    }
+
+    #[test]
+    fn tensors_must_lie_inside_their_storage() {
+        let data = f32s(&DATA);
+        let one = |t: Vec<u8>| legacy(&sd(&[("w", t)]), &[("k", 6, &data)]);
+        let st = || storage("FloatStorage", "k", 6);
+        for (t, msg) in [
+            (v2(st(), 4, &[3], &[1]), "reaches past its storage"),
+            (v2(st(), 0, &[2, 3], &[3, 2]), "reaches past its storage"),
+            (v2(st(), 0, &[100], &[0]), "expanded view"),
+            (v2(st(), -1, &[1], &[1]), "negative"),
+            (v2(st(), 0, &[-2], &[1]), "negative"),
+            (v2(st(), 0, &[2, 3], &[1]), "a size of 2 dimensions with a stride of 1"),
+            (v2(st(), 0, &[65536, 65536, 65536, 65536], &[0, 0, 0, 0]), "overflows"),
+            (v2(st(), 0, &[1; 65], &[1; 65]), "at most 64"),
+        ] {
+            let e = err(&one(t));
+            assert!(e.contains(msg), "want `{msg}`: {e}");
+        }
+        // A stride that overflows usize when multiplied.
+        let mut t = v2(st(), 0, &[2], &[1]);
+        let at = t.len() - 10; // the stride's BININT
+        let mut b = vec![0x8a, 8];
+        b.extend_from_slice(&(i64::MAX).to_le_bytes());
+        t.splice(at..at + 5, b);
+        assert!(err(&one(t)).contains("reaches past"));
+        // Storage headers and lists that disagree with the pickle.
+        let t = || v2(st(), 0, &[6], &[1]);
+        assert!(err(&legacy(&sd(&[("w", t())]), &[("k", 5, &data[..20])])).contains("holds 5 elements"));
+        assert!(err(&legacy(&sd(&[("w", t())]), &[])).contains("used but not in the file"));
+        assert!(err(&legacy(&sd(&[("w", t())]), &[("k", 6, &data), ("k", 6, &data)])).contains("listed twice"));
+        assert!(err(&legacy(&sd(&[("w", t())]), &[("k", 6, &data), ("q", 6, &data)])).contains("no tensor uses it"));
+        assert!(err(&legacy(&sd(&[("w", t())]), &[("k", 6, &data[..23])])).contains("truncated"));
+        let two = sd(&[("w", t()), ("v", v2(storage("HalfStorage", "k", 6), 0, &[6], &[1]))]);
+        assert!(err(&legacy(&two, &[("k", 6, &data)])).contains("two types or sizes"));
+        // Entries that are not tensors, twice the same name, a top that is not a dict.
+        let e = err(&legacy(&sd(&[("step", int(3))]), &[]));
+        assert!(e.contains("entry `step` is a int, not a tensor"), "{e}");
+        let e = err(&legacy(&sd(&[("w", t()), ("w", t())]), &[("k", 6, &data)]));
+        assert!(e.contains("`w` appears twice"), "{e}");
+        let e = err(&legacy(b"\x80\x02]q\x00.", &[]));
+        assert!(e.contains("holds a list, not a state dict"), "{e}");
+        // The conj / neg bits would change the values.
+        let mut t = v2(st(), 0, &[6], &[1]);
+        t.truncate(t.len() - 2);
+        t.extend(b"}");
+        t.extend(s("neg"));
+        t.extend(b"\x88stR");
+        assert!(err(&one(t)).contains("neg bit"));
+    }
+
+    /// Lengths are checked before anything is allocated; the stack, the marks and the memo
+    /// are capped; a memo GET copies no container (a doubling bomb is linear).
+    #[test]
+    fn lengths_are_checked_and_the_state_is_capped() {
+        let wrap = |body: &[u8]| [b"\x80\x02".as_slice(), body].concat();
+        for big in [
+            [b'X'].iter().chain(&0xffff_fff0u32.to_le_bytes()).copied().collect::<Vec<u8>>(),
+            [0x8d].iter().chain(&u64::MAX.to_le_bytes()).copied().collect(),
+            [0x8e].iter().chain(&(1u64 << 40).to_le_bytes()).copied().collect(),
+            [0x8b].iter().chain(&i32::MAX.to_le_bytes()).copied().collect(),
+            [0x95].iter().chain(&u64::MAX.to_le_bytes()).copied().collect(),
+            [b'T'].iter().chain(&(-5i32).to_le_bytes()).copied().collect(),
+        ] {
+            let e = err(&wrap(&big));
+            assert!(e.contains("truncated") || e.contains("negative length"), "{e}");
+        }
+        let e = err(&wrap(&vec![b'('; MAX_MARKS + 1]));
+        assert!(e.contains("nested MARKs"), "{e}");
+        let e = err(&wrap(&[b'K', 1].repeat(MAX_STACK + 1)));
+        assert!(e.contains("stack grows past"), "{e}");
+        // 200 doublings: 2^200 leaves if GETs copied.
+        let mut b = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..200 {
+            b.extend(b"h\x00h\x00\x86q\x000");
+        }
+        b.extend(b"h\x00.");
+        let t = std::time::Instant::now();
+        let e = err(&b);
+        assert!(e.contains("magic number"), "{e}");
+        assert!(t.elapsed().as_secs_f64() < 1.0);
+        let e = err(&wrap(b"h\x05."));
+        assert!(e.contains("memo entry 5 is read before it is written"), "{e}");
+        // Stack underflow inside a MARK, a STOP on an empty stack, a list op on a dict.
+        assert!(err(&wrap(b"K\x01(0.")).contains("stack underflow"));
+        assert!(err(&wrap(b".")).contains("stack underflow"));
+        assert!(err(&wrap(b"}K\x01a.")).contains("APPEND to a dict"));
+        assert!(err(&wrap(b"\xff")).contains("unknown opcode 0xff"));
+        assert!(err(&b"\x80\x07."[..]).contains("protocol 7"));
+    }
+
+    #[test]
+    fn long_integers() {
+        assert!(matches!(int_le(&[0xff]), V::Int(-1)));
+        assert!(matches!(int_le(&[0x00, 0x80]), V::Int(-32768)));
+        assert!(matches!(int_le(&[]), V::Int(0)));
+        let mut b = u64::MAX.to_le_bytes().to_vec();
+        b.push(0);
+        assert!(matches!(int_le(&b), V::Big(_)), "2^64-1 does not fit in i64");
+        let mut b = (-2i64).to_le_bytes().to_vec();
+        b.extend([0xff; 4]);
+        assert!(matches!(int_le(&b), V::Int(-2)));
+        assert!(matches!(int_le(&[0u8; 40]), V::Int(0)));
+    }
+
+    #[test]
+    fn protocol_0_text_opcodes() {
+        // {'a': 1, u'b\u00e9': 2L, 'c': 1.5, 'd': True} read, then refused as not a state dict.
+        let b = b"(dp0\nS'a'\np1\nI1\nsVb\\u00e9\np2\nL2L\nsS'c'\nF1.5\nsS'd'\nI01\ns.";
+        let mut u = Unpickler::new(b);
+        let top = u.run().ok().unwrap();
+        let items = u.dict_items(&top).unwrap();
+        assert_eq!(items.len(), 4);
+        assert!(matches!(&items[1].0, V::Str(s) if &**s == "b\u{e9}"));
+        assert!(matches!(items[1].1, V::Int(2)));
+        assert!(matches!(items[3].1, V::Bool(true)));
+        assert!(raw_unicode_escape("\\u12").is_err());
+    }
+}
