@@ -411,3 +411,30 @@ fn eval_of_a_sharded_bin_checkpoint_matches_transformers() {
     eprintln!("max |diff| = {max:.2e} over {} tokens", golden.len());
     assert!(max <= 1e-4, "max |diff| = {max}");
 }
+
+/// `rho train --init` and `--reference` read a .bin checkpoint through the same reader:
+/// the same run, to the byte, as from the safetensors checkpoint it was made from.
+#[test]
+fn train_init_and_reference_from_a_bin_equal_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, bin) = (fixtures().join("neox/step3000"), fx("neox/step3000"));
+    let run = |out: &str, init: &Path, reference: &Path| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_rho"))
+            .args(["train", "--init"])
+            .arg(init)
+            .arg("--data")
+            .arg(val_data())
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(["--seq-len", "32", "--batch-tokens", "128", "--lr", "1e-3", "--steps", "2", "--quiet"])
+            .args(["--mode", "slm", "--ratio", "0.5", "--reference"])
+            .arg(reference)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read(dir.path().join(out).join("step-2/model.safetensors")).unwrap()
+    };
+    let a = run("st", &st, &st);
+    assert!(a == run("bin-init", &bin, &st), "--init from the .bin");
+    assert!(a == run("bin-ref", &st, &bin), "--reference from the .bin");
+}

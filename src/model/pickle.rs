@@ -953,7 +953,8 @@ impl<'a> Unpickler<'a> {
             None | Some(V::None) => Ok(()),
             Some(m) => match self.dict_items(m) {
                 // The conj / neg bits change the values: refuse rather than read them wrong.
-                Some(items) if items.iter().all(|(_, v)| matches!(v, V::Bool(false))) => Ok(()),
+                // (A few bits at most: a cap keeps a memo'd huge dict from being scanned per call.)
+                Some(items) if items.len() <= 16 && items.iter().all(|(_, v)| matches!(v, V::Bool(false))) => Ok(()),
                 Some(_) => bad("a tensor with its conj or neg bit set is not supported"),
                 None => bad(format!("tensor metadata is a {}, not a dict", self.kind(m))),
             },
