@@ -105,6 +105,12 @@ def main():
     put("data_reader", "ndjson-qa", b"\x05\x01" + b'{"question":"q1","answer":"a1"}\n\n{"question":"q2","answer":"a2","x":1}\n')
     put("data_reader", "ndjson-ab", b"\x05\x02" + b'{"a":"x","b":""}\n{"a":1}\n')
 
+    # pickle_file: the torch.save fixtures of scripts/make_pickle_fixtures.py (zip, zip64,
+    # legacy, a zip rewritten by Python, a shard, refused ones).
+    for name in ["f32", "f16", "bf16", "legacy", "zip64", "rezipped", "compressed", "evil_zip", "evil_exec"]:
+        put("pickle_file", name, open(os.path.join(ROOT, "fixtures/pickle", name + ".bin"), "rb").read())
+    put("pickle_file", "shard", open(os.path.join(ROOT, "fixtures/pickle/sharded/pytorch_model-00001-of-00002.bin"), "rb").read())
+
 
 if __name__ == "__main__":
     main()

@@ -1,3 +1,5 @@
+//! `rho bench load` (at the end): checkpoint load time, as `rho eval` loads.
+//!
 //! `rho bench eval`: per-token loss throughput of a randomly initialised Llama
 //! (TinyLlama-1.1B shape by default), with the flags, shapes and output of the
 //! PyTorch peer `../shared/gpu/torch_peer.py`, so that one device call measures
@@ -601,6 +603,73 @@ pub fn run_bench_optim(a: &BenchOptimArgs) -> Result<Vec<OptimResult>> {
         results[1].norm_ms / results[0].norm_ms
     );
     Ok(results)
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BenchLoadArgs {
+    /// Checkpoint folders, each loaded as `rho eval` loads it (`Checkpoint::load`: config,
+    /// weight files found and indexed, every tensor converted, model built).
+    #[arg(long, num_args = 1.., required = true)]
+    pub checkpoints: Vec<PathBuf>,
+    /// Timed loads of each checkpoint, after one untimed load.
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+    /// The weights' dtype once loaded: f32 (rho eval on the CPU), f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+/// One checkpoint's load times in seconds.
+#[derive(Debug, Clone)]
+pub struct LoadResult {
+    pub checkpoint: PathBuf,
+    pub format: &'static str,
+    pub runs: Vec<f64>,
+}
+
+/// `rho bench load`: the time `rho eval` takes to load each checkpoint onto the CPU.
+/// Prints `RESULT system=rho-load checkpoint=... format=... file_mb=... median_s=... min_s=...`.
+pub fn run_bench_load(a: &BenchLoadArgs) -> Result<Vec<LoadResult>> {
+    use crate::model::{weights::weight_files, Checkpoint};
+    if a.repeat == 0 {
+        return Err(Error::flag("--repeat", "must be positive"));
+    }
+    let dtype = match a.dtype.as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => return Err(Error::flag("--dtype", format!("`{other}`: f32, f16 or bf16"))),
+    };
+    let mut out = Vec::new();
+    for dir in &a.checkpoints {
+        let files = weight_files(dir)?;
+        let format = if files[0].extension().is_some_and(|x| x == "safetensors") { "safetensors" } else { "pickle" };
+        let bytes: u64 = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+        let mut runs = Vec::new();
+        for i in 0..=a.repeat {
+            let t = Instant::now();
+            let model = Checkpoint::open(dir)?.load(dtype, &Device::Cpu, Mode::Eval)?;
+            let dt = t.elapsed().as_secs_f64();
+            drop(model);
+            if i > 0 {
+                runs.push(dt);
+            }
+        }
+        let mut sorted = runs.clone();
+        sorted.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        println!(
+            "RESULT system=rho-load checkpoint={} format={format} files={} file_mb={:.1} dtype={} median_s={:.4} min_s={:.4} runs={}",
+            dir.display(),
+            files.len(),
+            bytes as f64 / 1e6,
+            a.dtype,
+            sorted[sorted.len() / 2],
+            sorted[0],
+            runs.iter().map(|r| format!("{r:.4}")).collect::<Vec<_>>().join(",")
+        );
+        out.push(LoadResult { checkpoint: dir.clone(), format, runs });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

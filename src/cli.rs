@@ -56,6 +56,8 @@ pub enum BenchCommand {
     Kernels(crate::cuda::check::BenchKernelsArgs),
     /// One AdamW step and gradient norm: rho's fused in-place ops against the same update composed of candle ops.
     Optim(crate::bench::BenchOptimArgs),
+    /// Checkpoint load time as `rho eval` loads (safetensors or PyTorch .bin), against scripts/bench_load.py's torch.load / from_pretrained.
+    Load(crate::bench::BenchLoadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -308,6 +310,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Train(a)) => crate::bench::run_bench_train(&a).map(|_| ()),
         Command::Bench(BenchCommand::Kernels(a)) => crate::cuda::check::run_bench_kernels(&a).map(|_| ()),
         Command::Bench(BenchCommand::Optim(a)) => crate::bench::run_bench_optim(&a).map(|_| ()),
+        Command::Bench(BenchCommand::Load(a)) => crate::bench::run_bench_load(&a).map(|_| ()),
         Command::Eval(a) => {
             if a.batch_tokens == Some(0) {
                 return Err(Error::flag("--batch-tokens", "must be positive"));

@@ -122,12 +122,26 @@ fn token_ids_beyond_vocabulary() {
     expect_failure(&s, &["tokenizer.json", "beyond the vocabulary", "step-300/config.json"]);
 }
 
+/// A malicious pickle (`os.system` beside real tensors, scripts/make_pickle_fixtures.py) in
+/// place of the weights: refused naming the file and the global, and nothing ran (its
+/// payload creates a marker file when unpickled by Python).
 #[test]
-fn pickle_checkpoint_is_refused() {
+fn malicious_pickle_checkpoint_is_refused() {
+    let s = setup();
+    std::fs::remove_file(s.broken.join("model.safetensors")).unwrap();
+    let marker = Path::new("/tmp/rho-pickle-fixture-ran-evil_zip");
+    let _ = std::fs::remove_file(marker);
+    std::fs::copy(fixtures().join("pickle/evil_zip.bin"), s.broken.join("pytorch_model.bin")).unwrap();
+    expect_failure(&s, &["step-300/pytorch_model.bin", "`posix.system`", "nothing from the file was run"]);
+    assert!(!marker.exists(), "the payload ran");
+}
+
+#[test]
+fn corrupt_pickle_checkpoint() {
     let s = setup();
     std::fs::remove_file(s.broken.join("model.safetensors")).unwrap();
     std::fs::write(s.broken.join("pytorch_model.bin"), b"PK\x03\x04 not executed").unwrap();
-    expect_failure(&s, &["pytorch_model.bin", "refused", "safetensors"]);
+    expect_failure(&s, &["step-300/pytorch_model.bin", "not a valid PyTorch zip checkpoint"]);
 }
 
 fn data_failure(data: &[u8], name: &str, needles: &[&str]) {

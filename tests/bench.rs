@@ -226,3 +226,24 @@ fn bf16_evaluation_with_the_f32_residual_stream_is_closer_to_f32() {
         assert!(*a < 0.85 * b, "mean |diff| to f32: f32 residual {a:e}, bf16 residual {b:e}");
     }
 }
+
+#[test]
+fn bench_load_times_a_bin_and_a_safetensors_checkpoint() {
+    let bin = fixtures().join("pickle/neox/step3000");
+    let st = fixtures().join("neox/step3000");
+    let o = rho(&["bench", "load", "--checkpoints", bin.to_str().unwrap(), st.to_str().unwrap(), "--repeat", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("RESULT system=rho-load")).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!((field(lines[0], "format"), field(lines[0], "files")), ("pickle", "2"));
+    assert_eq!((field(lines[1], "format"), field(lines[1], "files")), ("safetensors", "1"));
+    for l in &lines {
+        assert_eq!(field(l, "runs").split(',').count(), 2, "{l}");
+        assert!(field(l, "median_s").parse::<f64>().unwrap() > 0.0, "{l}");
+    }
+    let o = rho(&["bench", "load", "--checkpoints", bin.to_str().unwrap(), "--repeat", "0"]);
+    assert!(!o.status.success() && stderr(&o).contains("--repeat"));
+    let o = rho(&["bench", "load", "--checkpoints", fixtures().join("pickle").to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("config.json"), "{}", stderr(&o));
+}

@@ -68,15 +68,21 @@ fn data_reader_regressions() {
     replay("data_reader", harness::data_reader);
 }
 
+#[test]
+fn pickle_file_regressions() {
+    assert!(replay("pickle_file", harness::pickle_file) >= 4);
+}
+
 /// The committed seeds must all go through the harness without a panic (most are valid).
 #[test]
 fn seeds_replay() {
-    let targets: [(&str, Harness); 5] = [
+    let targets: [(&str, Harness); 6] = [
         ("config_json", harness::config_json),
         ("safetensors_header", harness::safetensors_header),
         ("safetensors_index", harness::safetensors_index),
         ("tokenizer_json", harness::tokenizer_json),
         ("data_reader", harness::data_reader),
+        ("pickle_file", harness::pickle_file),
     ];
     for (t, f) in targets {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(t);
@@ -335,4 +341,19 @@ fn parquet_reader_panics_are_errors() {
     let bad = regression_input("data_reader", "err-parquet-page-slice-out-of-range");
     let e = refused(harness::data_reader, &bad, "docs.parquet");
     assert!(e.contains("not a valid parquet file"), "{e}");
+}
+
+/// The valid torch.save seeds load through the harness (index, materialise, `Weights`,
+/// float values compared, bool / int64 buffers refused when read), the refused ones name the file.
+#[test]
+fn pickle_file_seeds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/pickle_file");
+    for name in ["f32", "f16", "bf16", "legacy", "zip64", "rezipped", "shard"] {
+        let tmp = tempfile::tempdir().unwrap();
+        harness::pickle_file(tmp.path(), &std::fs::read(dir.join(name)).unwrap()).unwrap();
+    }
+    for (name, why) in [("compressed", "compressed"), ("evil_zip", "posix.system"), ("evil_exec", "builtins.exec")] {
+        let e = refused(harness::pickle_file, &std::fs::read(dir.join(name)).unwrap(), "pytorch_model.bin");
+        assert!(e.contains(why), "{name}: {e}");
+    }
 }

@@ -13,7 +13,7 @@
 use candle_core::{DType, Device, Shape};
 use candle_nn::var_builder::SimpleBackend;
 use rho::data::{read_documents, Tok};
-use rho::model::{weights::weight_files, Checkpoint, Weights};
+use rho::model::{pickle, weights::weight_files, Checkpoint, Weights};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -268,5 +268,74 @@ pub fn data_reader(dir: &Path, data: &[u8]) -> Result<(), String> {
             Ok(())
         }
         Err(e) => refused(e.to_string(), &p),
+    }
+}
+
+/// A `torch.save` file (zip, zip64 or legacy format) given as bytes: `pickle::index`
+/// straight from memory (the path only names the file in messages), every tensor
+/// materialised in row-major order; then, for a file it accepts, the same bytes as a
+/// checkpoint folder's `pytorch_model.bin` through `Weights` and its `VarBuilder` backend,
+/// every tensor compared with the bytes `index` gave (`Err` if a tensor of a float dtype
+/// failed to load).
+pub fn pickle_file(dir: &Path, data: &[u8]) -> Result<(), String> {
+    let ck = dir.join("ckpt");
+    let p = ck.join("pytorch_model.bin");
+    let tensors = match pickle::index(data, &p) {
+        Ok(t) => t,
+        Err(e) => return refused(e.to_string(), &p),
+    };
+    for (name, t) in &tensors {
+        assert!(t.storage.end <= data.len(), "{name}: storage outside the file");
+        assert_eq!(t.shape.len(), t.strides.len());
+        let b = t.bytes(data);
+        assert_eq!(b.len(), t.numel() * t.elem_size(), "{name}: materialised size");
+        // No expanded views: a tensor is never larger than its storage.
+        assert!(b.len() <= t.storage.len(), "{name}: larger than its storage");
+    }
+    if tensors.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&ck).unwrap();
+    write(&p, data);
+    let w = match Weights::open(&ck) {
+        Ok(w) => w,
+        Err(e) => panic!("index accepted the file but Weights::open refused it: {e}"),
+    };
+    let dev = Device::Cpu;
+    let mut first_err: Option<String> = None;
+    for (name, t) in &tensors {
+        assert!(w.contains(name));
+        let native = match t.dtype {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
+            _ => {
+                let e = w.load(name, DType::F32, &dev).expect_err("a non-float tensor must be refused").to_string();
+                assert!(e.contains(&p.display().to_string()), "error does not name the file: {e}");
+                continue;
+            }
+        };
+        match w.get(Shape::from(t.shape.clone()), name, candle_nn::Init::Const(0.), native, &dev) {
+            Ok(x) => {
+                assert_eq!(x.dims(), t.shape.as_slice());
+                let bytes = t.bytes(data);
+                let x = x.flatten_all().unwrap();
+                let got: Vec<u8> = match native {
+                    DType::F32 => x.to_vec1::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    DType::F16 => x.to_vec1::<half::f16>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    _ => x.to_vec1::<half::bf16>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
+                };
+                assert!(got == bytes.as_ref(), "{name}: Weights and index disagree");
+            }
+            Err(e) => {
+                let m = e.to_string();
+                assert!(m.contains(&p.display().to_string()), "error does not name the file: {m}");
+                first_err.get_or_insert(m);
+            }
+        }
+    }
+    match first_err {
+        None => Ok(()),
+        Some(m) => Err(m),
     }
 }

@@ -1,6 +1,7 @@
 //! Model configs, our own Llama / GPT-NeoX / GPT-2 code, checkpoint loading, per-token loss.
 pub mod config;
 pub mod loss;
+pub mod pickle;
 pub mod transformer;
 pub mod weights;
 
@@ -51,7 +52,7 @@ impl Checkpoint {
         Transformer::new(&self.config, vb, mode).map_err(|e| {
             let msg = crate::error::candle_msg(&e);
             // Messages from our backend already start with the file path.
-            if msg.starts_with('/') || msg.contains(".safetensors:") {
+            if msg.starts_with('/') || [".safetensors:", ".bin:", ".pt:"].iter().any(|s| msg.contains(s)) {
                 Error::msg(msg)
             } else {
                 Error::file(&main, msg)

@@ -1,9 +1,14 @@
-//! Checkpoint weights: `model.safetensors` or sharded (`model.safetensors.index.json`),
-//! in f32, f16 or bf16. Files are memory-mapped and their headers validated; every
-//! tensor is checked against the shape the config implies, and errors name the file.
-//! PyTorch pickle checkpoints (`*.bin`, `*.pt`) are refused: nothing from a
-//! checkpoint is ever executed.
+//! Checkpoint weights, in f32, f16 or bf16: safetensors (`model.safetensors`, or sharded
+//! with `model.safetensors.index.json`) or PyTorch pickles written by `torch.save`
+//! (`pytorch_model.bin`, or sharded with `pytorch_model.bin.index.json`; `model.bin`,
+//! `model.pt`), read by our own reader, which never runs anything from the file
+//! (`super::pickle`). Where a folder holds both, safetensors wins. Files are
+//! memory-mapped and their headers validated; tensors are read only when asked for (the
+//! buffers old checkpoints carry, `attention.bias`, `rotary_emb.inv_freq`, ..., are never
+//! read); every tensor is checked against the shape the config implies, and errors name
+//! the file.
 
+use super::pickle;
 use crate::error::{Error, Result, WithPath};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -11,7 +16,7 @@ use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// The memory-mapped safetensors files of one checkpoint.
+/// The memory-mapped weight files of one checkpoint.
 pub struct Weights {
     files: Vec<(PathBuf, memmap2::Mmap)>,
     /// tensor name -> its place in a file
@@ -22,107 +27,136 @@ struct Entry {
     file: usize,
     dtype: safetensors::Dtype,
     shape: Vec<usize>,
-    /// byte range of the data inside the mapped file
+    /// byte range of the data inside the mapped file: the tensor's bytes when it is
+    /// contiguous; from its first element to the end of its storage when `strides` is set
     start: usize,
     end: usize,
+    /// element strides of a non-contiguous tensor (a pickle's transposed weight or slice)
+    strides: Option<Vec<usize>>,
 }
 
-/// Find the safetensors files of a checkpoint folder.
+/// The shards an index (`*.index.json`) lists: every name must stay inside the folder.
+fn index_shards(index: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+    let bytes = std::fs::read(index).with_path(index)?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).with_path(index)?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::file(index, "no `weight_map` object in the index"))?;
+    let mut files: Vec<String> = Vec::new();
+    for (name, f) in map {
+        let f = f
+            .as_str()
+            .ok_or_else(|| Error::file(index, format!("weight_map entry `{name}` is not a file name")))?;
+        if f.is_empty() || f.contains('/') || f.contains('\\') || f.starts_with('.') {
+            return Err(Error::file(index, format!("weight_map entry `{name}` points outside the folder: `{f}`")));
+        }
+        if !files.iter().any(|x| x == f) {
+            files.push(f.to_string());
+        }
+    }
+    if files.is_empty() {
+        return Err(Error::file(index, "the index lists no weight files"));
+    }
+    files.sort();
+    let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+    for p in &paths {
+        if !p.exists() {
+            return Err(Error::file(p, format!("shard listed in {} is missing", index.display())));
+        }
+        if !p.is_file() {
+            return Err(Error::file(p, format!("shard listed in {} is not a file", index.display())));
+        }
+    }
+    Ok(paths)
+}
+
+/// Find the weight files of a checkpoint folder: safetensors first (an index, then
+/// `model.safetensors`, then any `*.safetensors`), then PyTorch pickles (an index, then
+/// `pytorch_model.bin`, then `model.bin` or `model.pt`).
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let bytes = std::fs::read(&index).with_path(&index)?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes).with_path(&index)?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| Error::file(&index, "no `weight_map` object in the index"))?;
-        let mut files: Vec<String> = Vec::new();
-        for (name, f) in map {
-            let f = f
-                .as_str()
-                .ok_or_else(|| Error::file(&index, format!("weight_map entry `{name}` is not a file name")))?;
-            if f.is_empty() || f.contains('/') || f.contains('\\') || f.starts_with('.') {
-                return Err(Error::file(&index, format!("weight_map entry `{name}` points outside the folder: `{f}`")));
-            }
-            if !files.iter().any(|x| x == f) {
-                files.push(f.to_string());
-            }
-        }
-        if files.is_empty() {
-            return Err(Error::file(&index, "the index lists no weight files"));
-        }
-        files.sort();
-        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
-        for p in &paths {
-            if !p.exists() {
-                return Err(Error::file(p, format!("shard listed in {} is missing", index.display())));
-            }
-            if !p.is_file() {
-                return Err(Error::file(p, format!("shard listed in {} is not a file", index.display())));
-            }
-        }
-        return Ok(paths);
+        return index_shards(&index, dir);
     }
+    let single = dir.join("model.safetensors");
     if single.exists() {
         return Ok(vec![single]);
     }
     // Any other *.safetensors file (e.g. consolidated names)?
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_path(dir)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().map(|x| x == "safetensors").unwrap_or(false))
-        .collect();
+    let listing: Vec<PathBuf> = std::fs::read_dir(dir).with_path(dir)?.flatten().map(|e| e.path()).collect();
+    let mut found: Vec<PathBuf> =
+        listing.iter().filter(|p| p.extension().map(|x| x == "safetensors").unwrap_or(false)).cloned().collect();
     found.sort();
     if !found.is_empty() {
         return Ok(found);
     }
-    for pickle in ["pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "model.pt"] {
-        let p = dir.join(pickle);
-        if p.exists() {
+    let index = dir.join("pytorch_model.bin.index.json");
+    if index.exists() {
+        return index_shards(&index, dir);
+    }
+    let single = dir.join("pytorch_model.bin");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let others: Vec<PathBuf> = ["model.bin", "model.pt"].iter().map(|f| dir.join(f)).filter(|p| p.exists()).collect();
+    match others.len() {
+        0 => {}
+        1 => return Ok(others),
+        _ => {
             return Err(Error::file(
-                &p,
-                "PyTorch pickle checkpoints are refused (loading them would execute code from the file); \
-                 convert to safetensors first, e.g. `AutoModelForCausalLM.from_pretrained(dir).save_pretrained(out, safe_serialization=True)`",
-            ));
+                dir,
+                "both model.bin and model.pt: which one holds the weights is ambiguous; keep one",
+            ))
         }
     }
-    Err(Error::file(dir, "no model.safetensors (or model.safetensors.index.json) in this checkpoint folder"))
+    let shards = listing.iter().any(|p| {
+        let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        n.starts_with("pytorch_model-") && n.ends_with(".bin")
+    });
+    if shards {
+        return Err(Error::file(
+            dir.join("pytorch_model.bin.index.json"),
+            "missing: the folder holds sharded pytorch_model-*.bin files but not their index",
+        ));
+    }
+    Err(Error::file(
+        dir,
+        "no weights in this checkpoint folder (model.safetensors, model.safetensors.index.json, pytorch_model.bin \
+         or pytorch_model.bin.index.json)",
+    ))
 }
 
 impl Weights {
-    /// Memory-map and validate the headers of a checkpoint's safetensors files.
+    /// Memory-map and validate the headers of a checkpoint folder's weight files.
     pub fn open(dir: &Path) -> Result<Self> {
-        let paths = weight_files(dir)?;
-        let mut files = Vec::new();
-        let mut index = HashMap::new();
+        Self::open_files(weight_files(dir)?)
+    }
+
+    /// Memory-map and index weight files: `*.safetensors` as safetensors, any other
+    /// file as a `torch.save` checkpoint. A tensor in two files is an error.
+    pub fn open_files(paths: Vec<PathBuf>) -> Result<Self> {
+        let mut files: Vec<(PathBuf, memmap2::Mmap)> = Vec::new();
+        let mut index: HashMap<String, Entry> = HashMap::new();
         for (i, p) in paths.into_iter().enumerate() {
             let f = std::fs::File::open(&p).with_path(&p)?;
             // SAFETY: the file is only read; a concurrent writer could change it under us,
             // which is the documented risk of mmap. Checkpoints are not modified while read.
             let mmap = unsafe { memmap2::Mmap::map(&f) }.with_path(&p)?;
-            {
-                let st = SafeTensors::deserialize(&mmap).map_err(|e| {
-                    Error::file(&p, format!("not a valid safetensors file (corrupt or truncated?): {e}"))
-                })?;
-                for (name, view) in st.tensors() {
-                    // safetensors checks the element count, which is 0 as soon as one
-                    // dimension is; the strides (products of the other dimensions) must
-                    // still fit in usize.
-                    let mut dims = view.shape().iter().filter(|&&d| d > 0);
-                    if dims.try_fold(1usize, |n, &d| n.checked_mul(d)).is_none() {
-                        return Err(Error::file(
-                            &p,
-                            format!("not a valid safetensors file: tensor `{name}` has an impossible shape {:?}", view.shape()),
-                        ));
-                    }
-                    let start = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
-                    let end = start + view.data().len();
-                    let e = Entry { file: i, dtype: view.dtype(), shape: view.shape().to_vec(), start, end };
-                    index.insert(name.to_string(), e);
+            let entries = if p.extension().is_some_and(|x| x == "safetensors") {
+                safetensors_entries(&mmap, &p, i)?
+            } else {
+                pickle_entries(&mmap, &p, i)?
+            };
+            for (name, e) in entries {
+                if let Some(old) = index.get(&name) {
+                    let other = if old.file == i { &p } else { &files[old.file].0 };
+                    return Err(Error::file(
+                        &p,
+                        format!("tensor `{name}` is also in {}: which one to use is ambiguous", other.display()),
+                    ));
                 }
+                index.insert(name, e);
             }
             files.push((p, mmap));
         }
@@ -142,6 +176,11 @@ impl Weights {
         self.index.get(name).map(|e| self.files[e.file].0.as_path())
     }
 
+    /// The dtype a tensor is stored in.
+    pub fn dtype_of(&self, name: &str) -> Option<safetensors::Dtype> {
+        self.index.get(name).map(|e| e.dtype)
+    }
+
     /// The first file (used in messages when a tensor is missing).
     pub fn main_file(&self) -> &Path {
         &self.files[0].0
@@ -153,10 +192,59 @@ impl Weights {
             candle_core::Error::Msg(format!("{}: tensor `{name}` is missing", self.files[0].0.display()))
         })?;
         let (path, mmap) = &self.files[e.file];
-        let t = convert(e.dtype, &e.shape, &mmap[e.start..e.end])
+        let data = &mmap[e.start..e.end];
+        let data = match &e.strides {
+            None => std::borrow::Cow::Borrowed(data),
+            Some(st) => std::borrow::Cow::Owned(pickle::gather(data, &e.shape, st, e.dtype.bitsize() / 8)),
+        };
+        let t = convert(e.dtype, &e.shape, &data)
             .map_err(|err| candle_core::Error::Msg(format!("{}: tensor `{name}`: {err}", path.display())))?;
         t.to_dtype(dtype)?.to_device(dev)
     }
+}
+
+/// The tensors of a memory-mapped safetensors file.
+fn safetensors_entries(mmap: &[u8], p: &Path, file: usize) -> Result<Vec<(String, Entry)>> {
+    let st = SafeTensors::deserialize(mmap)
+        .map_err(|e| Error::file(p, format!("not a valid safetensors file (corrupt or truncated?): {e}")))?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        // safetensors checks the element count, which is 0 as soon as one
+        // dimension is; the strides (products of the other dimensions) must
+        // still fit in usize.
+        let mut dims = view.shape().iter().filter(|&&d| d > 0);
+        if dims.try_fold(1usize, |n, &d| n.checked_mul(d)).is_none() {
+            return Err(Error::file(
+                p,
+                format!("not a valid safetensors file: tensor `{name}` has an impossible shape {:?}", view.shape()),
+            ));
+        }
+        let start = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
+        let end = start + view.data().len();
+        out.push((name.to_string(), Entry { file, dtype: view.dtype(), shape: view.shape().to_vec(), start, end, strides: None }));
+    }
+    Ok(out)
+}
+
+/// The tensors of a memory-mapped `torch.save` file (nothing from it is run).
+fn pickle_entries(mmap: &[u8], p: &Path, file: usize) -> Result<Vec<(String, Entry)>> {
+    let tensors = pickle::index(mmap, p)?;
+    Ok(tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let es = t.elem_size();
+            let first = t.storage.start + t.offset * es;
+            let e = if t.numel() == 0 {
+                Entry { file, dtype: t.dtype, shape: t.shape, start: t.storage.start, end: t.storage.start, strides: None }
+            } else if t.is_contiguous() {
+                let end = first + t.numel() * es;
+                Entry { file, dtype: t.dtype, shape: t.shape, start: first, end, strides: None }
+            } else {
+                Entry { file, dtype: t.dtype, shape: t.shape, start: first, end: t.storage.end, strides: Some(t.strides) }
+            };
+            (name, e)
+        })
+        .collect())
 }
 
 fn convert(dtype: safetensors::Dtype, shape: &[usize], data: &[u8]) -> candle_core::Result<Tensor> {
