@@ -78,7 +78,7 @@ CASES: list[tuple[str, list[str], str]] = [
     # issue 19's families, continued from their fixture checkpoints (`rho train --init`)
     ("olmo --init", ["--init", str(FIX / "olmo/step1000-tokens4B")], "OLMo-1: LayerNorm without weights, clip_qkv, biases"),
     ("olmo2 --init", ["--init", str(FIX / "olmo2/stage1-step600-tokens3B")], "OLMo-2: post-norms, q/k norm (sharded)"),
-    ("olmo3 --init", ["--init", str(FIX / "olmo3/stage1-step2000")], "OLMo-3: sliding layer (window 8), two RoPEs"),
+    ("olmo3 --init", ["--init", str(FIX / "olmo3/stage1-step2000")], "OLMo-3: sliding layer (window 8), YaRN on the full one"),
     ("smollm3 --init", ["--init", str(FIX / "smollm3/step-40000")], "SmolLM3: a layer without RoPE, tied embeddings"),
     ("qwen3 --init", ["--init", str(FIX / "qwen3/checkpoint-1000")], "Qwen3: per-head q/k norm, sliding layer (bf16)"),
     ("qwen3 random", ["--model-config", str(FIX / "qwen3/checkpoint-500/config.json"),

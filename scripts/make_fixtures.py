@@ -365,6 +365,9 @@ def pythia_buffers(model, sd: dict) -> dict:
     inv = 1.0 / (cfg.rope_parameters["rope_theta"] ** (torch.arange(0, rot, 2).float() / rot))
     out = {}
     for k, v in sd.items():
+        # transformers 5 calls GPT-NeoX's output projection `lm_head` in memory; its files,
+        # Pythia's among them, call it `embed_out`
+        k = "embed_out.weight" if k == "lm_head.weight" else k
         out[k] = v
         if k.endswith("attention.dense.bias"):
             pre = k[: -len("dense.bias")]

@@ -152,3 +152,15 @@ fn smollm3_layer_without_rope_and_tied_embeddings_match_transformers() {
 fn qwen3_per_head_qk_norm_and_sliding_layer_match_transformers() {
     check_family("qwen3", 2);
 }
+
+#[test]
+fn pythia_float16_pickles_sharded_with_old_buffers_match_transformers() {
+    // step0: one pytorch_model.bin; step512: two shards and pytorch_model.bin.index.json;
+    // step1000: model.safetensors beside a pytorch_model.bin of other weights (the
+    // safetensors must be the one read). Every .bin carries attention.bias,
+    // attention.masked_bias and rotary_emb.inv_freq, which the model computes.
+    let series = fixtures().join("neox-pickle");
+    assert!(series.join("step512/pytorch_model.bin.index.json").exists(), "the sharded pickle");
+    assert!(series.join("step1000/pytorch_model.bin").exists() && series.join("step1000/model.safetensors").exists());
+    check_family("neox-pickle", 3);
+}

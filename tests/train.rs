@@ -465,7 +465,7 @@ struct GoldenGrad {
 /// sliding layers (8) bind inside the 40 tokens.
 #[test]
 fn gradients_match_pytorch() {
-    for family in ["llama", "neox", "neox-seq", "gpt2", "qwen2", "mistral", "olmo", "olmo2", "olmo3", "smollm3", "qwen3"] {
+    for family in ["llama", "neox", "neox-seq", "gpt2", "qwen2", "mistral", "olmo", "olmo2", "olmo3", "smollm3", "qwen3", "neox-pickle"] {
         let dir = fixtures().join(family);
         let losses = std::fs::read_to_string(dir.join("golden_losses.jsonl")).unwrap();
         let first = serde_json::from_str::<serde_json::Value>(losses.lines().next().unwrap()).unwrap()["checkpoint"].as_str().unwrap().to_string();
