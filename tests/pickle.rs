@@ -58,8 +58,22 @@ fn check_against_expected(w: &Weights, prefix: &str, file_in_errors: &Path) -> u
     for n in &got {
         let en = format!("{prefix}/{n}");
         assert_eq!(w.dtype_of(n), exp.dtype_of(&en), "{prefix}/{n}: dtype");
-        if candle_dtype(w.dtype_of(n).unwrap()).is_some() {
-            assert_eq!(bits(w, n), bits(&exp, &en), "{prefix}/{n}: values");
+        if let Some(d) = candle_dtype(w.dtype_of(n).unwrap()) {
+            let (shape, native) = bits(w, n);
+            assert_eq!((shape.clone(), native.clone()), bits(&exp, &en), "{prefix}/{n}: values");
+            // Loaded as f32 (what rho eval does): each value converted exactly.
+            let t = w.load(n, DType::F32, &Device::Cpu).unwrap();
+            assert_eq!(t.dims(), shape.as_slice());
+            let got: Vec<u32> = t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+            let want: Vec<u32> = native
+                .iter()
+                .map(|&b| match d {
+                    DType::F16 => half::f16::from_bits(b as u16).to_f32().to_bits(),
+                    DType::BF16 => half::bf16::from_bits(b as u16).to_f32().to_bits(),
+                    _ => b,
+                })
+                .collect();
+            assert_eq!(got, want, "{prefix}/{n}: as f32");
             floats += 1;
         } else {
             let e = w.load(n, DType::F32, &Device::Cpu).unwrap_err().to_string();

@@ -626,7 +626,7 @@ impl<'a> Unpickler<'a> {
                 }
                 b'V' => {
                     let l = self.line()?;
-                    let v = V::Str(raw_unicode_escape(l).or_else(|e| bad(e))?.into());
+                    let v = V::Str(raw_unicode_escape(l).or_else(bad)?.into());
                     self.push(v)?;
                 }
                 b'X' => {
@@ -1122,7 +1122,7 @@ fn int_le(b: &[u8]) -> V {
 }
 
 fn pairs(items: Vec<V>) -> R<Vec<(V, V)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return bad("an odd number of items for a dict");
     }
     let mut out = Vec::with_capacity(items.len() / 2);
