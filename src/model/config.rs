@@ -620,19 +620,19 @@ impl ModelConfig {
         if self.num_heads == 0 || self.head_dim == 0 {
             return bad("attention heads and head_dim must be positive".into());
         }
-        if self.arch != Arch::Llama && self.hidden_size % self.num_heads != 0 {
+        if self.arch != Arch::Llama && !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad(format!(
                 "hidden size {} is not divisible by {} heads",
                 self.hidden_size, self.num_heads
             ));
         }
-        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!(
                 "{} attention heads are not a multiple of {} key/value heads",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.rotary_dim % 2 != 0 {
+        if !self.rotary_dim.is_multiple_of(2) {
             return bad(format!("rotary dimension {} is odd", self.rotary_dim));
         }
         Ok(())
