@@ -412,8 +412,9 @@ pub fn run(cli: Cli) -> Result<()> {
                     crate::train::run_train(&cfg, Some(&ckpt))?
                 }
                 None => {
+                    let force = a.force;
                     let cfg = a.merged()?.resolve()?;
-                    crate::train::run_train(&cfg, None)?
+                    crate::train::run_train_with(&cfg, None, force, None)?
                 }
             };
             if let (Some(last), false) = (summary.checkpoints.last(), quiet) {

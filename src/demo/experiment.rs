@@ -122,7 +122,7 @@ pub fn run_experiment(dir: &Path, cfg: &ExperimentConfig) -> Result<ExperimentRe
         if s.mode == TrainMode::Slm && s.select == Select::Batch {
             tc.reference = Some(p.ref_ck.clone());
         }
-        train::run_train(&tc, None)?;
+        train::run_train_with(&tc, None, true, None)?; // force: a re-run of the experiment starts its runs over
         copy_model(&p.base_ck, &out.join("step-0"))?;
         let study = out.join("study");
         eval_run(&out, &p.valid, &p.tokenizer, &study, true, true)?;

@@ -238,13 +238,13 @@ pub fn prepare(study: &Path, cfg: &DemoConfig, t0: &Instant) -> Result<Prepared>
     let mut p1 = train_cfg(cfg, base.clone(), runs.join("base"), cfg.base_steps);
     p1.model_config = Some(mcfg.clone());
     p1.tokenizer = Some(tok_path.clone());
-    train::run_train(&p1, None)?;
+    train::run_train_with(&p1, None, true, None)?; // force: a re-run of the demo into the same --study starts its runs over
     let base_ck = runs.join("base").join(format!("step-{}", cfg.base_steps));
 
     say(cfg, t0, &format!("reference model: phase-1 model trained on the curated corpus, {} steps", cfg.ref_steps));
     let mut r = train_cfg(cfg, curated.clone(), runs.join("reference"), cfg.ref_steps);
     r.init = Some(base_ck.clone());
-    train::run_train(&r, None)?;
+    train::run_train_with(&r, None, true, None)?;
     let ref_ck = runs.join("reference").join(format!("step-{}", cfg.ref_steps));
     Ok(Prepared { corpus: c, noisy, valid, tokenizer: tok_path, base_ck, ref_ck })
 }
@@ -275,7 +275,7 @@ pub fn run_demo(study: &Path, cfg: &DemoConfig) -> Result<DemoSummary> {
     p2.save_every = (cfg.phase2_steps / cfg.n_checkpoints).max(1);
     p2.warmup = 0;
     p2.lr = cfg.phase2_lr;
-    train::run_train(&p2, None)?;
+    train::run_train_with(&p2, None, true, None)?;
     // The phase-2 series starts with the phase-1 model.
     copy_model(&p.base_ck, &phase2.join("step-0"))?;
 
@@ -290,10 +290,10 @@ pub fn run_demo(study: &Path, cfg: &DemoConfig) -> Result<DemoSummary> {
     slm.mode = TrainMode::Slm;
     slm.reference = Some(p.ref_ck.clone());
     slm.mask_every = (cfg.slm_steps / 4).max(1);
-    train::run_train(&slm, None)?;
+    train::run_train_with(&slm, None, true, None)?;
     let mut clm = train_cfg(cfg, p.noisy.clone(), runs.join("clm"), cfg.slm_steps);
     clm.init = Some(p.base_ck.clone());
-    train::run_train(&clm, None)?;
+    train::run_train_with(&clm, None, true, None)?;
 
     say(cfg, &t0, "writing the report (PNG charts and index.html)");
     let report = crate::report::run_report(study, None)?;

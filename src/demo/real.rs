@@ -318,7 +318,7 @@ pub fn run_real(dir: &Path, cfg: &RealConfig) -> Result<RealResults> {
         say(cfg, &t0, &format!("reference model: {} steps on the reference data", cfg.ref_steps));
         let mut r = base_train(cfg, &ref_path, ref_dir.clone(), cfg.ref_steps, &mcfg, &tok_path, 0);
         r.save_every = cfg.ref_steps;
-        train::run_train(&r, None)?;
+        train::run_train_with(&r, None, true, None)?; // force: an unfinished reference run starts over
     }
     let scores = data.join("ref_scores.parquet");
     let stream = crate::train::stream::Stream::build(&corpus_path, "text", &tok, Some(eos), cfg.seq_len, tok.vocab_size())?;
@@ -355,7 +355,7 @@ pub fn run_real(dir: &Path, cfg: &RealConfig) -> Result<RealResults> {
         // A finished run is kept (and its evaluations, unless it is trained again).
         let retrain = !last.join("model.safetensors").exists();
         if retrain {
-            train::run_train(&tc, None)?;
+            train::run_train_with(&tc, None, true, None)?; // force: an unfinished run starts over
         }
         for (t, p, _) in &targets {
             let study = out.join(format!("study-{t}"));

@@ -182,7 +182,11 @@ impl LossSource {
 /// last checkpoint's losses), the second in blocks of [`BLOCK_ROWS`] tokens, each
 /// categorized and appended to the output; memory holds one block of
 /// [tokens x checkpoints] losses, whatever the size of the study.
+///
+/// One writer at a time: it holds the study lock ([`crate::lock`]) from reading study.json to
+/// publishing, so what it publishes is of the study it read (an eval waits to publish meanwhile).
 pub fn categorize_study(study: &Path, opts: &CategorizeOptions) -> Result<CategorizeSummary> {
+    let _lock = if study.is_dir() { Some(crate::lock::lock_study(study, false)?) } else { None };
     categorize_study_blocks(study, opts, BLOCK_ROWS)
 }
 

@@ -13,6 +13,7 @@ pub mod study;
 
 use crate::data::{read_documents, Tok};
 use crate::error::{Error, Result};
+use crate::lock::{Lock, Try};
 use crate::model::{loss::token_loss_eval, Checkpoint, Mode, Transformer};
 use crate::util;
 use candle_core::{DType, Device, Tensor};
@@ -256,10 +257,13 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
     });
     let fingerprint = util::sha256_hex(settings.to_string().as_bytes());
 
-    // The study folder.
+    // The study folder. study.json changes only under the study lock (`crate::lock`): loaded,
+    // changed and saved by one process at a time. A checkpoint is scored outside it, under its
+    // claim (`losses/<name>.lock`), then published under it into study.json as it is by then.
     let study = &opts.study;
     let losses_dir = study.join(study::LOSSES_DIR);
     std::fs::create_dir_all(&losses_dir).map_err(|e| Error::io(&losses_dir, e))?;
+    let study_lock = crate::lock::lock_study(study, opts.quiet)?;
     let mut manifest = Manifest::load_or_default(study)?;
     if let Some(shard) = opts.shard {
         // Shards run concurrently: they never rewrite a study evaluated with other settings,
@@ -309,42 +313,37 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
     // The study's order after this run: its checkpoints as recorded, this run's merged in
     // (by position when everything agrees, else this run's order for its own).
     let run_keys: Vec<(String, order::Key)> = ckpts.iter().map(|c| (c.name(), positions[&c.name()].key())).collect();
-    let old_keys: Vec<(String, order::Key)> = manifest
-        .checkpoints
-        .iter()
-        .map(|e| {
-            // Read again where the folder is still there (a study written by an older rho has other steps).
-            let fresh = if e.path.is_dir() { order::position(&e.path).ok() } else { None };
-            (e.name.clone(), fresh.map(|p| p.key()).unwrap_or_else(|| e.key()))
-        })
-        .collect();
-    let series = order::merge(&old_keys, &run_keys);
     if opts.shard.is_none() {
-        manifest.arrange(&series);
+        manifest.arrange(&study_series(&manifest, &run_keys));
         manifest.save(study)?;
     }
 
     // What is left to do: a checkpoint is done when its whole losses file is listed
     // with this fingerprint, or (sharded) when every part is; a shard also when its own part is.
-    let sharded = study::scan_sharded(study, &fingerprint)?;
-    let whole_done = |name: &str| {
-        manifest.checkpoints.iter().any(|e| {
+    let is_done = |manifest: &Manifest, sharded: &[study::ShardedCheckpoint], name: &str| {
+        let whole_done = manifest.checkpoints.iter().any(|e| {
             e.name == name && e.fingerprint == fingerprint && e.shards.is_none() && Manifest::losses_path(study, &e.name).exists()
-        })
-    };
-    let parts_done = |name: &str| sharded.iter().any(|sc| sc.name == name && sc.is_complete() && !sc.done.is_empty());
-    let my_part_done = |name: &str| {
-        opts.shard.is_some_and(|sh| {
+        });
+        let parts_done = sharded.iter().any(|sc| sc.name == name && sc.is_complete() && !sc.done.is_empty());
+        let my_part_done = opts.shard.is_some_and(|sh| {
             sharded.iter().any(|sc| sc.name == name && sc.done.iter().any(|p| p.shard == sh.index && p.shards == sh.count))
-        })
+        });
+        whole_done || parts_done || my_part_done
     };
-    let todo: Vec<&Checkpoint> = ckpts
-        .iter()
-        .filter(|c| {
-            let n = c.name();
-            opts.force || !(whole_done(&n) || parts_done(&n) || my_part_done(&n))
-        })
-        .collect();
+    // Done by now (another process may have scored it since this run started).
+    let done_now = |name: &str| -> Result<bool> {
+        Ok(is_done(&Manifest::load_or_default(study)?, &study::scan_sharded(study, &fingerprint)?, name))
+    };
+    let sharded = study::scan_sharded(study, &fingerprint)?;
+    let todo: Vec<&Checkpoint> = ckpts.iter().filter(|c| opts.force || !is_done(&manifest, &sharded, &c.name())).collect();
+    // The claim of a done checkpoint left by a killed process (it died after publishing): removed when free.
+    for c in ckpts.iter().filter(|c| !todo.iter().any(|t| t.name() == c.name())) {
+        let p = claim_path(study, &c.name(), opts.shard);
+        if std::fs::symlink_metadata(&p).is_ok() {
+            drop(Lock::try_take(&p, true)?);
+        }
+    }
+    drop(study_lock);
     // A shard scores its slice of the units, with rows counted from the slice's start.
     let (units, rows_range) = match opts.shard {
         None => (units, 0..rows.len()),
@@ -382,7 +381,8 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
     let progress = Progress::new(opts.quiet, (todo.len() * n_rows) as u64);
     let shard_rows = opts.shard.map(|_| rows.slice(rows_range.clone()));
     let my_rows = shard_rows.as_ref().unwrap_or(&rows);
-    for c in todo {
+    // Score one checkpoint (its claim held), then publish it under the study lock.
+    let score = |c: &Checkpoint, report: &mut EvalReport| -> Result<()> {
         let name = c.name();
         progress.set_message(&name);
         let t = Instant::now();
@@ -393,10 +393,22 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
         let step = pos.step.map(|s| s as i64);
         let loss_sum = losses.iter().map(|&x| x as f64).sum::<f64>();
         let mean_loss = loss_sum / losses.len().max(1) as f64;
+        let _study_lock = crate::lock::lock_study(study, opts.quiet)?;
+        let mut manifest = Manifest::load_or_default(study)?;
+        if manifest.fingerprint != fingerprint {
+            return Err(Error::file(
+                Manifest::path(study),
+                format!(
+                    "the study was started over with other data, tokenizer or settings (rho eval --force) while \
+                     `{name}` was evaluated: its losses are not recorded; run rho eval again"
+                ),
+            ));
+        }
         match opts.shard {
             None => {
                 let path = Manifest::losses_path(study, &name);
                 write_losses(&path, &name, step, my_rows, &losses)?;
+                let series = study_series(&manifest, &run_keys);
                 manifest.checkpoints.retain(|e| e.name != name);
                 manifest.checkpoints.push(CheckpointEntry {
                     name: name.clone(),
@@ -442,6 +454,32 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
             n_rows as f64 / secs.max(1e-9)
         ));
         report.evaluated.push(name);
+        Ok(())
+    };
+    // Claimed by another process: scored by it, unless it stops; this run waits for it last.
+    let skip_done = |name: String, report: &mut EvalReport| {
+        progress.inc(n_rows as u64);
+        report.skipped.push(name);
+    };
+    let mut busy: Vec<(&Checkpoint, Option<crate::lock::Holder>)> = Vec::new();
+    for c in todo {
+        let name = c.name();
+        match Lock::try_take(&claim_path(study, &name, opts.shard), true)? {
+            Try::Taken(_claim) if !opts.force && done_now(&name)? => skip_done(name, &mut report),
+            Try::Taken(_claim) => score(c, &mut report)?,
+            Try::Busy(h) => busy.push((c, h)),
+        }
+    }
+    for (c, h) in busy {
+        let name = c.name();
+        progress.println(&format!("  {name}: being evaluated by {}; waiting for it", crate::lock::describe(h.as_ref())));
+        let _claim = Lock::take(&claim_path(study, &name, opts.shard), true, std::time::Duration::ZERO, |_| {})?;
+        if !opts.force && done_now(&name)? {
+            progress.println(&format!("  {name}: evaluated by the other process; skipped"));
+            skip_done(name, &mut report);
+        } else {
+            score(c, &mut report)?;
+        }
     }
     progress.finish();
     report.seconds = t0.elapsed().as_secs_f64();
@@ -518,6 +556,31 @@ pub fn write_losses(path: &Path, name: &str, step: Option<i64>, rows: &Rows, los
         Column::new("loss".into(), losses),
     ])?;
     util::write_parquet(path, &mut df)
+}
+
+/// The study's order with this run's checkpoints (`run_keys`) merged in: its checkpoints as
+/// recorded (their positions read again where the folder is still there: a study written by an
+/// older rho has other steps), by [`order::merge`].
+fn study_series(manifest: &Manifest, run_keys: &[(String, order::Key)]) -> Vec<String> {
+    let old_keys: Vec<(String, order::Key)> = manifest
+        .checkpoints
+        .iter()
+        .map(|e| {
+            let fresh = if e.path.is_dir() { order::position(&e.path).ok() } else { None };
+            (e.name.clone(), fresh.map(|p| p.key()).unwrap_or_else(|| e.key()))
+        })
+        .collect();
+    order::merge(&old_keys, run_keys)
+}
+
+/// The claim of a checkpoint while one process scores it: `losses/<name>.lock`, or
+/// `losses/<name>.part-<I>-of-<N>.lock` for a shard.
+pub fn claim_path(study: &Path, name: &str, shard: Option<Shard>) -> PathBuf {
+    let file = match shard {
+        None => format!("{name}.lock"),
+        Some(sh) => format!("{name}.{}.lock", sh.stem()),
+    };
+    study.join(study::LOSSES_DIR).join(file)
 }
 
 /// A progress bar on a terminal, plain lines otherwise, nothing with --quiet.

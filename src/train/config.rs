@@ -36,6 +36,11 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub resume: Option<PathBuf>,
+    /// Start over in an --out folder that holds a run (its checkpoints, metrics.jsonl and probe
+    /// masks are replaced; what is replaced is said). Without it such a folder is refused.
+    #[arg(long, conflicts_with = "resume")]
+    #[serde(skip)]
+    pub force: bool,
     /// Training data (.jsonl, .parquet, plain text), packed into windows with EOS.
     #[arg(long)]
     pub data: Option<PathBuf>,

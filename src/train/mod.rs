@@ -9,6 +9,7 @@ pub mod config;
 pub mod optim;
 pub mod params;
 pub mod reference;
+pub mod run_dir;
 pub mod stream;
 
 pub use config::{TrainConfig, TrainMode};
@@ -71,16 +72,25 @@ enum Reference {
     Model(Transformer),
 }
 
-/// Run (or continue, with `resume`) a training run.
+/// Run (or continue, with `resume`) a training run. A run already in `cfg.out` is refused
+/// unless resumed (see [`run_dir`]).
 pub fn run_train(cfg: &TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
-    run_train_cancellable(cfg, resume, None)
+    run_train_with(cfg, resume, false, None)
 }
 
 /// [`run_train`] that also stops (saving a checkpoint, as on Ctrl-C) once `cancel` is set:
 /// the TUI cancels one of several runs this way.
 pub fn run_train_cancellable(cfg: &TrainConfig, resume: Option<&Path>, cancel: Option<&AtomicBool>) -> Result<TrainSummary> {
+    run_train_with(cfg, resume, false, cancel)
+}
+
+/// [`run_train_cancellable`]; with `force` (`rho train --force`), a run already in `cfg.out`
+/// is replaced (said, and removed before the first step) instead of refused.
+pub fn run_train_with(cfg: &TrainConfig, resume: Option<&Path>, force: bool, cancel: Option<&AtomicBool>) -> Result<TrainSummary> {
     let t_start = Instant::now();
     cfg.validate()?;
+    // The run folder: its run lock held to the end of the run; a run in it kept unless resumed or replaced.
+    let mut run_dir = run_dir::RunDir::open(&cfg.out, resume.is_some(), force)?;
     let device = crate::cli::parse_device(&cfg.device)?;
 
     // Where the weights come from: a checkpoint to resume, --init, or a fresh config.
@@ -172,6 +182,7 @@ pub fn run_train_cancellable(cfg: &TrainConfig, resume: Option<&Path>, cancel: O
 
     // Output folder, metrics (trimmed to the resumed step), Ctrl-C handler.
     std::fs::create_dir_all(&cfg.out).with_path(&cfg.out)?;
+    run_dir.start_over(cfg.quiet)?;
     checkpoint::remove_stale(&cfg.out);
     let metrics_path = cfg.out.join("metrics.jsonl");
     trim_metrics(&metrics_path, step)?;
