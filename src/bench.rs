@@ -297,9 +297,8 @@ pub fn run_bench_eval(a: &BenchEvalArgs) -> Result<Vec<BenchResult>> {
         for (k, v) in made.lock().unwrap().iter() {
             dump.insert(k.clone(), v.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
         }
-        let tmp = crate::util::tmp_path(path);
-        candle_core::safetensors::save(&dump, &tmp).map_err(|e| Error::file(&tmp, e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        let bytes = safetensors::tensor::serialize(&dump, None).map_err(|e| Error::file(path, e.to_string()))?;
+        crate::util::write_bytes_atomic(path, &bytes)?;
         println!("dumped weights, ids and losses of {} shapes to {}", shapes.len(), path.display());
     }
     Ok(results)

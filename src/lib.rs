@@ -4,6 +4,7 @@
 pub mod error;
 pub mod util;
 pub mod lock;
+pub mod temp;
 pub mod model;
 pub mod cuda;
 pub mod data;

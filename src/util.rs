@@ -4,33 +4,37 @@ use crate::error::{Error, Result, WithPath};
 use polars::prelude::*;
 use std::path::{Path, PathBuf};
 
-/// The temporary name a file is written under before it is renamed into place.
+/// A fresh temporary name of this process for `path` (`<name>.rho-tmp-<pid>-<start>-<host>-<n>`,
+/// [`crate::temp`]); create it with [`crate::temp::create_file`], never by a call that follows links.
 pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".{}.tmp", std::process::id()));
-    path.with_file_name(name)
+    crate::temp::name(path, crate::temp::Kind::Tmp).unwrap_or_else(|_| path.with_extension("rho-tmp"))
 }
 
-/// Write a file atomically: write to a temporary name in the same folder,
-/// fsync, then rename over `path`. A crash leaves either the old file or the new one.
+/// Write a file atomically: write to a new temporary name of this process in the same
+/// folder (created with `O_EXCL | O_NOFOLLOW`: never through a planted link), fsync, then
+/// rename over `path`. A crash leaves either the old file or the new one.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).with_path(dir)?;
         }
     }
-    let tmp = tmp_path(path);
+    let tmp = crate::temp::name(path, crate::temp::Kind::Tmp)?;
+    let mut f = crate::temp::create_file(&tmp).map_err(|e| crate::temp::create_error(&tmp, e))?;
     let res = (|| {
-        let mut f = std::fs::File::create(&tmp).with_path(&tmp)?;
         write(&mut f)?;
         f.sync_all().with_path(&tmp)?;
         Ok(())
     })();
+    drop(f);
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, path).with_path(path)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
     Ok(())
 }
 
@@ -66,16 +70,10 @@ pub fn read_parquet(path: &Path) -> Result<DataFrame> {
     ParquetReader::new(f).finish().with_path(path)
 }
 
-/// Remove stale temporary files (`*.tmp`) left in a folder by a killed process.
+/// Remove rho's own temporaries left in a folder by processes that are gone
+/// ([`crate::temp::remove_stale`]); nothing else in the folder is touched.
 pub fn remove_stale_tmp(dir: &Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension().map(|x| x == "tmp").unwrap_or(false) {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
+    crate::temp::remove_stale(dir);
 }
 
 #[allow(dead_code)]

@@ -61,7 +61,7 @@ fn check_report(out: &Path, expected: &[&str], absent: &[&str]) {
     // no temporary files left behind
     for e in std::fs::read_dir(out).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().to_string();
-        assert!(!name.contains(".tmp") && name.matches(".png").count() <= 1, "left over: {name}");
+        assert!(!name.contains(".tmp") && !rho::temp::is_temp_name(&name) && name.matches(".png").count() <= 1, "left over: {name}");
     }
 }
 

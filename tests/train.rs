@@ -205,6 +205,11 @@ fn resume_reproduces_the_uninterrupted_run() {
     copy_dir(&full.join("step-3"), &crashed.join("step-3"));
     let lines: Vec<String> = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap().lines().map(String::from).collect();
     std::fs::write(crashed.join("metrics.jsonl"), format!("{}\n{}\n{}\n{}", lines[0], lines[1], lines[2], &lines[3][..20])).unwrap();
+    // the unfinished checkpoint folder of a killed rho (a pid no process can have)
+    let dead = rho::temp::Owner { pid: 2_000_000_000, ..rho::temp::me().clone() };
+    let stale = rho::temp::name_of(&crashed.join("step-6"), rho::temp::Kind::Tmp, &dead, 0).unwrap();
+    std::fs::create_dir_all(&stale).unwrap();
+    // the user's own folder of a similar name
     std::fs::create_dir_all(crashed.join("step-6.tmp-999")).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_rho")).args(["train", "--quiet", "--resume"]).arg(&crashed).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -219,7 +224,8 @@ fn resume_reproduces_the_uninterrupted_run() {
     let wa = std::fs::read(full.join("step-6/model.safetensors")).unwrap();
     let wb = std::fs::read(crashed.join("step-6/model.safetensors")).unwrap();
     assert!(wa == wb, "resumed weights differ");
-    assert!(!crashed.join("step-6.tmp-999").exists(), "stale temporary folder removed");
+    assert!(!stale.exists(), "stale temporary folder removed");
+    assert!(crashed.join("step-6.tmp-999").is_dir(), "the user's folder is kept");
 }
 
 /// A checkpoint written by `rho train`, read back by `rho eval --pack`, gives the

@@ -166,7 +166,8 @@ pub fn audit_study(study: &Path, opts: &AuditOptions) -> Result<AuditReport> {
     if !cpath.exists() {
         return Err(Error::file(&cpath, "missing: run `rho categorize` first"));
     }
-    let summary = CategorizeSummary::load(&cpath)?;
+    // categories.json and trajectories.parquet of one run of `rho categorize`, or an error
+    let summary = crate::dynamics::load_categorized(study)?;
     let tpath = trajectories_path(study);
     let kpath = study.join(TOKENS);
     let traj = scan(&tpath)?;

@@ -124,9 +124,8 @@ pub fn train_tokenizer(docs: &[&str], vocab_size: usize, path: &Path) -> Result<
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build();
     tok.train(&mut trainer, docs.iter()).map_err(|e| Error::msg(format!("tokenizer training failed: {e}")))?;
-    let tmp = util::tmp_path(path);
-    tok.save(&tmp, true).map_err(|e| Error::file(&tmp, e.to_string()))?;
-    std::fs::rename(&tmp, path).with_path(path)
+    let json = tok.to_string(true).map_err(|e| Error::file(path, e.to_string()))?;
+    util::write_bytes_atomic(path, json.as_bytes())
 }
 
 /// The shape of the small Llama models the demo and the experiments train.
@@ -305,8 +304,11 @@ pub fn run_demo(study: &Path, cfg: &DemoConfig) -> Result<DemoSummary> {
 
 /// Copy the HF files of a checkpoint (not the optimizer state).
 pub(crate) fn copy_model(from: &Path, to: &Path) -> Result<()> {
-    let tmp = to.with_file_name(format!("{}.tmp-{}", to.file_name().unwrap().to_string_lossy(), std::process::id()));
-    std::fs::create_dir_all(&tmp).with_path(&tmp)?;
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).with_path(parent)?;
+    }
+    let tmp = crate::temp::name(to, crate::temp::Kind::Tmp)?;
+    crate::temp::create_dir(&tmp).with_path(&tmp)?;
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         std::fs::copy(from.join(f), tmp.join(f)).with_path(from.join(f))?;
     }

@@ -12,8 +12,8 @@ mod trajectory;
 
 pub use category::Category;
 pub use study::{
-    categories_path, categorize_study, categorize_study_blocks, trajectories_path, CategorizeOptions, LossSource, BLOCK_ROWS, CATEGORIES,
-    DEFAULT_THRESHOLD,
+    categories_path, categorize_study, categorize_study_blocks, load_categorized, trajectories_generation, trajectories_path, CategorizeOptions,
+    LossSource, BLOCK_ROWS, CATEGORIES, DEFAULT_THRESHOLD, GENERATION_KEY,
 };
 pub use summary::{CategorizeSummary, CategoryShare};
 pub use trajectory::{categorize, category_of, check_threshold, Categorization, TokenTrajectory};

@@ -41,6 +41,54 @@ pub fn categories_path(study: &Path) -> PathBuf {
     study.join(CATEGORIES)
 }
 
+/// The key of `trajectories.parquet`'s file metadata that holds its generation, the id
+/// `categories.json` records under `"generation"`.
+pub const GENERATION_KEY: &str = "rho.categorize.generation";
+
+/// A new generation id: 32 random hex digits.
+fn new_generation() -> String {
+    let v: u128 = rand::random();
+    format!("{v:032x}")
+}
+
+/// The generation `trajectories.parquet` was written with (its file metadata), `None` for a
+/// file of an older rho.
+pub fn trajectories_generation(path: &Path) -> Result<Option<String>> {
+    let f = std::fs::File::open(path).with_path(path)?;
+    let mut r = ParquetReader::new(f);
+    let meta = r.get_metadata().with_path(path)?;
+    Ok(meta.key_value_metadata().as_ref().and_then(|kv| kv.iter().find(|k| k.key == GENERATION_KEY)).and_then(|k| k.value.clone()))
+}
+
+/// `categories.json`, checked against `trajectories.parquet` (when there is one): both
+/// must be of one run of `rho categorize`. categorize writes trajectories.parquet, then
+/// categories.json, which records the generation id it also wrote into trajectories.parquet;
+/// a run stopped between the two renames leaves a pair of two generations, which every reader
+/// refuses here (never a mix of the new rows with the old counts). A pair of an older rho
+/// (neither records a generation) is read as it is.
+pub fn load_categorized(study: &Path) -> Result<CategorizeSummary> {
+    let cp = categories_path(study);
+    let (summary, generation) = CategorizeSummary::load_with_generation(&cp)?;
+    let tp = trajectories_path(study);
+    if std::fs::symlink_metadata(&tp).is_ok() {
+        let found = trajectories_generation(&tp)?;
+        if found != generation {
+            let g = |x: &Option<String>| x.as_deref().map(|s| format!("generation {s}")).unwrap_or_else(|| "no generation".into());
+            return Err(Error::file(
+                &tp,
+                format!(
+                    "is not of the same run of `rho categorize` as {} ({} here, {} there): a run was stopped                      between writing the two; run `rho categorize --study {}` again",
+                    cp.display(),
+                    g(&found),
+                    g(&generation),
+                    study.display()
+                ),
+            ));
+        }
+    }
+    Ok(summary)
+}
+
 /// Pick the checkpoints to use, in manifest order.
 fn select<'a>(manifest: &'a Manifest, wanted: Option<&[String]>) -> Result<Vec<&'a CheckpointEntry>> {
     let all = &manifest.checkpoints;
@@ -195,6 +243,8 @@ pub fn categorize_study_blocks(study: &Path, opts: &CategorizeOptions, block_row
     check_threshold(opts.threshold)?;
     let block_rows = block_rows.max(1);
     let manifest = Manifest::load(study)?;
+    // rho's own temporaries of runs that are gone (never another's, never the user's).
+    crate::util::remove_stale_tmp(study);
     if manifest.checkpoints.is_empty() {
         return Err(Error::file(
             Manifest::path(study),
@@ -250,6 +300,7 @@ pub fn categorize_study_blocks(study: &Path, opts: &CategorizeOptions, block_row
 
     // Pass 2: blocks of tokens x checkpoints -> trajectories, appended to the output.
     let out_path = trajectories_path(study);
+    let generation = new_generation();
     let mut counts = [0u64; 4];
     crate::util::write_atomic(&out_path, |file| {
         let mut writer: Option<polars::io::parquet::write::BatchedWriter<&mut std::fs::File>> = None;
@@ -310,6 +361,7 @@ pub fn categorize_study_blocks(study: &Path, opts: &CategorizeOptions, block_row
             if writer.is_none() {
                 let w = ParquetWriter::new(file.take().unwrap())
                     .with_compression(ParquetCompression::Zstd(None))
+                    .with_key_value_metadata(Some(KeyValueMetadata::from_static(vec![(GENERATION_KEY.into(), generation.clone())])))
                     .batched(&out.schema())
                     .with_path(&out_path)?;
                 writer = Some(w);
@@ -321,7 +373,8 @@ pub fn categorize_study_blocks(study: &Path, opts: &CategorizeOptions, block_row
     })?;
     let names: Vec<String> = selected.iter().map(|c| c.name.clone()).collect();
     let summary = CategorizeSummary::from_counts(counts, l_mean, opts.threshold, names);
-    summary.save(&categories_path(study))?;
+    // Last: the record of the generation (trajectories.parquet is in place).
+    summary.save_with_generation(&categories_path(study), &generation)?;
     Ok(summary)
 }
 
@@ -432,13 +485,51 @@ mod tests {
 
         let saved = CategorizeSummary::load(&categories_path(dir.path())).unwrap();
         assert_eq!(saved, s);
+        assert_eq!(load_categorized(dir.path()).unwrap(), s);
         // no temporary files left behind
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .flatten()
-            .filter(|e| e.path().extension().map(|x| x == "tmp").unwrap_or(false))
+            .filter(|e| e.file_name().to_str().is_some_and(crate::temp::is_temp_name))
             .collect();
-        assert!(leftovers.is_empty());
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn readers_refuse_trajectories_and_categories_of_two_runs() {
+        let dir = make_study(&[0, 1, 2]);
+        let (tp, cp) = (trajectories_path(dir.path()), categories_path(dir.path()));
+        categorize_study(dir.path(), &CategorizeOptions::default()).unwrap();
+        let (_, g1) = CategorizeSummary::load_with_generation(&cp).unwrap();
+        let g1 = g1.expect("categories.json records its generation");
+        assert_eq!(g1.len(), 32);
+        assert_eq!(trajectories_generation(&tp).unwrap().as_deref(), Some(g1.as_str()));
+        let (old_t, old_c) = (std::fs::read(&tp).unwrap(), std::fs::read(&cp).unwrap());
+        // a second run: a new generation in both files
+        let s2 = categorize_study(dir.path(), &CategorizeOptions { threshold: 1.5, checkpoints: None }).unwrap();
+        let (_, g2) = CategorizeSummary::load_with_generation(&cp).unwrap();
+        assert_ne!(g2.as_deref(), Some(g1.as_str()));
+        assert_eq!(load_categorized(dir.path()).unwrap(), s2);
+        let new_t = std::fs::read(&tp).unwrap();
+        // stopped between its two renames: the new trajectories with the old categories.json
+        std::fs::write(&cp, &old_c).unwrap();
+        let e = load_categorized(dir.path()).unwrap_err();
+        assert!(matches!(&e, Error::File { path, .. } if *path == tp), "{e}");
+        assert!(e.to_string().contains("rho categorize") && e.to_string().contains(&g1), "{e}");
+        // ... or the old trajectories with the new record
+        std::fs::write(&tp, &old_t).unwrap();
+        categorize_study(dir.path(), &CategorizeOptions { threshold: 1.5, checkpoints: None }).unwrap();
+        std::fs::write(&tp, &old_t).unwrap();
+        assert!(load_categorized(dir.path()).is_err());
+        // a record of an older rho (no generation) with new trajectories: refused; both old: read
+        let legacy = serde_json::to_vec(&CategorizeSummary::load(&cp).unwrap()).unwrap();
+        std::fs::write(&cp, &legacy).unwrap();
+        std::fs::write(&tp, &new_t).unwrap();
+        assert!(load_categorized(dir.path()).is_err());
+        let mut df = crate::util::read_parquet(&tp).unwrap();
+        crate::util::write_parquet(&tp, &mut df).unwrap();
+        assert_eq!(trajectories_generation(&tp).unwrap(), None);
+        assert!(load_categorized(dir.path()).is_ok());
     }
 
     #[test]

@@ -133,10 +133,33 @@ impl CategorizeSummary {
         crate::util::write_bytes_atomic(path, &bytes)
     }
 
+    /// Write as pretty JSON, atomically, with the `"generation"` of the categorization it
+    /// records (`categories.json`: the id also in `trajectories.parquet`'s metadata).
+    pub fn save_with_generation(&self, path: &Path, generation: &str) -> Result<()> {
+        let mut v = serde_json::to_value(self).with_path(path)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("generation".into(), generation.into());
+        }
+        let bytes = serde_json::to_vec_pretty(&v).with_path(path)?;
+        crate::util::write_bytes_atomic(path, &bytes)
+    }
+
     /// Read a summary written by [`CategorizeSummary::save`].
     pub fn load(path: &Path) -> Result<CategorizeSummary> {
         let bytes = std::fs::read(path).with_path(path)?;
         serde_json::from_slice(&bytes).with_path(path)
+    }
+
+    /// Read a summary and the generation it records (`None`: written by an older rho, or by [`CategorizeSummary::save`]).
+    pub fn load_with_generation(path: &Path) -> Result<(CategorizeSummary, Option<String>)> {
+        #[derive(Deserialize)]
+        struct Generation {
+            #[serde(default)]
+            generation: Option<String>,
+        }
+        let bytes = std::fs::read(path).with_path(path)?;
+        let g: Generation = serde_json::from_slice(&bytes).with_path(path)?;
+        Ok((serde_json::from_slice(&bytes).with_path(path)?, g.generation))
     }
 }
 

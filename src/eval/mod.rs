@@ -103,11 +103,13 @@ pub fn resolve_checkpoints(args: &[PathBuf]) -> Result<Resolved> {
         return Err(Error::flag("--checkpoints", "give a folder of checkpoints or checkpoint folders"));
     }
     if args.len() == 1 && args[0].is_dir() && !looks_like_checkpoint(&args[0]) {
-        let dir = &args[0];
+        let dir = &std::fs::canonicalize(&args[0]).map_err(|e| Error::io(&args[0], e))?;
         let mut subs: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
             .flatten()
             .map(|e| e.path())
+            // rho's own temporaries (a checkpoint being written by `rho train`) are not checkpoints
+            .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(crate::temp::is_temp_name))
             .filter(|p| p.is_dir() && looks_like_checkpoint(p))
             .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p))
             .collect();
@@ -126,10 +128,13 @@ pub fn resolve_checkpoints(args: &[PathBuf]) -> Result<Resolved> {
     }
     let mut warnings = Vec::new();
     let mut items: Vec<(String, order::Position)> = Vec::new();
+    let mut canonical = Vec::with_capacity(args.len());
     for a in args {
         if !a.exists() {
             return Err(Error::file(a, "checkpoint folder does not exist"));
         }
+        let a = &canonical_checkpoint(a)?;
+        canonical.push(a.clone());
         let name = a.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         // Listed one by one, the order is the user's: a bad trainer_state.json only loses the record.
         let pos = order::position(a).unwrap_or_else(|e| {
@@ -148,8 +153,22 @@ pub fn resolve_checkpoints(args: &[PathBuf]) -> Result<Resolved> {
             order::brief(&items[j].1)
         ));
     }
-    let checkpoints = args.iter().cloned().zip(items.into_iter().map(|i| i.1)).collect();
+    let checkpoints = canonical.into_iter().zip(items.into_iter().map(|i| i.1)).collect();
     Ok(Resolved { checkpoints, by_position: false, warnings })
+}
+
+/// A checkpoint folder given on the command line, as a canonical path: its parent resolved
+/// (symlinks, `..`), its own name kept (a symlinked folder keeps the name it was given by);
+/// a path that ends in `..` or `.` is resolved whole, so the checkpoint gets the folder's real
+/// name (`some/dir/..` is `some`, never a checkpoint named `..`).
+fn canonical_checkpoint(a: &Path) -> Result<PathBuf> {
+    match (a.file_name(), a.parent()) {
+        (Some(name), Some(parent)) => {
+            let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+            Ok(std::fs::canonicalize(parent).map_err(|e| Error::io(parent, e))?.join(name))
+        }
+        _ => std::fs::canonicalize(a).map_err(|e| Error::io(a, e)),
+    }
 }
 
 /// The table `rho eval` prints before it starts: the order it will use.
@@ -176,6 +195,10 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
     let ckpts: Vec<Checkpoint> = resolved.checkpoints.iter().map(|(d, _)| Checkpoint::open(d)).collect::<Result<_>>()?;
     let mut names = std::collections::HashSet::new();
     for c in &ckpts {
+        // The name becomes a file name in the study (`losses/<name>.parquet`).
+        study::check_name(&c.name()).map_err(|why| {
+            Error::file(&c.dir, format!("cannot be evaluated into a study: its folder name {:?} {why}", c.name()))
+        })?;
         if !names.insert(c.name()) {
             return Err(Error::file(&c.dir, format!("two checkpoints are named `{}`", c.name())));
         }
@@ -264,10 +287,12 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
     let losses_dir = study.join(study::LOSSES_DIR);
     std::fs::create_dir_all(&losses_dir).map_err(|e| Error::io(&losses_dir, e))?;
     let study_lock = crate::lock::lock_study(study, opts.quiet)?;
+    // rho's own temporaries of processes that are gone (never another's, never the user's).
+    study::remove_stale(study);
     let mut manifest = Manifest::load_or_default(study)?;
     if let Some(shard) = opts.shard {
-        // Shards run concurrently: they never rewrite a study evaluated with other settings,
-        // never clean up other processes' files, and write study.json only to start the study.
+        // Shards run concurrently: they never rewrite a study evaluated with other settings
+        // and write study.json only to start the study.
         if !manifest.fingerprint.is_empty() && manifest.fingerprint != fingerprint {
             return Err(Error::file(
                 Manifest::path(study),
@@ -284,8 +309,6 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
             manifest.save(study)?;
         }
     } else {
-        util::remove_stale_tmp(study);
-        util::remove_stale_tmp(&losses_dir);
         if !manifest.fingerprint.is_empty() && manifest.fingerprint != fingerprint {
             if !opts.force {
                 return Err(Error::file(
@@ -299,6 +322,8 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
             for sc in study::scan_sharded(study, "")? {
                 let _ = std::fs::remove_dir_all(study::shard_dir(study, &sc.name));
             }
+            // categorize's record first (readers then see no categorization, never a stale one)
+            let _ = std::fs::remove_file(crate::dynamics::categories_path(study));
             let _ = std::fs::remove_file(study.join(study::TRAJECTORIES));
             manifest = Manifest::default();
         }

@@ -95,15 +95,13 @@ pub fn study_status(study: &Path) -> Result<StudyStatus> {
     missing.sort();
     missing.dedup();
     let complete = !cks.is_empty() && cks.iter().all(|c| c.state == "whole" || c.state == "sharded");
-    let categorized_over = std::fs::read(crate::dynamics::categories_path(study))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<crate::dynamics::CategorizeSummary>(&b).ok())
-        .map(|s| s.checkpoints)
-        .unwrap_or_default();
+    // Categorized: trajectories.parquet and categories.json of one run of `rho categorize`.
+    let summary = study.join(TRAJECTORIES).exists().then(|| crate::dynamics::load_categorized(study).ok()).flatten();
+    let categorized_over = summary.as_ref().map(|s| s.checkpoints.clone()).unwrap_or_default();
     Ok(StudyStatus {
         study: study.display().to_string(),
         tokens: study.join(TOKENS).exists(),
-        categorized: study.join(TRAJECTORIES).exists(),
+        categorized: summary.is_some(),
         categorized_over,
         checkpoints: cks,
         complete,

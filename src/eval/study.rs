@@ -117,6 +117,38 @@ pub struct PartEntry {
     pub loss_sum: f64,
 }
 
+/// Whether a checkpoint name (read from study.json, a part record or a folder) can be what it
+/// is used as: one file name inside the study (`losses/<name>.parquet`,
+/// `losses/checkpoint=<name>/`). `Err`: why not.
+pub fn check_name(name: &str) -> std::result::Result<(), &'static str> {
+    if name.is_empty() {
+        Err("is empty")
+    } else if name == "." || name == ".." {
+        Err("is `.` or `..`")
+    } else if name.contains('/') || name.contains('\\') {
+        Err("holds a path separator (`/` or `\\`): a checkpoint name is a folder name, never a path")
+    } else if name.contains('\0') {
+        Err("holds a NUL character")
+    } else {
+        Ok(())
+    }
+}
+
+/// Remove rho's own temporaries of processes that are gone ([`crate::temp::remove_stale`]) in
+/// the study folder, `losses/` and each `losses/checkpoint=<name>/`; nothing else is touched.
+pub fn remove_stale(study: &Path) {
+    crate::temp::remove_stale(study);
+    let losses = study.join(LOSSES_DIR);
+    crate::temp::remove_stale(&losses);
+    if let Ok(rd) = std::fs::read_dir(&losses) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(SHARD_DIR_PREFIX) && e.file_type().is_ok_and(|t| t.is_dir()) {
+                crate::temp::remove_stale(&e.path());
+            }
+        }
+    }
+}
+
 /// `<study>/losses/checkpoint=<name>`
 pub fn shard_dir(study: &Path, name: &str) -> PathBuf {
     study.join(LOSSES_DIR).join(format!("{SHARD_DIR_PREFIX}{name}"))
@@ -180,6 +212,7 @@ pub fn scan_sharded(study: &Path, fingerprint: &str) -> Result<Vec<ShardedCheckp
         if !e.path().is_dir() {
             continue;
         }
+        check_name(name).map_err(|why| Error::file(e.path(), format!("the checkpoint name {name:?} of this folder {why}")))?;
         let mut parts: Vec<PartEntry> = Vec::new();
         let mut stale_parts: Vec<PartEntry> = Vec::new();
         for f in std::fs::read_dir(e.path()).with_path(e.path())?.flatten() {
@@ -349,7 +382,13 @@ impl Manifest {
                 Error::io(&p, e)
             }
         })?;
-        serde_json::from_slice(&bytes).with_path(&p)
+        let m: Manifest = serde_json::from_slice(&bytes).with_path(&p)?;
+        for (i, c) in m.checkpoints.iter().enumerate() {
+            check_name(&c.name).map_err(|why| {
+                Error::file(&p, format!("checkpoints[{i}]: the name {:?} {why}; refusing to use it as a file name in the study", c.name))
+            })?;
+        }
+        Ok(m)
     }
 
     /// `study.json` as written, or an empty manifest when there is none.
@@ -506,6 +545,32 @@ mod tests {
         assert_eq!(series_order(&w, &[sharded("s100", Some(100), Some(0), None)]), ["s0", "s100", "s200"]);
         // parts of an older rho (no order): after the study's, by name
         assert_eq!(series_order(&[whole("x", None)], &[sharded("b", None, None, None), sharded("a", None, None, None)]), ["x", "a", "b"]);
+    }
+
+    #[test]
+    fn checkpoint_names_are_file_names() {
+        for good in ["step-100", "checkpoint-7", "final", "a.b", "..a", "x..", "stage2-tokens4B"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "../../x/victim", "/etc/passwd", "a/b", "a\\b", "..\\x", "a\0b"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        // study.json with such a name is refused, naming the file and the entry
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Manifest { fingerprint: "fp".into(), checkpoints: vec![whole("ok", Some(1)), whole("../../x/victim", Some(2))], ..Default::default() };
+        m.save(dir.path()).unwrap();
+        let e = Manifest::load(dir.path()).unwrap_err();
+        assert!(matches!(&e, Error::File { path, .. } if *path == Manifest::path(dir.path())), "{e}");
+        assert!(e.to_string().contains("checkpoints[1]") && e.to_string().contains("../../x/victim"), "{e}");
+        m.checkpoints[1].name = "/abs/victim".into();
+        m.save(dir.path()).unwrap();
+        assert!(Manifest::load_or_default(dir.path()).is_err());
+        // a part folder `checkpoint=..`
+        m.checkpoints.pop();
+        m.save(dir.path()).unwrap();
+        std::fs::create_dir_all(dir.path().join("losses/checkpoint=..")).unwrap();
+        let e = Manifest::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("checkpoint=..") && e.contains("`..`"), "{e}");
     }
 
     #[test]

@@ -87,12 +87,12 @@ pub fn notebook(study: &Path) -> Result<Value> {
     if !cpath.exists() {
         return Err(Error::file(&cpath, "missing: run `rho categorize` first"));
     }
-    let summary = CategorizeSummary::load(&cpath)?;
     for p in [trajectories_path(study), study.join(TOKENS)] {
         if !p.exists() {
             return Err(Error::file(&p, "missing: run `rho eval` and `rho categorize` first"));
         }
     }
+    let summary = crate::dynamics::load_categorized(study)?;
     let abs = absolute(study);
     let abs_s = abs.to_string_lossy().to_string();
     let has_runs = study.join("runs").is_dir();

@@ -33,24 +33,9 @@ fn cat_name(i: usize) -> &'static str {
 
 const F: &str = "sans-serif";
 
-/// Draw a PNG of `size` with `draw`, atomically.
+/// Draw a PNG of `size` with `draw`, atomically ([`super::png_file`]).
 pub fn png(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> R) -> Result<()> {
-    init_font();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let tmp = crate::util::tmp_path(path).with_extension("png");
-    let res = (|| {
-        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
-        root.fill(&WHITE).s()?;
-        draw(&root)?;
-        root.present().s()
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::file(path, format!("cannot draw chart: {e}")));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    super::png_file(path, size, |root| draw(root).map_err(|e| Error::file(path, format!("cannot draw chart: {e}"))))
 }
 
 /// How a legend entry is marked.

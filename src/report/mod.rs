@@ -49,6 +49,34 @@ fn draw_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::file(path, format!("cannot draw chart: {e}"))
 }
 
+/// Draw a chart of `(w, h)` pixels into memory, encode it as PNG and write it atomically
+/// ([`crate::util::write_bytes_atomic`]: a new temporary of this process, never opened
+/// through a link, renamed into place). `draw` gets the white canvas.
+pub fn png_file(
+    path: &Path,
+    (w, h): (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<()>,
+) -> Result<()> {
+    init_font();
+    let mut rgb = vec![0u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
+        draw(&root)?;
+        root.present().map_err(|e| draw_err(path, e))?;
+    }
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut wr = enc.write_header().map_err(|e| draw_err(path, e))?;
+        wr.write_image_data(&rgb).map_err(|e| draw_err(path, e))?;
+        wr.finish().map_err(|e| draw_err(path, e))?;
+    }
+    crate::util::write_bytes_atomic(path, &bytes)
+}
+
 fn range(v: impl Iterator<Item = f64>) -> (f64, f64) {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for x in v.filter(|x| x.is_finite()) {
@@ -67,14 +95,10 @@ fn range(v: impl Iterator<Item = f64>) -> (f64, f64) {
 
 /// A line chart of several series, 1200x800, written atomically as PNG.
 pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
-    init_font();
-    let tmp = crate::util::tmp_path(path).with_extension("png");
-    {
-        let root = BitMapBackend::new(&tmp, (1200, 800)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
+    png_file(path, (1200, 800), |root| {
         let (x0, x1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
         let (y0, y1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 32))
             .margin(20)
             .x_label_area_size(60)
@@ -108,20 +132,15 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
             .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(|e| draw_err(path, e))?;
-        root.present().map_err(|e| draw_err(path, e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        Ok(())
+    })
 }
 
 /// Grouped bars: for each group (x label), one bar per series; values in [0, y_max].
 pub fn grouped_bars(path: &Path, title: &str, y_label: &str, groups: &[String], series: &[(String, Vec<f64>)], y_max: f64) -> Result<()> {
-    init_font();
-    let tmp = crate::util::tmp_path(path).with_extension("png");
-    {
-        let root = BitMapBackend::new(&tmp, (1200, 800)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
+    png_file(path, (1200, 800), |root| {
         let n_g = groups.len().max(1);
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 32))
             .margin(20)
             .x_label_area_size(60)
@@ -167,9 +186,8 @@ pub fn grouped_bars(path: &Path, title: &str, y_label: &str, groups: &[String], 
             .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(|e| draw_err(path, e))?;
-        root.present().map_err(|e| draw_err(path, e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        Ok(())
+    })
 }
 
 #[cfg(test)]

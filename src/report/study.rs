@@ -114,7 +114,7 @@ pub fn run_report_x(study: &Path, out: Option<&Path>, x_axis: data::XAxis) -> Re
     if !cp.exists() {
         return Err(Error::file(&cp, format!("missing: run `rho categorize --study {}` first", study.display())));
     }
-    let summary = CategorizeSummary::load(&cp)?;
+    let summary = dynamics::load_categorized(study)?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| study.join("report"));
     let mut charts_out: Vec<ChartFile> = Vec::new();
     let mut notes = Vec::new();

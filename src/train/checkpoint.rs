@@ -11,6 +11,7 @@
 //! A checkpoint is written into a temporary folder and renamed into place.
 
 use crate::error::{Error, Result, WithPath};
+use crate::temp;
 use crate::train::optim::AdamW;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -33,8 +34,8 @@ pub struct TrainerState {
     pub tokens_seen: u64,
 }
 
-/// Serialize named f32 tensors as a safetensors file transformers accepts.
-pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+/// Named f32 tensors as the bytes of a safetensors file transformers accepts (`path`: for errors).
+pub fn safetensors_bytes(path: &Path, tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
@@ -52,8 +53,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
         })
         .collect::<Result<Vec<_>>>()?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::file(path, e.to_string()))?;
-    std::fs::write(path, bytes).with_path(path)
+    safetensors::serialize(views, Some(meta)).map_err(|e| Error::file(path, e.to_string()))
 }
 
 /// Read all tensors of a safetensors file (used for the optimizer state).
@@ -65,7 +65,9 @@ pub fn step_dir(out: &Path, step: u64) -> PathBuf {
     out.join(format!("step-{step}"))
 }
 
-/// Write a checkpoint atomically: into `<dir>.tmp-<pid>`, then renamed to `dir`.
+/// Write a checkpoint atomically: into a new folder `<dir>.rho-tmp-…` of this process
+/// ([`crate::temp`]), then renamed to `dir` (an existing `dir` is moved aside to
+/// `<dir>.rho-old-…` for the swap, then removed).
 pub fn save(
     dir: &Path,
     config_json: &serde_json::Value,
@@ -74,12 +76,40 @@ pub fn save(
     opt: &AdamW,
     state: &TrainerState,
 ) -> Result<()> {
-    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-    let tmp = dir.with_file_name(format!("{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_path(&tmp)?;
+    let tmp = temp::name(dir, temp::Kind::Tmp)?;
+    temp::create_dir(&tmp).map_err(|e| temp::create_error(&tmp, e))?;
+    let res = fill(&tmp, config_json, tokenizer, params, opt, state);
+    if res.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    std::fs::create_dir_all(&tmp).with_path(&tmp)?;
+    res?;
+    if dir.exists() {
+        let old = temp::name(dir, temp::Kind::Old)?;
+        std::fs::rename(dir, &old).with_path(dir)?;
+        std::fs::rename(&tmp, dir).with_path(dir)?;
+        std::fs::remove_dir_all(&old).with_path(&old)?;
+    } else {
+        std::fs::rename(&tmp, dir).with_path(dir)?;
+    }
+    Ok(())
+}
+
+/// A new file in the checkpoint's fresh temporary folder (never through a link).
+fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = temp::create_file(path).map_err(|e| temp::create_error(path, e))?;
+    f.write_all(bytes).with_path(path)
+}
+
+/// The files of a checkpoint, into its temporary folder, fsynced.
+fn fill(
+    tmp: &Path,
+    config_json: &serde_json::Value,
+    tokenizer: &Path,
+    params: &[(String, Tensor)],
+    opt: &AdamW,
+    state: &TrainerState,
+) -> Result<()> {
     let mut cfg = config_json.clone();
     if let Some(o) = cfg.as_object_mut() {
         o.insert("dtype".into(), "float32".into());
@@ -88,29 +118,21 @@ pub fn save(
         }
     }
     let cfg_bytes = serde_json::to_vec_pretty(&cfg).map_err(|e| Error::msg(e.to_string()))?;
-    std::fs::write(tmp.join("config.json"), cfg_bytes).with_path(tmp.join("config.json"))?;
-    write_safetensors(&tmp.join("model.safetensors"), params)?;
-    std::fs::copy(tokenizer, tmp.join("tokenizer.json")).with_path(tokenizer)?;
+    write_new(&tmp.join("config.json"), &cfg_bytes)?;
+    write_new(&tmp.join("model.safetensors"), &safetensors_bytes(&tmp.join("model.safetensors"), params)?)?;
+    write_new(&tmp.join("tokenizer.json"), &std::fs::read(tokenizer).with_path(tokenizer)?)?;
     let mut moments = Vec::with_capacity(2 * opt.slots.len());
     for s in &opt.slots {
         moments.push((format!("m.{}", s.name), s.m.clone()));
         moments.push((format!("v.{}", s.name), s.v.clone()));
     }
-    write_safetensors(&tmp.join(OPTIMIZER), &moments)?;
+    write_new(&tmp.join(OPTIMIZER), &safetensors_bytes(&tmp.join(OPTIMIZER), &moments)?)?;
     let st = serde_json::to_vec_pretty(state).map_err(|e| Error::msg(e.to_string()))?;
-    std::fs::write(tmp.join(TRAINER_STATE), st).with_path(tmp.join(TRAINER_STATE))?;
-    // fsync the files, then swap the folder into place.
+    write_new(&tmp.join(TRAINER_STATE), &st)?;
+    // fsync the files before the folder is swapped into place.
     for f in ["config.json", "model.safetensors", "tokenizer.json", OPTIMIZER, TRAINER_STATE] {
         let p = tmp.join(f);
         std::fs::File::open(&p).and_then(|f| f.sync_all()).with_path(&p)?;
-    }
-    if dir.exists() {
-        let old = dir.with_file_name(format!("{name}.old-{}", std::process::id()));
-        std::fs::rename(dir, &old).with_path(dir)?;
-        std::fs::rename(&tmp, dir).with_path(dir)?;
-        std::fs::remove_dir_all(&old).with_path(&old)?;
-    } else {
-        std::fs::rename(&tmp, dir).with_path(dir)?;
     }
     Ok(())
 }
@@ -147,22 +169,11 @@ pub fn resolve_resume(path: &Path) -> Result<PathBuf> {
     best.map(|b| b.1).ok_or_else(|| Error::file(path, "no checkpoint to resume from (no step-N folder with trainer_state.json)"))
 }
 
-/// Clean up after a killed run: unfinished `*.tmp-*` folders are removed; an
-/// `X.old-*` folder is put back as `X` if the swap never completed, else removed.
+/// Clean up after a killed run: rho's own temporaries in the run folder and in
+/// `masks/` whose process is gone ([`crate::temp::remove_stale`]): an unfinished
+/// `step-N.rho-tmp-…` folder is removed; a `step-N.rho-old-…` folder is put back as
+/// `step-N` if the swap never completed, else removed. Nothing else is touched.
 pub fn remove_stale(out: &Path) {
-    if let Ok(rd) = std::fs::read_dir(out) {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.contains(".tmp-") {
-                let _ = std::fs::remove_dir_all(e.path());
-            } else if let Some((base, _)) = n.split_once(".old-") {
-                let target = out.join(base);
-                if target.exists() {
-                    let _ = std::fs::remove_dir_all(e.path());
-                } else {
-                    let _ = std::fs::rename(e.path(), target);
-                }
-            }
-        }
-    }
+    temp::remove_stale(out);
+    temp::remove_stale(&out.join("masks"));
 }

@@ -129,14 +129,20 @@ impl Study {
             }
         }
         let cat_path = crate::dynamics::categories_path(root);
+        let tp = root.join(TRAJECTORIES);
+        // categories.json and trajectories.parquet of two runs of `rho categorize` (one stopped
+        // between its writes): neither is shown, as if the study were not categorized.
+        let mut mixed = false;
         if cat_path.exists() {
-            match std::fs::read(&cat_path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            match crate::dynamics::load_categorized(root) {
                 Ok(v) => s.summary = Some(v),
-                Err(e) => s.warnings.push(format!("categories.json: {e}")),
+                Err(e) => {
+                    mixed = matches!(&e, Error::File { path, .. } if *path == tp);
+                    s.warnings.push(if mixed { e.to_string() } else { format!("categories.json: {e}") });
+                }
             }
         }
-        let tp = root.join(TRAJECTORIES);
-        if tp.exists() {
+        if tp.exists() && !mixed {
             let cols = ["seq", "category", "delta", "slope", "first_loss", "last_loss", "mean_loss", "residual_std"];
             let df = rd::scan(&tp, &cols, None, "run `rho categorize`")?;
             let seq = rd::u32s(&df, "seq", &tp)?;
@@ -206,7 +212,7 @@ impl Study {
             for e in rd.flatten() {
                 let path = e.path();
                 let name = e.file_name().to_string_lossy().into_owned();
-                if path.join("config.json").exists() && !name.contains(".tmp") && !known.contains(name.as_str()) {
+                if path.join("config.json").exists() && !name.contains(".tmp") && !crate::temp::is_temp_name(&name) && !known.contains(name.as_str()) {
                     // Only folders with a position (trainer_state.json or a step in the name) count as
                     // checkpoints of the series.
                     if let Ok(pos) = crate::eval::order::position(&path) {
