@@ -178,3 +178,52 @@ pub fn check_batch_memory(flag: &str, value: u128, tokens: u128, bytes_per_token
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_errors_are_cut_short() {
+        assert_eq!(brief_list(&[1, 2, 3], ", ", 5), "1, 2, 3");
+        assert_eq!(brief_list(&[1, 2, 3, 4], ", ", 2), "1, 2, ... and 2 more");
+        assert_eq!(brief_list::<u32>(&[], ", ", 2), "");
+        let many: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
+        let e = brief_error(&many.join("\n"));
+        assert_eq!(e.lines().count(), MAX_ERROR_LINES + 1, "{e}");
+        assert!(e.ends_with("... and 88 more lines"), "{e}");
+        let long = "x".repeat(100_000);
+        let e = brief_error(&long);
+        assert!(e.len() < MAX_ERROR_CHARS + 100 && e.ends_with("(96000 more characters)"), "{}", &e[e.len() - 40..]);
+        assert_eq!(brief_error("short\ntwo"), "short\ntwo");
+    }
+
+    #[test]
+    fn bounded_reads_refuse_devices_fifos_and_big_files() {
+        let e = read_bounded(Path::new("/dev/zero"), 10, "a record").unwrap_err().to_string();
+        assert!(e.starts_with("/dev/zero: is not a regular file (it is a character device)"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("f.json");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_bounded(&fifo, 10, "a record").unwrap_err().to_string();
+        assert!(e.contains("f.json") && e.contains("a FIFO"), "{e}");
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, [b' '; 11]).unwrap();
+        let e = read_bounded(&big, 10, "a record").unwrap_err().to_string();
+        assert!(e.contains("big.json: is 11 bytes, more than the 10 bytes a record may have"), "{e}");
+        assert_eq!(read_bounded(&big, 11, "a record").unwrap().len(), 11);
+        let e = read_bounded(dir.path(), 10, "a record").unwrap_err().to_string();
+        assert!(e.contains("a folder"), "{e}");
+    }
+
+    #[test]
+    fn batch_memory() {
+        assert_eq!(human_bytes(512), "512 bytes");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+        check_batch_memory("--batch-tokens", 4096, 4096, 4 * 50_000, "logits").unwrap();
+        let e = check_batch_memory("--batch-tokens", u64::MAX as u128, u64::MAX as u128, 16, "its token buffers").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().starts_with("--batch-tokens: 18446744073709551615: a batch of"), "{e}");
+    }
+}

@@ -210,7 +210,7 @@ fn read_parquet_docs(path: &Path, field: &str) -> Result<Vec<String>> {
         let ca = col
             .str()
             .map_err(|_| Error::file(path, format!("column `{f}` is not a string column ({})", col.dtype())))?;
-        for (row, (o, s)) in out.iter_mut().zip(ca.into_iter()).enumerate() {
+        for (row, (o, s)) in out.iter_mut().zip(ca).enumerate() {
             let s = s.unwrap_or("");
             if o.len() + s.len() + 1 > MAX_DOC_BYTES {
                 return Err(Error::file(

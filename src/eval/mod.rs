@@ -271,22 +271,7 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
             ));
         }
     }
-    if opts.device.is_cpu() {
-        // The largest forward pass: its logits (f32) must fit in memory.
-        let largest = plan::batches(&units, opts.batch_tokens)
-            .iter()
-            .map(|b| b.len() * b.iter().map(|&i| units[i].tokens.len()).max().unwrap_or(0))
-            .max()
-            .unwrap_or(0);
-        let vocab = ckpts.iter().map(|c| c.config.vocab_size).max().unwrap_or(0);
-        crate::limits::check_batch_memory(
-            "--batch-tokens",
-            opts.batch_tokens as u128,
-            largest as u128,
-            4 * vocab as u128,
-            &format!("its logits (vocabulary {vocab}, f32)"),
-        )?;
-    }
+    check_forward_memory(&units, opts.batch_tokens, ckpts[0].config.vocab_size, &opts.device)?;
     let max_id = units.iter().flat_map(|u| u.tokens.iter()).copied().max().unwrap_or(0);
     for c in &ckpts {
         if max_id as usize >= c.config.vocab_size {
@@ -522,6 +507,28 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
     Ok(report)
 }
 
+/// Refuse a `--batch-tokens` whose largest forward pass over `units` ([`plan::batches`]) cannot
+/// fit on the CPU: its logits (f32, `vocab` per token) must fit in the machine's memory (an
+/// error naming the flag, not an abort in the allocator). On CUDA an allocation that fails
+/// is an error already.
+pub fn check_forward_memory(units: &[Unit], batch_tokens: usize, vocab: usize, device: &Device) -> Result<()> {
+    if !device.is_cpu() {
+        return Ok(());
+    }
+    let largest = plan::batches(units, batch_tokens)
+        .iter()
+        .map(|b| b.len() * b.iter().map(|&i| units[i].tokens.len()).max().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    crate::limits::check_batch_memory(
+        "--batch-tokens",
+        batch_tokens as u128,
+        largest as u128,
+        4 * vocab as u128,
+        &format!("its logits (vocabulary {vocab}, f32)"),
+    )
+}
+
 /// Score every unit with `model`; returns one f32 loss per row.
 /// `on_progress` gets the number of rows finished after each batch.
 pub fn score_units(
@@ -662,5 +669,24 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The largest forward pass's logits must fit in memory on the CPU; CUDA reports its own.
+    #[test]
+    fn forward_memory_is_bounded_by_the_largest_batch() {
+        let units: Vec<Unit> = (0..4).map(|i| Unit { tokens: vec![0; 1000], score_from: 1, row_start: i * 999 }).collect();
+        check_forward_memory(&units, 4096, 50_000, &Device::Cpu).unwrap();
+        // usize::MAX tokens a batch: the batch is the whole data (4 x 1000 tokens), which fits
+        check_forward_memory(&units, usize::MAX, 50_000, &Device::Cpu).unwrap();
+        // a vocabulary whose logits for 4000 tokens cannot fit
+        let e = check_forward_memory(&units, usize::MAX, 1 << 40, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.starts_with("--batch-tokens: 18446744073709551615: a batch of 4000 tokens needs at least"), "{e}");
+        let e = check_forward_memory(&units, 1000, 1 << 40, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("a batch of 1000 tokens"), "{e}");
     }
 }

@@ -485,7 +485,10 @@ fn check_losses_file(f: &Path, name: &str, rows: u64, sha256: Option<&str>, what
     }
     let file = crate::limits::open_regular(f)?;
     // polars panics on some malformed footers: an error naming the file.
-    let footer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> PolarsResult<(u64, Vec<Option<(Vec<u8>, Vec<u8>)>>, bool)> {
+    /// Rows, each row group's (min, max) of the `checkpoint` column (None: no statistics),
+    /// and whether every row group has that column.
+    type Footer = (u64, Vec<Option<(Vec<u8>, Vec<u8>)>>, bool);
+    let footer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> PolarsResult<Footer> {
         let mut r = ParquetReader::new(file);
         let md = r.get_metadata()?;
         let mut names = Vec::new();

@@ -259,11 +259,11 @@ impl TrainArgs {
         keep!(text_field: "--text-field", mode: "--mode", ratio: "--ratio", select: "--select", save_every: "--save-every",
             seed: "--seed", lr: "--lr", warmup: "--warmup", batch_tokens: "--batch-tokens", weight_decay: "--weight-decay",
             grad_clip: "--grad-clip", mask_every: "--mask-every", init_std: "--init-std", dtype: "--dtype");
-        if args.min_lr.is_some() && args.min_lr != cfg.min_lr {
-            return differs("--min-lr", format!("{:?}", args.min_lr.unwrap()), format!("{:?}", cfg.min_lr));
+        if let Some(m) = args.min_lr.filter(|&m| Some(m) != cfg.min_lr) {
+            return differs("--min-lr", format!("{m:?}"), format!("{:?}", cfg.min_lr));
         }
-        if args.seq_len.is_some() && args.seq_len != cfg.seq_len {
-            return differs("--seq-len", format!("{}", args.seq_len.unwrap()), format!("{:?}", cfg.seq_len));
+        if let Some(l) = args.seq_len.filter(|&l| Some(l) != cfg.seq_len) {
+            return differs("--seq-len", format!("{l}"), format!("{:?}", cfg.seq_len));
         }
         for (flag, given, run) in [
             ("--init", &args.init, &cfg.init),
