@@ -317,6 +317,7 @@ fn run(a: Args) -> rho::Result<()> {
         data: if a.no_data { PathBuf::from("synthetic (no data file)") } else { data_path.clone() },
         settings,
         checkpoints: Vec::new(),
+        vocab_size: None,
     };
     manifest.save(&out)?;
 
@@ -333,7 +334,7 @@ fn run(a: Args) -> rho::Result<()> {
                 let r = (i as usize * n / a.shards as usize)..((i as usize + 1) * n / a.shards as usize);
                 let part_losses = &losses[r.clone()];
                 let p = rho::eval::study::part_path(&out, &name, sh, "parquet");
-                rho::eval::write_losses(&p, &name, Some(step), &rows.slice(r.clone()), part_losses)?;
+                let sha256 = rho::eval::write_losses(&p, &name, Some(step), &rows.slice(r.clone()), part_losses)?;
                 let rec = rho::eval::study::PartEntry {
                     name: name.clone(),
                     step: Some(step),
@@ -348,6 +349,7 @@ fn run(a: Args) -> rho::Result<()> {
                     row_start: r.start as u64,
                     n_tokens: r.len() as u64,
                     loss_sum: part_losses.iter().map(|&x| x as f64).sum(),
+                    sha256: Some(sha256),
                 };
                 let bytes = serde_json::to_vec_pretty(&rec).unwrap();
                 rho::util::write_bytes_atomic(&rho::eval::study::part_path(&out, &name, sh, "json"), &bytes)?;
@@ -356,7 +358,7 @@ fn run(a: Args) -> rho::Result<()> {
             eprintln!("  {name}: {n} tokens in {} parts, mean loss {mean_loss:.4}", a.shards);
             continue;
         }
-        rho::eval::write_losses(&Manifest::losses_path(&out, &name), &name, Some(step), &rows, &losses)?;
+        let sha256 = rho::eval::write_losses(&Manifest::losses_path(&out, &name), &name, Some(step), &rows, &losses)?;
         // Written in training order: pushed last, kept last.
         manifest.checkpoints.push(CheckpointEntry {
             name: name.clone(),
@@ -368,6 +370,7 @@ fn run(a: Args) -> rho::Result<()> {
             n_tokens: n as u64,
             mean_loss,
             shards: None,
+            sha256: Some(sha256),
         });
         manifest.save(&out)?;
         eprintln!("  {name}: {n} tokens, mean loss {mean_loss:.4}");

@@ -111,6 +111,41 @@ def main():
         put("pickle_file", name, open(os.path.join(ROOT, "fixtures/pickle", name + ".bin"), "rb").read())
     put("pickle_file", "shard", open(os.path.join(ROOT, "fixtures/pickle/sharded/pytorch_model-00001-of-00002.bin"), "rb").read())
 
+    # study_json: study.json, then (after NUL bytes) the part records of checkpoint c's two
+    # parts; the losses files are the harness's fixture (fuzz/src/lib.rs, study_fixture).
+    def entry(name, step, n=4, **kw):
+        e = {"name": name, "step": step, "path": "/ckpts/" + name, "fingerprint": "fp", "n_tokens": n, "mean_loss": 2.0}
+        e.update(kw)
+        return e
+
+    def manifest(cks, **kw):
+        m = {"fingerprint": "fp", "data": "/d/val.jsonl", "settings": {"pack": False}, "checkpoints": cks}
+        m.update(kw)
+        return json.dumps(m, indent=1).encode()
+
+    def part(i, **kw):
+        r = {"name": "c", "step": 300, "order": 2, "after": "b", "path": "/ckpts/c", "fingerprint": "fp",
+             "shard": i, "shards": 2, "row_start": 2 * i, "n_tokens": 2, "loss_sum": 3.0}
+        r.update(kw)
+        return json.dumps(r).encode()
+
+    ab = [entry("a", 100), entry("b", 200)]
+    put("study_json", "whole", manifest(ab, vocab_size=301))
+    put("study_json", "sharded-c", manifest(ab))
+    put("study_json", "sharded-c-records", manifest(ab) + b"\0" + part(0) + b"\0" + part(1))
+    put("study_json", "c-listed-sharded", manifest(ab + [entry("c", 300, shards=2)]))
+    put("study_json", "c-missing-part", manifest(ab) + b"\0" + part(0) + b"\0" + b"{}")
+    put("study_json", "duplicate", manifest(ab + [entry("a", 100)]))
+    put("study_json", "huge-shards", manifest([entry("a", 100, shards=4000000000), entry("b", 200)]))
+    put("study_json", "part-huge-shards", manifest(ab) + b"\0" + part(0, shards=4000000000) + b"\0" + part(1, shards=4000000000))
+    put("study_json", "rows-differ", manifest([entry("a", 100, n=5), entry("b", 200)]))
+    put("study_json", "swapped", manifest([entry("b", 100), entry("a", 200, sha256="00" * 32)]))
+    put("study_json", "checksums", manifest([entry("a", 100, sha256="0" * 64), entry("b", 200, sha256="f" * 64)]))
+    put("study_json", "no-steps", manifest([entry("a", None, tokens_seen=5, stage=1), entry("b", None)]))
+    put("study_json", "one", manifest([entry("a", 100)]))
+    put("study_json", "empty", manifest([]))
+    put("study_json", "other-fingerprint", manifest(ab, fingerprint="other"))
+
 
 if __name__ == "__main__":
     main()

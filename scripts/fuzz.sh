@@ -21,7 +21,7 @@ SECS=${1:-600}
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(config_json safetensors_header safetensors_index tokenizer_json data_reader pickle_file)
+  TARGETS=(config_json safetensors_header safetensors_index tokenizer_json data_reader pickle_file study_json)
 fi
 SANITIZER=${SANITIZER:-address}
 RSS_MB=${RSS_MB:-4096}
@@ -29,7 +29,7 @@ export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}
 
 max_len() {
   case "$1" in
-    config_json|safetensors_index) echo 4096 ;;
+    config_json|safetensors_index|study_json) echo 4096 ;;
     safetensors_header|pickle_file) echo 8192 ;;
     tokenizer_json|data_reader) echo 16384 ;;
   esac

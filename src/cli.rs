@@ -400,10 +400,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Some(dir) => {
                     let ckpt = crate::train::checkpoint::resolve_resume(dir)?;
                     let mut cfg = crate::train::checkpoint::load_state(&ckpt)?.config;
-                    if let Some(s) = a.steps {
-                        cfg.steps = s;
-                    }
-                    cfg.quiet |= a.quiet;
+                    a.check_resume(&mut cfg)?;
                     // The run continues in the folder that holds the checkpoint, unless --out says otherwise.
                     cfg.out = match a.out {
                         Some(out) => out,

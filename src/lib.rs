@@ -3,6 +3,7 @@
 //! Data flows one way: checkpoints + data -> losses -> trajectories -> reports.
 pub mod error;
 pub mod util;
+pub mod limits;
 pub mod lock;
 pub mod temp;
 pub mod model;

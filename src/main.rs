@@ -22,7 +22,8 @@ fn main() {
     }
     let cli = rho::cli::Cli::parse();
     if let Err(e) = rho::cli::run(cli) {
-        eprintln!("error: {e}");
+        // At most a few lines, whatever the error holds (limits::brief_error).
+        eprintln!("error: {}", rho::limits::brief_error(&e.to_string()));
         std::process::exit(e.exit_code());
     }
 }

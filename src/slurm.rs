@@ -27,7 +27,7 @@ pub enum SlurmCommand {
 Example: rho slurm eval --shards 4 --study s --partition gpu --gpus-per-task 1 -- --checkpoints ckpts --data val.jsonl --device cuda:0 --dtype bf16")]
 pub struct SlurmEvalArgs {
     /// Number of shards = array tasks (task I runs `rho eval --shard I/N`).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=crate::eval::shard::MAX_SHARDS as i64))]
     pub shards: u32,
     /// Study folder, passed to every task's `rho eval --study`; the script and logs go to <study>/slurm/.
     #[arg(long)]
@@ -629,6 +629,8 @@ mod tests {
     #[test]
     fn clap_checks() {
         assert!(try_parse(&["--shards", "0", "--study", "/s"]).is_err());
+        assert!(try_parse(&["--shards", "100001", "--study", "/s"]).is_err(), "at most MAX_SHARDS");
+        assert!(try_parse(&["--shards", "100000", "--study", "/s"]).is_ok());
         assert!(try_parse(&["--study", "/s"]).is_err());
         assert!(try_parse(&["--shards", "2"]).is_err());
         // Eval args only after `--`.

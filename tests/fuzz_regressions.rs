@@ -73,16 +73,22 @@ fn pickle_file_regressions() {
     assert!(replay("pickle_file", harness::pickle_file) >= 4);
 }
 
+#[test]
+fn study_json_regressions() {
+    assert!(replay("study_json", harness::study_json) >= 1);
+}
+
 /// The committed seeds must all go through the harness without a panic (most are valid).
 #[test]
 fn seeds_replay() {
-    let targets: [(&str, Harness); 6] = [
+    let targets: [(&str, Harness); 7] = [
         ("config_json", harness::config_json),
         ("safetensors_header", harness::safetensors_header),
         ("safetensors_index", harness::safetensors_index),
         ("tokenizer_json", harness::tokenizer_json),
         ("data_reader", harness::data_reader),
         ("pickle_file", harness::pickle_file),
+        ("study_json", harness::study_json),
     ];
     for (t, f) in targets {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(t);

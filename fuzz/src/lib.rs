@@ -339,3 +339,123 @@ pub fn pickle_file(dir: &Path, data: &[u8]) -> Result<(), String> {
         Some(m) => Err(m),
     }
 }
+
+/// The checkpoints of the study fixture of [`study_json`]: `a` and `b` evaluated whole,
+/// `c` in two parts (rows 0..2 and 2..4), 4 rows each.
+pub const STUDY_ROWS: usize = 4;
+
+/// The default part record of part `i` of 2 of checkpoint `c` (the fixture's), with its
+/// parquet's sha256.
+pub fn study_part_record(i: u32, sha256: &str) -> Vec<u8> {
+    let rec = rho::eval::study::PartEntry {
+        name: "c".into(),
+        step: Some(300),
+        tokens_seen: None,
+        stage: None,
+        order: Some(2),
+        after: Some("b".into()),
+        path: PathBuf::from("/ckpts/c"),
+        fingerprint: "fp".into(),
+        shard: i,
+        shards: 2,
+        row_start: 2 * i as u64,
+        n_tokens: 2,
+        loss_sum: 3.0,
+        sha256: Some(sha256.into()),
+    };
+    serde_json::to_vec_pretty(&rec).unwrap()
+}
+
+/// Write the losses files of the study fixture under `study` (once per folder); returns the
+/// sha256 of `a`, `b`, and c's two parts.
+pub fn study_fixture(study: &Path) -> [String; 4] {
+    use rho::eval::{plan::Rows, study::part_path, Shard};
+    let shas = study.join("shas.json");
+    if let Ok(b) = std::fs::read(&shas) {
+        if let Ok(v) = serde_json::from_slice::<[String; 4]>(&b) {
+            return v;
+        }
+    }
+    let rows = |r: std::ops::Range<u32>| Rows {
+        seq: r.clone().map(|i| i / 2).collect(),
+        pos: r.clone().map(|i| 1 + i % 2).collect(),
+        doc: r.clone().map(|i| i / 2).collect(),
+        token_id: r.clone().map(|i| 10 + i).collect(),
+        start: r.clone().collect(),
+        end: r.map(|i| i + 1).collect(),
+    };
+    let losses = |c: f32, r: std::ops::Range<u32>| -> Vec<f32> { r.map(|i| c + i as f32 * 0.5).collect() };
+    let n = STUDY_ROWS as u32;
+    let w = |p: &Path, name: &str, step: i64, r: std::ops::Range<u32>, c: f32| {
+        rho::eval::write_losses(p, name, Some(step), &rows(r.clone()), &losses(c, r)).expect("harness: write losses")
+    };
+    let m = rho::eval::study::Manifest::losses_path;
+    let out = [
+        w(&m(study, "a"), "a", 100, 0..n, 3.0),
+        w(&m(study, "b"), "b", 200, 0..n, 2.0),
+        w(&part_path(study, "c", Shard { index: 0, count: 2 }, "parquet"), "c", 300, 0..2, 1.0),
+        w(&part_path(study, "c", Shard { index: 1, count: 2 }, "parquet"), "c", 300, 2..n, 1.0),
+    ];
+    write(&shas, &serde_json::to_vec(&out).unwrap());
+    out
+}
+
+/// A study folder's records given as bytes: `study.json`, then (after a NUL byte) the part
+/// record of c's part 0, then (after another) of part 1; a record not given is the fixture's
+/// own. The losses files are the fixture's ([`study_fixture`]). Read as every reader does:
+/// `Manifest::load_partial`, each checkpoint's losses checked (`checked_loss_files`),
+/// `rho status` (and its table), then `rho categorize`. Every refusal must name a file or
+/// folder of the study; `Ok` when categorize accepted the study.
+pub fn study_json(dir: &Path, data: &[u8]) -> Result<(), String> {
+    use rho::eval::{study::part_path, Shard};
+    let study = dir.join("study");
+    let shas = study_fixture(&study);
+    let mut parts = data.splitn(3, |&b| b == 0);
+    let manifest = parts.next().unwrap_or_default();
+    write(&rho::eval::study::Manifest::path(&study), manifest);
+    for i in 0..2u32 {
+        let rec = match parts.next() {
+            Some(r) => r.to_vec(),
+            None => study_part_record(i, &shas[2 + i as usize]),
+        };
+        write(&part_path(&study, "c", Shard { index: i, count: 2 }, "json"), &rec);
+    }
+    let _ = std::fs::remove_file(study.join("trajectories.parquet"));
+    let _ = std::fs::remove_file(study.join("categories.json"));
+    let named = |e: rho::Error| refused(e.to_string(), &study);
+    match rho::eval::study::Manifest::load_partial(&study) {
+        Ok((m, incomplete)) => {
+            for e in incomplete {
+                let _ = named(e);
+            }
+            for c in &m.checkpoints {
+                if let Err(e) = c.checked_loss_files(&study, true) {
+                    let _ = named(e);
+                }
+            }
+        }
+        Err(e) => {
+            let _ = named(e);
+        }
+    }
+    match rho::eval::status::study_status(&study) {
+        Ok(s) => {
+            let text = rho::eval::status::render(&s);
+            assert!(text.lines().count() <= 2 * s.checkpoints.len() + 8, "status table too long: {} lines", text.lines().count());
+        }
+        Err(e) => {
+            let _ = named(e);
+        }
+    }
+    match rho::dynamics::categorize_study(&study, &rho::dynamics::CategorizeOptions::default()) {
+        Ok(s) => {
+            assert_eq!(s.total as usize, STUDY_ROWS, "categorize accepted a study of other rows");
+            Ok(())
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(rho::limits::brief_error(&msg).len() <= 5000);
+            named(e)
+        }
+    }
+}

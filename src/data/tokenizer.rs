@@ -21,13 +21,10 @@ pub struct Encoded {
 
 impl Tok {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::file(path, "tokenizer.json not found (give one with --tokenizer)")
-            } else {
-                Error::io(path, e)
-            }
-        })?;
+        if !path.exists() {
+            return Err(Error::file(path, "tokenizer.json not found (give one with --tokenizer)"));
+        }
+        let bytes = crate::limits::read_bounded(path, crate::limits::MAX_TOKENIZER_BYTES, "a tokenizer.json")?;
         // Malformed JSON is reported here, with its line and column: tokenizers 0.22
         // panics on it inside some values (`expect("Helper")` on a `decoder`).
         serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)

@@ -151,9 +151,8 @@ fn val_curve(study: &Path, classes: &[Class]) -> Result<Vec<(i64, f64, f64)>> {
     let m = Manifest::load(study)?;
     let mut out = Vec::new();
     for c in &m.checkpoints {
-        let files = c.loss_files(study);
-        let p = files[0].clone();
-        let df = crate::eval::study::read_losses(&files, &["loss"])?;
+        let p = c.loss_files(study)[0].clone();
+        let df = crate::eval::study::read_checked_losses(study, c, &["loss"])?;
         let loss: Vec<f32> = df.column("loss").with_path(&p)?.f32().with_path(&p)?.into_no_null_iter().collect();
         if loss.len() != classes.len() {
             return Err(Error::file(&p, format!("{} rows, expected {}", loss.len(), classes.len())));

@@ -101,7 +101,7 @@ fn select<'a>(manifest: &'a Manifest, wanted: Option<&[String]>) -> Result<Vec<&
             let avail: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();
             return Err(Error::flag(
                 "--checkpoints",
-                format!("no checkpoint `{name}` in the study; available: {}", avail.join(", ")),
+                format!("no checkpoint `{name}` in the study; available: {}", crate::limits::brief_list(&avail, ", ", 20)),
             ));
         }
     }
@@ -161,20 +161,17 @@ pub struct LossSource {
 
 impl LossSource {
     /// Open a checkpoint's losses (row counts from the Parquet metadata only).
+    /// Each file is checked against the study first (rows, `checkpoint` column, checksum:
+    /// [`CheckpointEntry::checked_loss_files`]).
     pub fn new(study: &Path, entry: &CheckpointEntry) -> Result<LossSource> {
-        let files = entry.loss_files(study);
+        let checked = entry.checked_loss_files(study, true)?;
         let label = if entry.shards.is_some() {
             crate::eval::study::shard_dir(study, &entry.name)
         } else {
-            files[0].clone()
+            checked[0].0.clone()
         };
-        let mut rows = Vec::new();
-        for f in &files {
-            if !f.exists() {
-                return Err(Error::file(f, "losses file missing (listed in the study): run `rho eval` again"));
-            }
-            rows.push(crate::util::count_rows(scan_losses(std::slice::from_ref(f))?).with_path(f)? as usize);
-        }
+        let rows = checked.iter().map(|f| f.1 as usize).collect();
+        let files = checked.into_iter().map(|f| f.0).collect();
         Ok(LossSource { files, label, rows })
     }
 
@@ -426,6 +423,7 @@ mod tests {
                 n_tokens: KEYS.len() as u64,
                 mean_loss: losses.iter().map(|&x| x as f64).sum::<f64>() / KEYS.len() as f64,
                 shards: None,
+                sha256: None,
             });
         }
         m.save(study).unwrap();
@@ -691,6 +689,7 @@ mod tests {
                 row_start: r.start as u64,
                 n_tokens: n as u64,
                 loss_sum: losses.iter().map(|&x| x as f64).sum(),
+                sha256: None,
             };
             let p = crate::eval::study::part_path(dir.path(), "c1", sh, "json");
             crate::util::write_bytes_atomic(&p, &serde_json::to_vec(&rec).unwrap()).unwrap();

@@ -146,7 +146,7 @@ impl CategorizeSummary {
 
     /// Read a summary written by [`CategorizeSummary::save`].
     pub fn load(path: &Path) -> Result<CategorizeSummary> {
-        let bytes = std::fs::read(path).with_path(path)?;
+        let bytes = crate::limits::read_bounded(path, crate::limits::MAX_JSON_BYTES, "categories.json")?;
         serde_json::from_slice(&bytes).with_path(path)
     }
 

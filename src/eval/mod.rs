@@ -12,7 +12,7 @@ pub mod status;
 pub mod study;
 
 use crate::data::{read_documents, Tok};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, WithPath};
 use crate::lock::{Lock, Try};
 use crate::model::{loss::token_loss_eval, Checkpoint, Mode, Transformer};
 use crate::util;
@@ -188,6 +188,48 @@ pub fn order_table(r: &Resolved) -> String {
     out
 }
 
+/// A series is scored with one tokenizer over one vocabulary: every checkpoint must have the
+/// first one's `vocab_size`, and (`first_tokenizer`: the tokenizer.json used, when it is the
+/// first checkpoint's) a tokenizer.json identical to it. A checkpoint without a tokenizer.json
+/// is refused too (which tokenizer it was trained with is unknown): pass --tokenizer to
+/// score the whole series with one.
+pub fn check_series_vocabulary(ckpts: &[Checkpoint], first_tokenizer: Option<(&Path, &str)>) -> Result<()> {
+    let Some(first) = ckpts.first() else { return Ok(()) };
+    for c in &ckpts[1..] {
+        if c.config.vocab_size != first.config.vocab_size {
+            return Err(Error::file(
+                c.dir.join("config.json"),
+                format!(
+                    "vocab_size is {}, but {} has {}: a series must share one vocabulary (its losses would not compare)",
+                    c.config.vocab_size,
+                    first.dir.join("config.json").display(),
+                    first.config.vocab_size
+                ),
+            ));
+        }
+        if let Some((path, sha)) = first_tokenizer {
+            let p = c.dir.join("tokenizer.json");
+            if !p.exists() {
+                return Err(Error::file(
+                    &p,
+                    format!(
+                        "missing, while {} has one: a series must share one tokenizer; pass --tokenizer FILE to score \
+                         every checkpoint with that one",
+                        path.display()
+                    ),
+                ));
+            }
+            if util::sha256_file(&p)? != sha {
+                return Err(Error::file(
+                    &p,
+                    format!("differs from {}: a series must share one tokenizer (or pass --tokenizer)", path.display()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Run the evaluation. Already-evaluated checkpoints (same fingerprint) are skipped.
 pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
     let t0 = Instant::now();
@@ -218,17 +260,7 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
         None => ckpts[0].dir.join("tokenizer.json"),
     };
     let tok = Tok::from_file(&tok_path)?;
-    if opts.tokenizer.is_none() {
-        for c in &ckpts[1..] {
-            let p = c.dir.join("tokenizer.json");
-            if p.exists() && util::sha256_file(&p)? != tok.fingerprint {
-                return Err(Error::file(
-                    &p,
-                    format!("differs from {}: a series must share one tokenizer (or pass --tokenizer)", tok_path.display()),
-                ));
-            }
-        }
-    }
+    check_series_vocabulary(&ckpts, opts.tokenizer.is_none().then_some((tok_path.as_path(), tok.fingerprint.as_str())))?;
 
     // Context: the smallest of the series, or --context if smaller.
     let model_ctx = ckpts.iter().map(|c| c.config.context_len()).min().unwrap();
@@ -255,6 +287,15 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
     if rows.is_empty() {
         return Err(Error::file(&opts.data, "no token to score: every document is shorter than 2 tokens"));
     }
+    if let Some(sh) = opts.shard {
+        if sh.count as usize > rows.len() {
+            return Err(Error::flag(
+                "--shard",
+                format!("`{sh}`: N = {} is more than the {} tokens to score: at most one shard per token", sh.count, rows.len()),
+            ));
+        }
+    }
+    check_forward_memory(&units, opts.batch_tokens, ckpts[0].config.vocab_size, &opts.device)?;
     let max_id = units.iter().flat_map(|u| u.tokens.iter()).copied().max().unwrap_or(0);
     for c in &ckpts {
         if max_id as usize >= c.config.vocab_size {
@@ -290,6 +331,20 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
     // rho's own temporaries of processes that are gone (never another's, never the user's).
     study::remove_stale(study);
     let mut manifest = Manifest::load_or_default(study)?;
+    let vocab = ckpts[0].config.vocab_size;
+    match manifest.vocab_size {
+        Some(v) if v != vocab && manifest.fingerprint == fingerprint => {
+            return Err(Error::file(
+                Manifest::path(study),
+                format!(
+                    "the study's checkpoints have a vocabulary of {v} tokens, {} has {vocab}: a series must share one \
+                     vocabulary (its losses would not compare); use another --study",
+                    ckpts[0].dir.join("config.json").display()
+                ),
+            ))
+        }
+        _ => {}
+    }
     if let Some(shard) = opts.shard {
         // Shards run concurrently: they never rewrite a study evaluated with other settings
         // and write study.json only to start the study.
@@ -306,6 +361,7 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
             manifest.fingerprint = fingerprint.clone();
             manifest.data = opts.data.clone();
             manifest.settings = settings;
+            manifest.vocab_size = Some(vocab);
             manifest.save(study)?;
         }
     } else {
@@ -330,6 +386,7 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
         manifest.fingerprint = fingerprint.clone();
         manifest.data = opts.data.clone();
         manifest.settings = settings;
+        manifest.vocab_size = Some(vocab);
     }
     let tokens_path = study.join(study::TOKENS);
     if (opts.force && opts.shard.is_none()) || !tokens_path.exists() {
@@ -432,7 +489,7 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
         match opts.shard {
             None => {
                 let path = Manifest::losses_path(study, &name);
-                write_losses(&path, &name, step, my_rows, &losses)?;
+                let sha256 = write_losses(&path, &name, step, my_rows, &losses)?;
                 let series = study_series(&manifest, &run_keys);
                 manifest.checkpoints.retain(|e| e.name != name);
                 manifest.checkpoints.push(CheckpointEntry {
@@ -445,13 +502,14 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
                     n_tokens: n_rows as u64,
                     mean_loss,
                     shards: None,
+                    sha256: Some(sha256),
                 });
                 manifest.arrange(&series);
                 manifest.save(study)?;
             }
             Some(sh) => {
                 // The part, then its record: the part counts as done only once the record exists.
-                write_losses(&study::part_path(study, &name, sh, "parquet"), &name, step, my_rows, &losses)?;
+                let sha256 = write_losses(&study::part_path(study, &name, sh, "parquet"), &name, step, my_rows, &losses)?;
                 let at = ckpts.iter().position(|k| k.name() == name).unwrap_or(0);
                 let part = PartEntry {
                     name: name.clone(),
@@ -467,6 +525,7 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
                     row_start: rows_range.start as u64,
                     n_tokens: n_rows as u64,
                     loss_sum,
+                    sha256: Some(sha256),
                 };
                 let rec = study::part_path(study, &name, sh, "json");
                 let bytes = serde_json::to_vec_pretty(&part).map_err(|e| Error::msg(e.to_string()))?;
@@ -509,6 +568,28 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalReport> {
     progress.finish();
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Refuse a `--batch-tokens` whose largest forward pass over `units` ([`plan::batches`]) cannot
+/// fit on the CPU: its logits (f32, `vocab` per token) must fit in the machine's memory (an
+/// error naming the flag, not an abort in the allocator). On CUDA an allocation that fails
+/// is an error already.
+pub fn check_forward_memory(units: &[Unit], batch_tokens: usize, vocab: usize, device: &Device) -> Result<()> {
+    if !device.is_cpu() {
+        return Ok(());
+    }
+    let largest = plan::batches(units, batch_tokens)
+        .iter()
+        .map(|b| b.len() * b.iter().map(|&i| units[i].tokens.len()).max().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    crate::limits::check_batch_memory(
+        "--batch-tokens",
+        batch_tokens as u128,
+        largest as u128,
+        4 * vocab as u128,
+        &format!("its logits (vocabulary {vocab}, f32)"),
+    )
 }
 
 /// Score every unit with `model`; returns one f32 loss per row.
@@ -569,8 +650,26 @@ pub fn write_tokens_table<S: AsRef<str>>(path: &Path, rows: &Rows, text: Vec<S>)
     util::write_parquet(path, &mut df)
 }
 
-/// `losses/<name>.parquet`: one checkpoint's loss for every scored row.
-pub fn write_losses(path: &Path, name: &str, step: Option<i64>, rows: &Rows, losses: &[f32]) -> Result<()> {
+/// `losses/<name>.parquet`: one checkpoint's loss for every scored row. Returns the file's
+/// sha256, computed as it is written (recorded in study.json or the part record, verified
+/// by readers: [`study::CheckpointEntry::checked_loss_files`]).
+pub fn write_losses(path: &Path, name: &str, step: Option<i64>, rows: &Rows, losses: &[f32]) -> Result<String> {
+    use sha2::Digest;
+    /// Writes through to the file and hashes what it writes.
+    struct Hashing<'a> {
+        file: &'a mut std::fs::File,
+        hash: sha2::Sha256,
+    }
+    impl std::io::Write for Hashing<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.file.write(buf)?;
+            self.hash.update(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.file.flush()
+        }
+    }
     let n = rows.len();
     let mut df = DataFrame::new(vec![
         Column::new("checkpoint".into(), vec![name; n]),
@@ -580,7 +679,14 @@ pub fn write_losses(path: &Path, name: &str, step: Option<i64>, rows: &Rows, los
         Column::new("token_id".into(), &rows.token_id),
         Column::new("loss".into(), losses),
     ])?;
-    util::write_parquet(path, &mut df)
+    let mut sha = String::new();
+    util::write_atomic(path, |file| {
+        let mut w = Hashing { file, hash: sha2::Sha256::new() };
+        ParquetWriter::new(&mut w).with_compression(ParquetCompression::Zstd(None)).finish(&mut df).with_path(path)?;
+        sha = w.hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(())
+    })?;
+    Ok(sha)
 }
 
 /// The study's order with this run's checkpoints (`run_keys`) merged in: its checkpoints as
@@ -651,5 +757,24 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The largest forward pass's logits must fit in memory on the CPU; CUDA reports its own.
+    #[test]
+    fn forward_memory_is_bounded_by_the_largest_batch() {
+        let units: Vec<Unit> = (0..4).map(|i| Unit { tokens: vec![0; 1000], score_from: 1, row_start: i * 999 }).collect();
+        check_forward_memory(&units, 4096, 50_000, &Device::Cpu).unwrap();
+        // usize::MAX tokens a batch: the batch is the whole data (4 x 1000 tokens), which fits
+        check_forward_memory(&units, usize::MAX, 50_000, &Device::Cpu).unwrap();
+        // a vocabulary whose logits for 4000 tokens cannot fit
+        let e = check_forward_memory(&units, usize::MAX, 1 << 40, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.starts_with("--batch-tokens: 18446744073709551615: a batch of 4000 tokens needs at least"), "{e}");
+        let e = check_forward_memory(&units, 1000, 1 << 40, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("a batch of 1000 tokens"), "{e}");
     }
 }

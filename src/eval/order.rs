@@ -31,7 +31,7 @@
 //! The way out is always the same: list the checkpoint folders one by one, in training order;
 //! that order is kept as given.
 
-use crate::error::{Error, Result, WithPath};
+use crate::error::{Error, Result};
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -308,7 +308,7 @@ pub fn position(dir: &Path) -> Result<Position> {
     let mut p = parse_name(&name);
     let ts = dir.join(TRAINER_STATE);
     if ts.is_file() {
-        let bytes = std::fs::read(&ts).with_path(&ts)?;
+        let bytes = crate::limits::read_bounded(&ts, crate::limits::MAX_JSON_BYTES, "trainer_state.json")?;
         let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Error::file(&ts, format!("not valid JSON: {e}")))?;
         let step = v.get("global_step").and_then(|x| x.as_u64()).or_else(|| v.get("step").and_then(|x| x.as_u64()));
         let Some(step) = step else {
@@ -477,7 +477,7 @@ pub fn order_error(dir: &Path, names: &[String], problems: &[String]) -> Error {
             "cannot put its {} checkpoints in training order:\n  - {}\nGive the order yourself: list the checkpoint folders one by one, \
              in training order (that order is kept), e.g. `--checkpoints {}`",
             names.len(),
-            problems.join("\n  - "),
+            crate::limits::brief_list(problems, "\n  - ", 8),
             example.join(" ")
         ),
     )

@@ -12,6 +12,11 @@ use super::plan::Unit;
 use crate::error::{Error, Result};
 use std::ops::Range;
 
+/// The most shards a study may be split into (`--shard I/N`, `rho slurm eval --shards N`,
+/// and the `N` of part records and study.json read back). `rho eval` also refuses an `N`
+/// above the number of scored tokens (a shard per token at most).
+pub const MAX_SHARDS: u32 = 100_000;
+
 /// Shard `index` of `count` (`--shard I/N`, 0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
@@ -28,6 +33,9 @@ impl std::str::FromStr for Shard {
         let count: u32 = n.trim().parse().map_err(|_| bad("N is not a number"))?;
         if count == 0 {
             return Err(bad("N must be at least 1"));
+        }
+        if count > MAX_SHARDS {
+            return Err(bad(&format!("N must be at most {MAX_SHARDS}")));
         }
         if index >= count {
             return Err(bad("I must be smaller than N"));
@@ -97,7 +105,8 @@ mod tests {
     #[test]
     fn parse_and_reject() {
         assert_eq!("2/5".parse::<Shard>().unwrap(), Shard { index: 2, count: 5 });
-        for bad in ["5/5", "1/0", "a/3", "3", "-1/4", ""] {
+        assert_eq!("99999/100000".parse::<Shard>().unwrap(), Shard { index: 99999, count: MAX_SHARDS });
+        for bad in ["5/5", "1/0", "a/3", "3", "-1/4", "", "1/100001", "1/4294967295"] {
             let e = bad.parse::<Shard>().unwrap_err().to_string();
             assert!(e.starts_with("--shard"), "{bad}: {e}");
         }

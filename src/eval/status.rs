@@ -124,6 +124,13 @@ pub fn ranges(v: &[u32]) -> String {
     out.join(",")
 }
 
+/// [`ranges`] cut to its first `max` items (`0-3,5,... and 12 more`), for messages.
+pub fn ranges_brief(v: &[u32], max: usize) -> String {
+    let r = ranges(v);
+    let items: Vec<&str> = r.split(',').filter(|x| !x.is_empty()).collect();
+    crate::limits::brief_list(&items, ",", max)
+}
+
 /// The human-readable form printed by `rho status`.
 pub fn render(s: &StudyStatus) -> String {
     let mut out = format!("study {}\n", s.study);
@@ -133,7 +140,7 @@ pub fn render(s: &StudyStatus) -> String {
         let state = match (c.state.as_str(), c.shards) {
             ("sharded", Some(n)) => format!("done ({n} parts)"),
             ("incomplete", Some(0)) => "no part finished yet".into(),
-            ("incomplete", Some(n)) => format!("{}/{n} parts, missing {}", n as usize - c.missing_shards.len(), ranges(&c.missing_shards)),
+            ("incomplete", Some(n)) => format!("{}/{n} parts, missing {}", n as usize - c.missing_shards.len(), ranges_brief(&c.missing_shards, 8)),
             ("whole", _) => "done".into(),
             ("missing", _) => "losses file missing".into(),
             (other, _) => other.into(),
@@ -142,7 +149,7 @@ pub fn render(s: &StudyStatus) -> String {
         let step = c.step.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
         out += &format!("  {:<w$}  {:>8}  {:<22}  {:>10}  {:>9}\n", c.name, step, state, c.n_tokens, ml);
         if !c.stale_shards.is_empty() {
-            out += &format!("  {:<w$}  {:>8}  parts {} were written with other data or settings\n", "", "", ranges(&c.stale_shards));
+            out += &format!("  {:<w$}  {:>8}  parts {} were written with other data or settings\n", "", "", ranges_brief(&c.stale_shards, 8));
         }
     }
     let done = s.checkpoints.iter().filter(|c| c.state == "whole" || c.state == "sharded").count();
@@ -165,7 +172,7 @@ pub fn render(s: &StudyStatus) -> String {
         }
     );
     if !s.missing_shards.is_empty() {
-        let r = ranges(&s.missing_shards);
+        let r = ranges_brief(&s.missing_shards, 20);
         out += &format!(
             "missing shards: {r} (re-run each with `rho eval ... --shard I/N`, or re-submit: `rho slurm eval ... --array {r}`)\n"
         );
@@ -201,5 +208,7 @@ mod tests {
         assert_eq!(ranges(&[]), "");
         assert_eq!(ranges(&[3]), "3");
         assert_eq!(ranges(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+        assert_eq!(ranges_brief(&[0, 1, 2, 5, 7, 8], 2), "0-2,5,... and 1 more");
+        assert_eq!(ranges_brief(&[], 2), "");
     }
 }

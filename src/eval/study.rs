@@ -68,6 +68,11 @@ pub struct CheckpointEntry {
     /// absent for a whole losses file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<u32>,
+    /// sha256 of the whole losses file, recorded when it was written and verified when it is
+    /// read (absent in studies of an older rho, and for a sharded checkpoint: its part
+    /// records hold each part's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl CheckpointEntry {
@@ -115,6 +120,10 @@ pub struct PartEntry {
     pub n_tokens: u64,
     /// Sum of the part's losses (for the checkpoint's mean).
     pub loss_sum: f64,
+    /// sha256 of the part's parquet, recorded when it was written and verified when it is
+    /// read (absent in records of an older rho).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// Whether a checkpoint name (read from study.json, a part record or a folder) can be what it
@@ -196,6 +205,7 @@ impl ShardedCheckpoint {
             n_tokens: n,
             mean_loss: if n > 0 { sum / n as f64 } else { f64::NAN },
             shards: Some(self.shards),
+            sha256: None,
         })
     }
 }
@@ -220,12 +230,13 @@ pub fn scan_sharded(study: &Path, fingerprint: &str) -> Result<Vec<ShardedCheckp
             if p.extension().map(|x| x != "json").unwrap_or(true) {
                 continue;
             }
-            let Ok(bytes) = std::fs::read(&p) else { continue };
+            let Ok(bytes) = crate::limits::read_bounded(&p, crate::limits::MAX_JSON_BYTES, "a part record") else { continue };
             let Ok(part) = serde_json::from_slice::<PartEntry>(&bytes) else { continue };
             let shard = Shard { index: part.shard, count: part.shards };
-            // A record counts only where its name and its parquet match.
+            // A record counts only where its name and its parquet match (and its N is one rho writes).
             if part.name != name
                 || part.shards == 0
+                || part.shards > super::shard::MAX_SHARDS
                 || part.shard >= part.shards
                 || p.file_stem().map(|s| s.to_string_lossy() != shard.stem()).unwrap_or(true)
                 || !part_path(study, name, shard, "parquet").exists()
@@ -299,6 +310,10 @@ pub struct Manifest {
     /// Evaluated checkpoints, in training order: as `rho eval` resolved them (a folder's by
     /// position, folders given one by one in the order given), runs merged by [`order::merge`].
     pub checkpoints: Vec<CheckpointEntry>,
+    /// The vocabulary size the series shares (config.json's `vocab_size`): a later `rho eval`
+    /// of checkpoints with another is refused. Absent in studies of an older rho.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab_size: Option<usize>,
 }
 
 impl Manifest {
@@ -344,7 +359,7 @@ impl Manifest {
                     ),
                 )),
                 None => {
-                    let list = |v: &[u32]| v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+                    let list = |v: &[u32]| crate::limits::brief_list(v, ", ", 20);
                     let stale = if sc.stale.is_empty() {
                         String::new()
                     } else {
@@ -361,7 +376,7 @@ impl Manifest {
                             sc.shards,
                             list(&sc.missing),
                             sc.shards,
-                            list(&sc.missing).replace(' ', ""),
+                            super::status::ranges_brief(&sc.missing, 20),
                             study.display()
                         ),
                     ));
@@ -375,20 +390,40 @@ impl Manifest {
     /// `<study>/study.json` alone, as written (the checkpoints evaluated whole).
     pub fn load_file(study: &Path) -> Result<Manifest> {
         let p = Self::path(study);
-        let bytes = std::fs::read(&p).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::file(&p, "no study here (study.json missing): run `rho eval` first")
-            } else {
-                Error::io(&p, e)
-            }
-        })?;
-        let m: Manifest = serde_json::from_slice(&bytes).with_path(&p)?;
-        for (i, c) in m.checkpoints.iter().enumerate() {
-            check_name(&c.name).map_err(|why| {
-                Error::file(&p, format!("checkpoints[{i}]: the name {:?} {why}; refusing to use it as a file name in the study", c.name))
-            })?;
+        if !p.exists() {
+            return Err(Error::file(&p, "no study here (study.json missing): run `rho eval` first"));
         }
+        let bytes = crate::limits::read_bounded(&p, crate::limits::MAX_JSON_BYTES, "study.json")?;
+        let m: Manifest = serde_json::from_slice(&bytes).with_path(&p)?;
+        m.check(&p)?;
         Ok(m)
+    }
+
+    /// What study.json must hold to be read: names that are file names (no path: `check_name`),
+    /// each checkpoint once, and a shard count rho writes (1..=MAX_SHARDS). An error names the
+    /// file and the checkpoint.
+    fn check(&self, p: &Path) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in self.checkpoints.iter().enumerate() {
+            check_name(&c.name).map_err(|why| {
+                Error::file(p, format!("checkpoints[{i}]: the name {:?} {why}; refusing to use it as a file name in the study", c.name))
+            })?;
+            if !seen.insert(c.name.as_str()) {
+                return Err(Error::file(
+                    p,
+                    format!("checkpoint `{}` is listed twice: which entry holds its losses is ambiguous (remove one)", c.name),
+                ));
+            }
+            if let Some(n) = c.shards {
+                if n == 0 || n > super::shard::MAX_SHARDS {
+                    return Err(Error::file(
+                        p,
+                        format!("checkpoint `{}`: \"shards\": {n} is out of range (1 to {})", c.name, super::shard::MAX_SHARDS),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `study.json` as written, or an empty manifest when there is none.
@@ -427,6 +462,142 @@ impl Manifest {
     }
 }
 
+impl CheckpointEntry {
+    /// The losses files of this checkpoint, in row order, each checked against what the
+    /// study records before it is read: it exists, holds the rows recorded (study.json's
+    /// `n_tokens`, or its part record's, parts in order), only this checkpoint's name in its
+    /// `checkpoint` column (a losses file copied under another checkpoint's name is refused),
+    /// and, with `checksum` and where recorded (studies written since checksums exist), the
+    /// sha256 written beside it. The row and name checks read only the Parquet footer; the
+    /// checksum reads the file once. Returns each file with its row count. An error names
+    /// the file.
+    pub fn checked_loss_files(&self, study: &Path, checksum: bool) -> Result<Vec<(PathBuf, u64)>> {
+        let Some(n) = self.shards else {
+            let f = Manifest::losses_path(study, &self.name);
+            let sha = if checksum { self.sha256.as_deref() } else { None };
+            check_losses_file(&f, &self.name, self.n_tokens, sha, "study.json")?;
+            return Ok(vec![(f, self.n_tokens)]);
+        };
+        let mut out = Vec::new();
+        let mut row = 0u64;
+        for i in 0..n {
+            let sh = Shard { index: i, count: n };
+            let rec_path = part_path(study, &self.name, sh, "json");
+            let bytes = crate::limits::read_bounded(&rec_path, crate::limits::MAX_JSON_BYTES, "a part record")?;
+            let rec: PartEntry = serde_json::from_slice(&bytes).with_path(&rec_path)?;
+            if rec.name != self.name || rec.shard != i || rec.shards != n {
+                return Err(Error::file(
+                    &rec_path,
+                    format!("records part {}/{} of `{}`, not part {sh} of `{}`", rec.shard, rec.shards, rec.name, self.name),
+                ));
+            }
+            if rec.row_start != row {
+                return Err(Error::file(
+                    &rec_path,
+                    format!("starts at row {}, but the parts before it end at row {row}: the parts do not line up", rec.row_start),
+                ));
+            }
+            let f = part_path(study, &self.name, sh, "parquet");
+            let sha = if checksum { rec.sha256.as_deref() } else { None };
+            check_losses_file(&f, &self.name, rec.n_tokens, sha, "its part record")?;
+            row += rec.n_tokens;
+            out.push((f, rec.n_tokens));
+        }
+        if row != self.n_tokens {
+            return Err(Error::file(
+                shard_dir(study, &self.name),
+                format!("the parts hold {row} rows, the study records {} for `{}`", self.n_tokens, self.name),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Check one losses file against its record (`what`: where the record is, for the message):
+/// row count and `checkpoint` column from the Parquet footer (row-group statistics), then
+/// the sha256 when given.
+fn check_losses_file(f: &Path, name: &str, rows: u64, sha256: Option<&str>, what: &str) -> Result<()> {
+    if !f.exists() {
+        return Err(Error::file(f, "losses file missing (listed in the study): run `rho eval` again"));
+    }
+    let file = crate::limits::open_regular(f)?;
+    // polars panics on some malformed footers: an error naming the file.
+    /// Rows, each row group's (min, max) of the `checkpoint` column (None: no statistics),
+    /// and whether every row group has that column.
+    type Footer = (u64, Vec<Option<(Vec<u8>, Vec<u8>)>>, bool);
+    let footer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> PolarsResult<Footer> {
+        let mut r = ParquetReader::new(file);
+        let md = r.get_metadata()?;
+        let mut names = Vec::new();
+        let mut has_col = true;
+        for rg in &md.row_groups {
+            match rg.columns_under_root_iter("checkpoint").and_then(|mut it| it.next()) {
+                Some(cc) => names.push(cc.metadata().statistics.as_ref().and_then(|st| Some((st.min_value.clone()?, st.max_value.clone()?)))),
+                None => has_col = false,
+            }
+        }
+        Ok((md.num_rows as u64, names, has_col))
+    }));
+    let (n, names, has_col) = match footer {
+        Ok(r) => r.with_path(f)?,
+        Err(p) => return Err(Error::file(f, format!("not a valid parquet file: {}", crate::data::panic_message(&*p)))),
+    };
+    if !has_col {
+        return Err(Error::file(f, "has no `checkpoint` column: not a losses file written by `rho eval`"));
+    }
+    if n != rows {
+        return Err(Error::file(
+            f,
+            format!("has {n} rows, but {what} records {rows} for checkpoint `{name}`: the file was changed or replaced; run `rho eval --force` on it again"),
+        ));
+    }
+    let bad_name = |other: &str| {
+        Error::file(
+            f,
+            format!(
+                "holds the losses of checkpoint `{other}` (its `checkpoint` column), not of `{name}`: a losses file copied under \
+                 another checkpoint's name? Run `rho eval --force` on `{name}` again"
+            ),
+        )
+    };
+    for st in &names {
+        match st {
+            Some((lo, hi)) if lo.as_slice() == name.as_bytes() && hi.as_slice() == name.as_bytes() => {}
+            Some((lo, hi)) => {
+                let other = if lo.as_slice() != name.as_bytes() { lo } else { hi };
+                return Err(bad_name(&String::from_utf8_lossy(other)));
+            }
+            None => {
+                // No statistics (a file not written by rho's writer): read the column.
+                let df = scan_losses(&[f.to_path_buf()])?
+                    .select([col("checkpoint").min().alias("lo"), col("checkpoint").max().alias("hi")])
+                    .collect()
+                    .with_path(f)?;
+                let get = |c: &str| df.column(c).ok().and_then(|c| c.str().ok().and_then(|s| s.get(0).map(str::to_string)));
+                for v in [get("lo"), get("hi")].into_iter().flatten() {
+                    if v != name {
+                        return Err(bad_name(&v));
+                    }
+                }
+                break;
+            }
+        }
+    }
+    if let Some(want) = sha256 {
+        let got = crate::util::sha256_file(f)?;
+        if got != want {
+            return Err(Error::file(
+                f,
+                format!(
+                    "checksum mismatch: sha256 {got}, but {what} records {want} for checkpoint `{name}`: the file was changed \
+                     after `rho eval` wrote it (corrupt, or edited); run `rho eval --force` on `{name}` again"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn utf8(path: &Path) -> Result<&str> {
     path.to_str().ok_or_else(|| Error::file(path, "path is not UTF-8"))
 }
@@ -444,6 +615,13 @@ pub fn scan_losses(files: &[PathBuf]) -> Result<LazyFrame> {
     let mut args = ScanArgsParquet::default();
     args.hive_options.enabled = Some(false);
     LazyFrame::scan_parquet_files(paths.into_iter().collect(), args).map_err(|e| Error::file(first, e.to_string()))
+}
+
+/// Read `columns` of a checkpoint's losses into memory, its files checked first
+/// ([`CheckpointEntry::checked_loss_files`], checksums included).
+pub fn read_checked_losses(study: &Path, entry: &CheckpointEntry, columns: &[&str]) -> Result<DataFrame> {
+    let files: Vec<PathBuf> = entry.checked_loss_files(study, true)?.into_iter().map(|f| f.0).collect();
+    read_losses(&files, columns)
 }
 
 /// Read `columns` of a checkpoint's losses, whole or in parts, into memory.
@@ -506,6 +684,7 @@ mod tests {
             n_tokens: 1,
             mean_loss: 1.0,
             shards: None,
+            sha256: None,
         }
     }
 
@@ -524,6 +703,7 @@ mod tests {
             row_start: 0,
             n_tokens: 1,
             loss_sum: 1.0,
+            sha256: None,
         };
         ShardedCheckpoint { name: name.into(), shards: 1, done: vec![part], missing: vec![], stale: vec![] }
     }

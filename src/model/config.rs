@@ -171,7 +171,7 @@ fn get_token_id(v: &Value, key: &str) -> Option<u32> {
 impl ModelConfig {
     /// Read and parse `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_path(path)?;
+        let bytes = crate::limits::read_bounded(path, crate::limits::MAX_JSON_BYTES, "a config.json")?;
         let v: Value = serde_json::from_slice(&bytes).with_path(path)?;
         Self::from_value(&v, path)
     }

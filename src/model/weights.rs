@@ -37,7 +37,7 @@ struct Entry {
 
 /// The shards an index (`*.index.json`) lists: every name must stay inside the folder.
 fn index_shards(index: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
-    let bytes = std::fs::read(index).with_path(index)?;
+    let bytes = crate::limits::read_bounded(index, crate::limits::MAX_JSON_BYTES, "a safetensors index")?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).with_path(index)?;
     let map = v
         .get("weight_map")

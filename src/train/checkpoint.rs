@@ -140,13 +140,10 @@ fn fill(
 /// Read `trainer_state.json` of a checkpoint folder.
 pub fn load_state(dir: &Path) -> Result<TrainerState> {
     let p = dir.join(TRAINER_STATE);
-    let bytes = std::fs::read(&p).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::file(&p, "missing: not a checkpoint written by `rho train`")
-        } else {
-            Error::io(&p, e)
-        }
-    })?;
+    if !p.exists() {
+        return Err(Error::file(&p, "missing: not a checkpoint written by `rho train`"));
+    }
+    let bytes = crate::limits::read_bounded(&p, crate::limits::MAX_JSON_BYTES, "trainer_state.json")?;
     serde_json::from_slice(&bytes).with_path(&p)
 }
 

@@ -1,7 +1,7 @@
 //! Training configuration: flags, or a TOML file (`--config FILE`) whose keys
 //! mirror the flags (`batch-tokens = 4096`); flags override the file.
 
-use crate::error::{Error, Result, WithPath};
+use crate::error::{Error, Result};
 use crate::select::Select;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -128,6 +128,12 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
+/// The largest `--lr` accepted: AdamW's step is about lr per weight, so anything near 1
+/// already destroys a model; a larger value is a typo (`1e30`), refused before training.
+pub const MAX_LR: f64 = 1.0;
+/// The largest `--init-std` accepted (weights of std 1 already saturate a deep model).
+pub const MAX_INIT_STD: f64 = 1.0;
+
 /// A complete, validated training configuration (saved in every checkpoint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,7 +183,8 @@ impl TrainArgs {
     /// Fill the flags not given from the TOML file.
     pub fn merged(mut self) -> Result<TrainArgs> {
         let Some(path) = self.config.clone() else { return Ok(self) };
-        let text = std::fs::read_to_string(&path).with_path(&path)?;
+        let bytes = crate::limits::read_bounded(&path, crate::limits::MAX_JSON_BYTES, "a --config file")?;
+        let text = String::from_utf8(bytes).map_err(|_| Error::file(&path, "not valid UTF-8"))?;
         let file: TrainArgs = toml::from_str(&text).map_err(|e| Error::file(&path, format!("invalid config: {}", e.message())))?;
         merge!(self, file, data, out, steps, init, model_config, tokenizer, text_field, mode, ratio, reference,
             ref_scores, select, save_every, seed, lr, min_lr, warmup, batch_tokens, seq_len, weight_decay,
@@ -224,6 +231,76 @@ impl TrainArgs {
     }
 }
 
+impl TrainArgs {
+    /// With `--resume`, `cfg` is the run's saved configuration: a resumed run keeps it. The
+    /// flags (and `--config` keys) that may change apply: `--steps`, `--quiet`, `--device`,
+    /// `--log-every`, and `--data` when it holds the same data (the stream fingerprint in
+    /// trainer_state.json is checked before training: other data is refused, naming the file).
+    /// Any other flag whose value differs from the run's is refused, naming it, where it was
+    /// silently ignored before. (`--out` is the caller's.)
+    pub fn check_resume(&self, cfg: &mut TrainConfig) -> Result<()> {
+        let args = self.clone().merged()?;
+        fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
+            a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+        }
+        let differs = |flag: &str, given: String, run: String| {
+            Err(Error::flag(
+                flag,
+                format!(
+                    "{given}: the run was started with {run}, and a resumed run keeps its settings (only --steps, --data \
+                     with the same data, --device, --log-every and --out may be given); start a new run to change it"
+                ),
+            ))
+        };
+        macro_rules! keep {
+            ($($f:ident: $flag:literal),*) => {$(
+                if let Some(v) = &args.$f {
+                    if *v != cfg.$f {
+                        return differs($flag, format!("{v:?}"), format!("{:?}", cfg.$f));
+                    }
+                }
+            )*};
+        }
+        keep!(text_field: "--text-field", mode: "--mode", ratio: "--ratio", select: "--select", save_every: "--save-every",
+            seed: "--seed", lr: "--lr", warmup: "--warmup", batch_tokens: "--batch-tokens", weight_decay: "--weight-decay",
+            grad_clip: "--grad-clip", mask_every: "--mask-every", init_std: "--init-std", dtype: "--dtype");
+        if let Some(m) = args.min_lr.filter(|&m| Some(m) != cfg.min_lr) {
+            return differs("--min-lr", format!("{m:?}"), format!("{:?}", cfg.min_lr));
+        }
+        if let Some(l) = args.seq_len.filter(|&l| Some(l) != cfg.seq_len) {
+            return differs("--seq-len", format!("{l}"), format!("{:?}", cfg.seq_len));
+        }
+        for (flag, given, run) in [
+            ("--init", &args.init, &cfg.init),
+            ("--model-config", &args.model_config, &cfg.model_config),
+            ("--tokenizer", &args.tokenizer, &cfg.tokenizer),
+            ("--reference", &args.reference, &cfg.reference),
+            ("--ref-scores", &args.ref_scores, &cfg.ref_scores),
+        ] {
+            if let Some(g) = given {
+                if !run.as_deref().is_some_and(|r| same_path(g, r)) {
+                    let run = run.as_ref().map(|r| r.display().to_string()).unwrap_or_else(|| "none".into());
+                    return differs(flag, g.display().to_string(), run);
+                }
+            }
+        }
+        if let Some(s) = args.steps {
+            cfg.steps = s;
+        }
+        if let Some(d) = args.data {
+            cfg.data = d; // checked against the run's stream fingerprint before training
+        }
+        if let Some(d) = args.device {
+            cfg.device = d;
+        }
+        if let Some(l) = args.log_every {
+            cfg.log_every = l;
+        }
+        cfg.quiet |= args.quiet;
+        Ok(())
+    }
+}
+
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |flag: &str, msg: String| Err(Error::flag(flag, msg));
@@ -248,14 +325,22 @@ impl TrainConfig {
         if self.log_every == 0 {
             return bad("--log-every", "must be positive".into());
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad("--lr", format!("must be positive, got {}", self.lr));
+        if !(self.lr > 0.0 && self.lr <= MAX_LR) {
+            return bad("--lr", format!("must be in (0, {MAX_LR}], got {}", self.lr));
+        }
+        if let Some(m) = self.min_lr {
+            if !(m >= 0.0 && m <= self.lr) {
+                return bad("--min-lr", format!("must be in [0, --lr = {}], got {m}", self.lr));
+            }
+        }
+        if !(self.init_std > 0.0 && self.init_std <= MAX_INIT_STD) {
+            return bad("--init-std", format!("must be in (0, {MAX_INIT_STD}], got {}", self.init_std));
         }
         if self.batch_tokens == 0 {
             return bad("--batch-tokens", "must be positive".into());
         }
-        if !(self.grad_clip >= 0.0) {
-            return bad("--grad-clip", "must be >= 0".into());
+        if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
+            return bad("--grad-clip", format!("must be >= 0 and finite (0: off), got {}", self.grad_clip));
         }
         if !(0.0..1.0).contains(&self.weight_decay) {
             return bad("--weight-decay", format!("must be in [0, 1), got {}", self.weight_decay));

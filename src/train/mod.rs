@@ -127,10 +127,22 @@ pub fn run_train_with(cfg: &TrainConfig, resume: Option<&Path>, force: bool, can
     let stream = Stream::build(&cfg.data, &cfg.text_field, &tok, tok.eos_id(model_cfg.eos_token_id), seq_len, model_cfg.vocab_size)?;
     if let Some(st) = &state {
         if st.stream_fingerprint != stream.fingerprint {
-            return Err(Error::file(&cfg.data, "differs from the data, tokenizer or seq-len the run was started with: cannot resume"));
+            return Err(Error::file(
+                &cfg.data,
+                "differs from the data, tokenizer or seq-len the run was started with (its stream fingerprint in \
+                 trainer_state.json): cannot resume on it; start a new run (--init the checkpoint) to train on other data",
+            ));
         }
     }
     let batch_size = (cfg.batch_tokens / seq_len).max(1);
+    // A batch must fit in memory before anything is allocated for it: its token buffers
+    // (ids, targets, rows: 16 bytes a token) anywhere, its logits (f32) on the CPU.
+    let batch_tok = batch_size as u128 * seq_len as u128;
+    crate::limits::check_batch_memory("--batch-tokens", cfg.batch_tokens as u128, batch_tok, 16, "its token buffers")?;
+    if device.is_cpu() {
+        let what = format!("its logits (vocabulary {}, f32)", model_cfg.vocab_size);
+        crate::limits::check_batch_memory("--batch-tokens", cfg.batch_tokens as u128, batch_tok, 4 * model_cfg.vocab_size as u128, &what)?;
+    }
 
     // Reference losses (SLM by excess loss).
     let needs_ref = cfg.mode == TrainMode::Slm && matches!(cfg.select, Select::Batch | Select::Sequence);
@@ -226,6 +238,22 @@ pub fn run_train_with(cfg: &TrainConfig, resume: Option<&Path>, force: bool, can
         let logits = m.forward(&batch.input)?;
         let losses = train_token_loss(&logits.narrow(1, 0, batch.s - 1)?, &batch.targets)?; // [b, s-1]
         let loss_vals = losses.flatten_all()?.to_vec1::<f32>()?;
+        // A diverged step stops the run before it touches the weights, the metrics or a checkpoint.
+        let diverged = |what: &str, v: f64| {
+            let last = summary.checkpoints.last().or(init_dir.as_ref().filter(|_| state.is_some()));
+            Error::msg(format!(
+                "step {step}: the {what} is {v}: training diverged; stopped before this step changed the weights, \
+                 nothing of it was saved ({}); lower --lr (now {}), raise --warmup, or check the data",
+                match last {
+                    Some(d) => format!("the last checkpoint is {}", d.display()),
+                    None => "no checkpoint was written yet".into(),
+                },
+                cfg.lr
+            ))
+        };
+        if let Some(i) = (0..loss_vals.len()).find(|&i| batch.valid[i] && !loss_vals[i].is_finite()) {
+            return Err(diverged("loss", loss_vals[i] as f64));
+        }
         let ref_vals = batch.reference(&reference)?;
         let kept = match cfg.mode {
             TrainMode::Clm => batch.valid.clone(),
@@ -245,6 +273,9 @@ pub fn run_train_with(cfg: &TrainConfig, resume: Option<&Path>, force: bool, can
         let loss = ((losses * mask)?.sum_all()? / stats.n_kept.max(1) as f64)?;
         let grads = loss.backward()?;
         let grad_norm = opt.grad_norm(&grads)?;
+        if !grad_norm.is_finite() {
+            return Err(diverged("gradient norm", grad_norm));
+        }
         let scale = if cfg.grad_clip > 0.0 && grad_norm > cfg.grad_clip { cfg.grad_clip / grad_norm } else { 1.0 };
         let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr());
         opt.step(&grads, lr, scale)?;

@@ -16,6 +16,7 @@ use std::path::Path;
 /// Score the stream with a model and write the reference-loss Parquet atomically.
 pub fn score_stream(model: &Checkpoint, stream: &Stream, out: &Path, device: &Device, dtype: DType, batch_tokens: usize, quiet: bool) -> Result<()> {
     check_compatible(model, stream)?;
+    crate::eval::check_forward_memory(&stream.units, batch_tokens, model.config.vocab_size, device)?;
     let m = model.load(dtype, device, Mode::Eval)?;
     let t = std::time::Instant::now();
     let n = stream.rows.len();

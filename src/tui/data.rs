@@ -107,7 +107,16 @@ impl Study {
         let mut s = Study { root: root.to_path_buf(), ..Default::default() };
         if Manifest::path(root).exists() {
             // A study still being evaluated in shards opens with its complete checkpoints.
-            let (m, incomplete) = Manifest::load_partial(root)?;
+            let (mut m, incomplete) = Manifest::load_partial(root)?;
+            // Losses files that are not what the study records (rows, checkpoint name) are left
+            // out, with a warning; checksums are verified when a file is read whole (category_means).
+            m.checkpoints.retain(|c| match c.checked_loss_files(root, false) {
+                Ok(_) => true,
+                Err(e) => {
+                    s.warnings.push(e.to_string());
+                    false
+                }
+            });
             s.manifest = Some(m);
             if !incomplete.is_empty() {
                 if let Ok(st) = crate::eval::status::study_status(root) {
@@ -375,9 +384,8 @@ fn read_losses_slice(files: &[PathBuf], start: usize, len: usize) -> Result<Vec<
 pub fn category_means(root: &Path, ckpts: &[CheckpointEntry], cats: &[u8]) -> Result<Vec<[Option<f64>; 4]>> {
     let mut out = Vec::new();
     for ck in ckpts {
-        let files = ck.loss_files(root);
-        let p = files[0].clone();
-        let df = crate::eval::study::read_losses(&files, &["loss"])?;
+        let p = ck.loss_files(root)[0].clone();
+        let df = crate::eval::study::read_checked_losses(root, ck, &["loss"])?;
         let l = rd::f32s(&df, "loss", &p)?;
         if l.len() != cats.len() {
             return Err(Error::file(&p, "rows do not match trajectories.parquet: run `rho categorize` again"));
