@@ -123,6 +123,10 @@ pub struct RunDir {
     _lock: Lock,
     /// The run it holds, to be replaced (`force`).
     replace: Option<ExistingRun>,
+    /// `out` did not exist: a run refused before it started leaves no folder behind.
+    created: bool,
+    /// The run started ([`RunDir::start_over`]): the folder is the run's.
+    started: bool,
 }
 
 impl RunDir {
@@ -130,6 +134,7 @@ impl RunDir {
     /// another process holds it), and refused when it holds a run, unless `resume` (the run goes
     /// on) or `force` (the run is replaced: [`RunDir::start_over`]).
     pub fn open(out: &Path, resume: bool, force: bool) -> Result<RunDir> {
+        let created = !out.exists();
         std::fs::create_dir_all(out).with_path(out)?;
         let lock = match Lock::try_take(&out.join(crate::lock::RUN_LOCK), false)? {
             Try::Taken(l) => l,
@@ -155,11 +160,12 @@ impl RunDir {
                 ),
             ));
         }
-        Ok(RunDir { out: out.to_path_buf(), _lock: lock, replace: existing })
+        Ok(RunDir { out: out.to_path_buf(), _lock: lock, replace: existing, created, started: false })
     }
 
-    /// With `force`, remove the run the folder held, saying so (unless `quiet`).
+    /// The run starts: with `force`, remove the run the folder held, saying so (unless `quiet`).
     pub fn start_over(&mut self, quiet: bool) -> Result<()> {
+        self.started = true;
         if let Some(run) = self.replace.take() {
             if !quiet {
                 eprintln!("rho train: replaces the run in {}: {}", self.out.display(), run.describe());
@@ -167,6 +173,18 @@ impl RunDir {
             run.remove(&self.out)?;
         }
         Ok(())
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        // refused before it started (a bad flag found after the lock was taken): the folder this
+        // process created holds only the run lock; it goes (the lock's file is unlinked while
+        // still held, then the folder only if empty)
+        if self.created && !self.started {
+            let _ = std::fs::remove_file(self.out.join(crate::lock::RUN_LOCK));
+            let _ = std::fs::remove_dir(&self.out);
+        }
     }
 }
 
@@ -220,5 +238,20 @@ mod tests {
         let _first = RunDir::open(dir.path(), false, false).unwrap();
         let e = RunDir::open(dir.path(), false, true).unwrap_err().to_string();
         assert!(e.contains("another rho train is writing this run folder: pid ") && e.contains(&std::process::id().to_string()), "{e}");
+    }
+
+    #[test]
+    fn a_folder_created_for_a_run_refused_before_it_started_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("new-run");
+        drop(RunDir::open(&out, false, false).unwrap());
+        assert!(!out.exists(), "nothing left of a run that never started");
+        let mut d = RunDir::open(&out, false, false).unwrap();
+        d.start_over(true).unwrap();
+        drop(d);
+        assert!(out.is_dir(), "a started run keeps its folder");
+        // a folder that existed before is never removed
+        drop(RunDir::open(&out, false, false).unwrap());
+        assert!(out.is_dir());
     }
 }
