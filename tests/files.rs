@@ -380,3 +380,18 @@ fn a_kill_between_categorizes_writes_leaves_readers_consistent() {
     categorize("100");
     assert_eq!(audit().status.code(), Some(3));
 }
+
+/// metrics.jsonl is appended to in place: a link planted at its name (dangling, so that
+/// following it would create a file outside the run folder) is refused, never followed.
+#[test]
+fn a_link_planted_at_metrics_jsonl_is_not_followed() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let victim = d.path().join("victim.jsonl");
+    std::os::unix::fs::symlink(&victim, out.join("metrics.jsonl")).unwrap();
+    let o = train(&out, &["--steps", "1"]);
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("metrics.jsonl"), "{}", stderr(&o));
+    assert!(!victim.exists(), "the link was followed: {} was created", victim.display());
+}

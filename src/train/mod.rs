@@ -198,7 +198,11 @@ pub fn run_train_with(cfg: &TrainConfig, resume: Option<&Path>, force: bool, can
     checkpoint::remove_stale(&cfg.out);
     let metrics_path = cfg.out.join("metrics.jsonl");
     trim_metrics(&metrics_path, step)?;
-    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).with_path(&metrics_path)?;
+    // appended to in place (its lines are the run's record so far), never through a link
+    let mut metrics = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().create(true).append(true).custom_flags(libc::O_NOFOLLOW).open(&metrics_path).with_path(&metrics_path)?
+    };
     INTERRUPTED.store(false, Ordering::SeqCst);
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     if !cfg.quiet {
