@@ -120,7 +120,7 @@ fn token_ids_beyond_vocabulary() {
     let p = s.broken.join("config.json");
     let cfg = std::fs::read_to_string(&p).unwrap().replace("\"vocab_size\": 301", "\"vocab_size\": 200");
     std::fs::write(&p, cfg).unwrap();
-    let out = eval(&[s.broken.clone()], &s.study.with_file_name("alone"));
+    let out = eval(std::slice::from_ref(&s.broken), &s.study.with_file_name("alone"));
     let err = stderr(&out);
     assert!(!out.status.success());
     for n in ["tokenizer.json", "beyond the vocabulary", "step-300/config.json"] {
@@ -319,6 +319,7 @@ struct Measured {
 
 /// Run rho with `args` (stdout discarded, stderr to a file so a long one cannot block it)
 /// and measure it; killed after 60 s.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below (which also gives its peak RSS)
 fn rho_measured(args: &[&str]) -> Measured {
     let dir = tempfile::tempdir().unwrap();
     let errf = dir.path().join("stderr");
@@ -490,7 +491,7 @@ fn series_must_share_vocabulary_and_tokenizer() {
     std::fs::write(&p, std::fs::read_to_string(&p).unwrap().replace("\"vocab_size\": 301", "\"vocab_size\": 302")).unwrap();
     expect_failure(&s, &["step-300/config.json", "vocab_size is 302", "one vocabulary"]);
     // evaluated later into the study, on its own: study.json records the vocabulary
-    let out = eval(&[s.broken.clone()], &s.study);
+    let out = eval(std::slice::from_ref(&s.broken), &s.study);
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("study.json") && err.contains("vocabulary of 301") && err.contains("302"), "{err}");
     assert_eq!(snapshot(&s.study), s.before);
